@@ -1,0 +1,45 @@
+# Every target creates or reuses .venv and installs what it needs.
+# A stamp per extras set is refreshed whenever setup.cfg or pyproject.toml change.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: demo test bench bench-quick lint format clean venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade "pip>=24" "setuptools>=68" wheel
+
+$(VENV)/.stamp-%: setup.cfg pyproject.toml | $(BIN)/python
+	$(PIP) install -e ".[$*]"
+	@touch $@
+
+venv: $(VENV)/.stamp-all
+
+demo: $(VENV)/.stamp-all
+	$(BIN)/dask oxigdal demo $(DEMO_ARGS)
+
+test: $(VENV)/.stamp-all
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python benchmarks/bench_kernels.py --quick
+
+bench: $(VENV)/.stamp-all
+	$(BIN)/python benchmarks/bench_kernels.py
+
+bench-quick: $(VENV)/.stamp-all
+	$(BIN)/python benchmarks/bench_kernels.py --quick
+
+lint: $(VENV)/.stamp-all
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.stamp-all
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -prune -exec rm -rf {} +

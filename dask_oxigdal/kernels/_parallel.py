@@ -1,0 +1,105 @@
+"""When a numba kernel may run in parallel, and with how many threads.
+
+Every public wrapper that has both a serial and a ``parallel=True`` (``prange``)
+variant of a kernel asks :func:`parallel_threads` first.
+
+Rules
+-----
+* Inputs smaller than ``oxigdal.kernels.parallel-min-elements`` run serially:
+  thread start-up costs more than it saves.
+* Inside a Dask worker thread whose worker runs more than one thread, kernels
+  run serially. Dask already runs one task per thread; a parallel kernel per
+  task would oversubscribe the cores (Dask pins OpenMP/MKL/OpenBLAS to one
+  thread for the same reason, and our config does the same for numba through
+  ``distributed.nanny.pre-spawn-environ``).
+* A single-threaded worker (or the client, or a plain script) may use
+  ``numba.get_num_threads()`` threads.
+* numba's ``workqueue`` threading layer aborts the process when two threads
+  launch parallel kernels at once. When that layer is active a lock admits one
+  parallel launch at a time; a caller that finds it taken runs serially instead
+  of waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import dask.config
+import numba
+
+_launch_lock = threading.Lock()
+
+
+def _dask_worker_threads() -> int | None:
+    """Number of threads of the Dask worker running this thread, or None outside one."""
+    try:
+        from distributed.worker import get_worker
+
+        return get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
+def parallel_threads(n_elements: int) -> int:
+    """How many threads a kernel over ``n_elements`` items should use (1 = serial).
+
+    Parameters
+    ----------
+    n_elements : int
+        Size of the work, in elements or rows.
+
+    Returns
+    -------
+    int
+        1 when the serial kernel should run, otherwise the thread count.
+    """
+    if n_elements < dask.config.get("oxigdal.kernels.parallel-min-elements", 65536):
+        return 1
+    worker_threads = _dask_worker_threads()
+    if worker_threads is not None and worker_threads > 1:
+        return 1
+    return max(1, numba.get_num_threads())
+
+
+@contextlib.contextmanager
+def parallel_launch(n_elements: int) -> Iterator[int]:
+    """Context that yields the thread count to use and guards unsafe threading layers.
+
+    Parameters
+    ----------
+    n_elements : int
+        Size of the work, in elements or rows.
+
+    Yields
+    ------
+    int
+        1 for the serial kernel, otherwise the number of threads that were set
+        with ``numba.set_num_threads`` for this launch (restored on exit).
+    """
+    threads = parallel_threads(n_elements)
+    if threads == 1:
+        yield 1
+        return
+    guarded = _needs_guard()
+    if guarded and not _launch_lock.acquire(blocking=False):
+        yield 1
+        return
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(threads)
+        yield threads
+    finally:
+        numba.set_num_threads(previous)
+        if guarded:
+            _launch_lock.release()
+
+
+def _needs_guard() -> bool:
+    layer = numba.config.THREADING_LAYER
+    try:
+        active = numba.threading_layer()
+    except ValueError:  # no parallel kernel launched yet: the layer is not chosen
+        active = None
+    return active == "workqueue" or (active is None and layer in ("default", "workqueue"))
