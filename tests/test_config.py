@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dask.config
 import pytest
 
@@ -78,3 +80,11 @@ def test_get_prefers_the_explicit_value():
         assert config.get("demo.tiles") == 5
     with pytest.raises(KeyError):
         config.get("no-such-key")
+
+
+def test_configuration_reference_is_current():
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "configuration.md")
+    with open(path, encoding="utf-8") as f:
+        assert f.read() == config.render_reference(), (
+            "docs/configuration.md is stale: dask oxigdal config-reference > docs/configuration.md"
+        )
