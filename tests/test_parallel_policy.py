@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dask
+import dask.array as da
 import dask.config
 import numba
+import numpy as np
 from distributed.utils_test import gen_cluster
 
-from dask_oxigdal.kernels._parallel import parallel_launch, parallel_threads
+import dask_oxigdal.spectral as spectral_module
+from dask_oxigdal.kernels._parallel import parallel_launch, parallel_threads, serial_kernels
+from dask_oxigdal.spectral import ndvi
 
 BIG = 1 << 20
 
@@ -41,3 +46,33 @@ async def test_single_threaded_worker_may_use_numba_threads(c, s, a):
     threads, inside = await c.submit(_decision, BIG, pure=False)
     assert threads == numba.get_num_threads()
     assert inside == threads
+
+
+def test_serial_kernels_context_nests_and_restores():
+    with serial_kernels():
+        assert parallel_threads(BIG) == 1
+        with serial_kernels():
+            assert parallel_threads(BIG) == 1
+        assert parallel_threads(BIG) == 1
+    assert parallel_threads(BIG) == numba.get_num_threads()
+
+
+def test_dask_blocks_on_the_threaded_scheduler_run_kernels_serially():
+    # a dask.array NDVI on the local threaded scheduler: every block runs the serial kernel
+    nir = da.from_array(np.full((64, 64), 3000, np.uint16), chunks=32)
+    red = da.from_array(np.full((64, 64), 1000, np.uint16), chunks=32)
+    with dask.config.set({"oxigdal.kernels.parallel-min-elements": 1}):
+        seen = []
+        original = spectral_module._evaluate
+
+        def observe(*args, **kwargs):  # record the real policy's decision, then compute
+            seen.append(parallel_threads(BIG))
+            return original(*args, **kwargs)
+
+        spectral_module._evaluate = observe
+        try:
+            result = ndvi(nir, red).compute(scheduler="threads")
+        finally:
+            spectral_module._evaluate = original
+    np.testing.assert_allclose(result, 0.5)
+    assert seen == [1, 1, 1, 1]

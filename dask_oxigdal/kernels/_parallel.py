@@ -12,6 +12,9 @@ Rules
   task would oversubscribe the cores (Dask pins OpenMP/MKL/OpenBLAS to one
   thread for the same reason, and our config does the same for numba through
   ``distributed.nanny.pre-spawn-environ``).
+* Inside :func:`serial_kernels` (the dask.array front ends wrap every block
+  in it) kernels run serially: Dask's scheduler, threaded or distributed,
+  already runs the blocks in parallel.
 * A single-threaded worker (or the client, or a plain script) may use
   ``numba.get_num_threads()`` threads.
 * numba's ``workqueue`` threading layer aborts the process when two threads
@@ -30,6 +33,27 @@ import dask.config
 import numba
 
 _launch_lock = threading.Lock()
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def serial_kernels() -> Iterator[None]:
+    """Run every kernel launched by this thread inside the block serially.
+
+    Used around the per-block functions of dask collections: Dask's scheduler
+    (the local threaded one included) already runs blocks in parallel, so a
+    parallel kernel per block would oversubscribe the cores.
+
+    Yields
+    ------
+    None
+    """
+    depth = getattr(_local, "serial_depth", 0)
+    _local.serial_depth = depth + 1
+    try:
+        yield
+    finally:
+        _local.serial_depth = depth
 
 
 def _dask_worker_threads() -> int | None:
@@ -56,6 +80,8 @@ def parallel_threads(n_elements: int) -> int:
         1 when the serial kernel should run, otherwise the thread count.
     """
     if n_elements < dask.config.get("oxigdal.kernels.parallel-min-elements", 65536):
+        return 1
+    if getattr(_local, "serial_depth", 0):
         return 1
     worker_threads = _dask_worker_threads()
     if worker_threads is not None and worker_threads > 1:
