@@ -1,0 +1,368 @@
+"""``annotate(...)``: dask-oxigdal's task annotations.
+
+Every keyword maps to one flat dask annotation named ``oxigdal_<keyword>``
+(Dask merges annotation dicts shallowly, so flat keys compose with nested
+``dask.annotate`` blocks). Values are validated on the client by
+:func:`annotate` and validated again on the scheduler by
+:func:`parse_annotations`, because annotations can also be written by hand or
+come from a client that does not have this package installed.
+
+Two forms work:
+
+- compute time: ``with annotate(tenant="a"): client.compute(x)`` (also
+  ``submit``, ``map``, ``persist``). This is the form to use with
+  dask.dataframe and dask-geopandas, which drop annotations set while the
+  graph is built;
+- graph construction: ``with annotate(tenant="a"): x = da.ones(...) + 1``
+  (delayed, dask.array), then compute ``x`` anywhere.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import numbers
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+from dask.utils import parse_timedelta
+
+__all__ = [
+    "ANNOTATION_KEYS",
+    "PREFIX",
+    "VALID_KEYWORDS",
+    "TaskAnnotations",
+    "annotate",
+    "parse_annotations",
+    "to_annotations",
+]
+
+#: Prefix of every dask annotation this package reads.
+PREFIX = "oxigdal_"
+
+#: The keywords :func:`annotate` accepts, in documentation order.
+VALID_KEYWORDS = (
+    "tenant",
+    "queue",
+    "gang",
+    "deadline",
+    "locality",
+    "checkpoint",
+    "retries",
+    "backoff",
+)
+
+#: The dask annotation keys, ``oxigdal_<keyword>``.
+ANNOTATION_KEYS = tuple(PREFIX + k for k in VALID_KEYWORDS)
+
+_MAX_NAME = 256
+
+_UNIT_ALIASES = {
+    "min": "m",
+    "mins": "m",
+    "sec": "s",
+    "secs": "s",
+    "hr": "h",
+    "hrs": "h",
+    "msec": "ms",
+    "msecs": "ms",
+}
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def _name(keyword: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(
+            f"{keyword}={value!r} is not valid: expected a non-empty string, "
+            f"got {type(value).__name__}"
+        )
+    if not value.strip():
+        raise ValueError(f"{keyword}={value!r} is not valid: expected a non-empty string")
+    if len(value) > _MAX_NAME:
+        raise ValueError(
+            f"{keyword}={value[:40]!r}... is not valid: at most {_MAX_NAME} characters"
+        )
+    return value
+
+
+def _seconds(keyword: str, value: Any) -> float:
+    """A duration in seconds from a number, a ``timedelta`` or a string like ``"10min"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{keyword}={value!r} is not a duration")
+    if isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, numbers.Real):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(
+                f"{keyword}={value!r} is not a duration: use a number of seconds, a "
+                "datetime.timedelta, or a string such as '90s', '10min', '2h'"
+            )
+        number, unit = match.groups()
+        unit = _UNIT_ALIASES.get(unit, unit) or "s"
+        try:
+            seconds = float(parse_timedelta(f"{number}{unit}"))
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(
+                f"{keyword}={value!r} is not a duration: unknown unit {unit!r} "
+                "(valid: ms, s, m/min, h, d, w and their long names)"
+            ) from e
+    else:
+        raise ValueError(
+            f"{keyword}={value!r} is not a duration: expected a number of seconds, a "
+            f"timedelta or a string, got {type(value).__name__}"
+        )
+    if not math.isfinite(seconds):
+        raise ValueError(f"{keyword}={value!r} is not a finite duration")
+    return seconds
+
+
+def _deadline(value: Any, now: float | None = None) -> float:
+    """Absolute UNIX timestamp of a deadline given as relative or absolute time."""
+    now = time.time() if now is None else now
+    if isinstance(value, datetime.datetime):
+        # naive datetimes are local time, as datetime.timestamp() reads them
+        ts = value.timestamp()
+        if ts <= now:
+            raise ValueError(f"deadline={value!r} is in the past (now is {now:.3f})")
+        return ts
+    seconds = _seconds("deadline", value)
+    if seconds <= 0:
+        raise ValueError(f"deadline={value!r} is not valid: a relative deadline must be > 0")
+    return now + seconds
+
+
+def _retries(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"retries={value!r} is not valid: expected a non-negative int, "
+            f"got {type(value).__name__}"
+        )
+    if value < 0:
+        raise ValueError(f"retries={value!r} is not valid: expected a non-negative int")
+    return int(value)
+
+
+def _backoff(value: Any) -> float:
+    seconds = _seconds("backoff", value)
+    if seconds < 0:
+        raise ValueError(f"backoff={value!r} is not valid: must be >= 0")
+    return seconds
+
+
+def _checkpoint(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"checkpoint={value!r} is not valid: expected True or False, got {type(value).__name__}"
+        )
+    return value
+
+
+def to_annotations(**kwargs: Any) -> dict[str, Any]:
+    """Validate keywords and return the flat ``oxigdal_*`` annotation dict.
+
+    Parameters
+    ----------
+    **kwargs
+        Any of ``tenant``, ``queue``, ``gang``, ``deadline``, ``locality``,
+        ``checkpoint``, ``retries``, ``backoff`` (see :func:`annotate`).
+        ``None`` values are skipped.
+
+    Returns
+    -------
+    dict
+        ``{"oxigdal_tenant": ..., ...}``; a deadline is an absolute UNIX
+        timestamp (float), a backoff a number of seconds (float).
+
+    Raises
+    ------
+    TypeError
+        An unknown keyword; the message lists the valid ones.
+    ValueError
+        A bad value; the message names it.
+    """
+    unknown = sorted(set(kwargs) - set(VALID_KEYWORDS))
+    if unknown:
+        raise TypeError(
+            f"annotate() got unknown keyword(s) {', '.join(map(repr, unknown))}; "
+            f"valid keywords are: {', '.join(VALID_KEYWORDS)}"
+        )
+    out: dict[str, Any] = {}
+    for keyword in VALID_KEYWORDS:
+        value = kwargs.get(keyword)
+        if value is None:
+            continue
+        if keyword in ("tenant", "queue", "gang", "locality"):
+            value = _name(keyword, value)
+        elif keyword == "deadline":
+            value = _deadline(value)
+        elif keyword == "checkpoint":
+            value = _checkpoint(value)
+        elif keyword == "retries":
+            value = _retries(value)
+        elif keyword == "backoff":
+            value = _backoff(value)
+        out[PREFIX + keyword] = value
+    return out
+
+
+def annotate(
+    *,
+    tenant: str | None = None,
+    queue: str | None = None,
+    gang: str | None = None,
+    deadline: str | float | datetime.timedelta | datetime.datetime | None = None,
+    locality: str | None = None,
+    checkpoint: bool | None = None,
+    retries: int | None = None,
+    backoff: str | float | datetime.timedelta | None = None,
+    **unknown: Any,
+):
+    """Context manager that annotates the tasks submitted or built inside it.
+
+    Values are validated immediately (before the ``with`` block runs), then
+    set as flat ``oxigdal_<keyword>`` dask annotations with
+    :func:`dask.annotate`.
+
+    Parameters
+    ----------
+    tenant : str, optional
+        Fair-share identity. Tasks without one belong to ``"default"``.
+    queue : str, optional
+        Priority queue name (see ``oxigdal.scheduling.queues``).
+    gang : str, optional
+        All tasks submitted with this gang name start together (later policy).
+    deadline : str, float, datetime.timedelta or datetime.datetime, optional
+        Relative (``"10min"``, seconds, ``timedelta``), resolved against the
+        client's clock now, or an absolute ``datetime`` (naive = local time).
+        Stored as an absolute UNIX timestamp.
+    locality : str, optional
+        Data-locality hint such as ``"tile/3/4"`` (later policy).
+    checkpoint : bool, optional
+        Checkpoint the results of these tasks (later policy).
+    retries : int, optional
+        Retries with backoff (later policy); ``>= 0``.
+    backoff : str, float or datetime.timedelta, optional
+        Delay before a retry; ``>= 0``.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        The :func:`dask.annotate` context manager.
+
+    Raises
+    ------
+    TypeError
+        An unknown keyword; the message lists the valid ones.
+    ValueError
+        A bad value (``deadline="soon"``, ``tenant=""``, ``backoff=-1`` ...).
+
+    Examples
+    --------
+    >>> with annotate(tenant="team-a", queue="batch", deadline="10min"):  # doctest: +SKIP
+    ...     futures = client.map(f, xs)
+    """
+    annotations = to_annotations(
+        tenant=tenant,
+        queue=queue,
+        gang=gang,
+        deadline=deadline,
+        locality=locality,
+        checkpoint=checkpoint,
+        retries=retries,
+        backoff=backoff,
+        **unknown,
+    )
+    return dask.annotate(**annotations)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskAnnotations:
+    """The validated oxigdal annotations of one task (scheduler side)."""
+
+    tenant: str | None = None
+    queue: str | None = None
+    gang: str | None = None
+    deadline: float | None = None
+    locality: str | None = None
+    checkpoint: bool | None = None
+    retries: int | None = None
+    backoff: float | None = None
+
+
+EMPTY = TaskAnnotations()
+
+
+def _finite_number(keyword: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"{PREFIX}{keyword}={value!r} is not valid: expected a number, "
+            f"got {type(value).__name__}"
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{PREFIX}{keyword}={value!r} is not valid: expected a finite number")
+    return value
+
+
+def parse_annotations(annotations: Mapping[str, Any] | None) -> TaskAnnotations:
+    """Validate the ``oxigdal_*`` entries of a task's annotations (scheduler side).
+
+    Other annotations (Dask's ``priority``, ``retries``, ...) are ignored.
+
+    Parameters
+    ----------
+    annotations : mapping or None
+        ``TaskState.annotations``.
+
+    Returns
+    -------
+    TaskAnnotations
+        The parsed values (``None`` where absent).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``oxigdal_*`` key or a value of the wrong type/range; the
+        message names the key, the value and the valid choices.
+    """
+    if not annotations:
+        return EMPTY
+    found: dict[str, Any] = {}
+    for key, value in annotations.items():
+        if not (isinstance(key, str) and key.startswith(PREFIX)):
+            continue
+        keyword = key[len(PREFIX) :]
+        if keyword not in VALID_KEYWORDS:
+            raise ValueError(
+                f"unknown annotation {key!r}={value!r}; valid oxigdal annotations are: "
+                f"{', '.join(ANNOTATION_KEYS)}"
+            )
+        if value is None:
+            continue
+        if keyword in ("tenant", "queue", "gang", "locality"):
+            try:
+                value = _name(key, value)
+            except ValueError as e:
+                raise ValueError(f"malformed annotation: {e}") from None
+        elif keyword in ("deadline", "backoff"):
+            value = _finite_number(keyword, value)
+            if keyword == "backoff" and value < 0:
+                raise ValueError(f"{key}={value!r} is not valid: must be >= 0")
+        elif keyword == "checkpoint":
+            if not isinstance(value, bool):
+                raise ValueError(f"{key}={value!r} is not valid: expected True or False")
+        elif keyword == "retries":
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"{key}={value!r} is not valid: expected a non-negative int")
+            value = int(value)
+        found[keyword] = value
+    if not found:
+        return EMPTY
+    return TaskAnnotations(**found)

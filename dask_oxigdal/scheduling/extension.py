@@ -1,0 +1,744 @@
+"""``OxigdalScheduling``: the scheduler plugin that hosts the scheduling policies.
+
+Built like ``distributed/active_memory_manager.py`` and ``stealing.py``: one
+:class:`~distributed.diagnostics.plugin.SchedulerPlugin` with a stable name,
+a list of small policy objects configured as ``{class: dotted.path, **kwargs}``
+(``oxigdal.scheduling.policies``), a ``PeriodicCallback`` stored in
+``scheduler.periodic_callbacks``, and a scheduler handler
+(``oxigdal_status``) that returns a JSON-serialisable snapshot.
+
+The extension itself owns what every policy shares:
+
+- the parsed annotations of each live task (:class:`TaskInfo`), its tenant
+  and its queue; tenants come from ``oxigdal.tenants`` (or ``register``
+  options), queues from ``oxigdal.scheduling.queues``;
+- per-tenant accounting (worker-seconds, completed / erred / cancelled tasks,
+  bytes in memory, recent and entitled share);
+- robustness: tasks whose ``oxigdal_*`` annotations are malformed are held
+  (restricted to an address no worker has) and then failed with a
+  ``ValueError``, without touching other submissions; a policy that raises is
+  logged and disabled, never the scheduler.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import pickle
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from dask.utils import parse_timedelta
+from distributed.diagnostics.plugin import SchedulerPlugin
+from tornado.ioloop import PeriodicCallback
+
+from dask_oxigdal import config as _config  # noqa: F401  (registers the defaults)
+from dask_oxigdal.annotations import parse_annotations
+from dask_oxigdal.exceptions import ConfigError
+from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
+from dask_oxigdal.scheduling.settings import setting
+
+if TYPE_CHECKING:
+    from distributed import Client
+    from distributed.scheduler import Scheduler, TaskState
+
+__all__ = ["HOLD_ADDRESS", "OxigdalScheduling", "register", "status"]
+
+logger = logging.getLogger(__name__)
+
+#: A worker address no worker can have: tasks restricted to it wait in ``no-worker``.
+HOLD_ADDRESS = "oxigdal-hold://nowhere:0"
+
+#: Name of the plugin, of its periodic callback and prefix of its handlers.
+NAME = "oxigdal"
+STATUS_HANDLER = "oxigdal_status"
+
+
+def _import_class(path: str) -> type:
+    module, _, attr = path.rpartition(".")
+    if not module:
+        raise ConfigError(
+            f"oxigdal.scheduling.policies: class {path!r} is not a dotted path "
+            "(e.g. dask_oxigdal.scheduling.fairshare.FairShare)"
+        )
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"oxigdal.scheduling.policies: cannot import {path!r}: {e}") from e
+
+
+def _parse_tenants(tenants: Mapping[str, Any] | None) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for name, value in (tenants or {}).items():
+        if isinstance(value, Mapping):
+            value = value.get("weight", 1)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(
+                f"oxigdal.tenants.{name}: weight {value!r} is not a number "
+                "(give a positive number, or a mapping with a 'weight' key)"
+            )
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"oxigdal.tenants.{name}: weight {value!r} must be > 0")
+        weights[str(name)] = float(value)
+    return weights
+
+
+class _TenantUsage:
+    """Per-tenant counters (plain attributes, read by ``snapshot``)."""
+
+    __slots__ = (
+        "bytes_in_memory",
+        "cancelled",
+        "completed",
+        "erred",
+        "pending",
+        "recent",
+        "recent_at",
+        "running",
+        "submitted",
+        "worker_seconds",
+    )
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.completed = 0
+        self.erred = 0
+        self.cancelled = 0
+        self.pending = 0
+        self.running = 0
+        self.worker_seconds = 0.0
+        self.bytes_in_memory = 0
+        self.recent = 0.0
+        self.recent_at = time.time()
+
+
+def _compute_seconds(kwargs: Mapping[str, Any]) -> float:
+    total = 0.0
+    for ss in kwargs.get("startstops") or ():
+        if ss.get("action") == "compute":
+            total += ss["stop"] - ss["start"]
+    return total
+
+
+class OxigdalScheduling(SchedulerPlugin):
+    """The dask-oxigdal scheduler extension.
+
+    Install it with :func:`register` (from a client) or
+    ``dask scheduler --preload dask_oxigdal.preload``. Arguments default to
+    ``None``, meaning "read ``oxigdal.*`` from the scheduler's dask config".
+
+    Parameters
+    ----------
+    policies : list of dict, optional
+        ``[{"class": "dotted.path", **kwargs}, ...]``
+        (``oxigdal.scheduling.policies``).
+    tenants : dict, optional
+        ``{tenant: weight}`` (or ``{tenant: {"weight": w}}``), merged over
+        ``oxigdal.tenants``.
+    queues : list of str, optional
+        Queue names, highest priority first (``oxigdal.scheduling.queues``).
+    default_queue : str, optional
+        Queue of tasks without a ``queue`` annotation.
+    default_tenant : str, optional
+        Tenant of tasks without a ``tenant`` annotation, and of unknown tenants
+        unless ``strict``.
+    strict : bool, optional
+        Reject (err) tasks of tenants that are not configured.
+    interval : str or float, optional
+        Period of the ``PeriodicCallback`` (``oxigdal.scheduling.interval``).
+    usage_half_life : str or float, optional
+        Half-life of the "current share" usage average.
+    """
+
+    name = NAME
+    idempotent = True
+
+    def __init__(
+        self,
+        *,
+        policies: list[dict[str, Any]] | None = None,
+        tenants: Mapping[str, Any] | None = None,
+        queues: list[str] | None = None,
+        default_queue: str | None = None,
+        default_tenant: str | None = None,
+        strict: bool | None = None,
+        interval: str | float | None = None,
+        usage_half_life: str | float | None = None,
+    ) -> None:
+        # Only plain options here: the plugin is pickled on the client.
+        self.options = {
+            "policies": policies,
+            "tenants": dict(tenants) if tenants is not None else None,
+            "queues": list(queues) if queues is not None else None,
+            "default_queue": default_queue,
+            "default_tenant": default_tenant,
+            "strict": strict,
+            "interval": interval,
+            "usage_half_life": usage_half_life,
+        }
+        self.scheduler: Scheduler | None = None
+        self.policies: list[SchedulingPolicy] = []
+        self.disabled: dict[str, str] = {}
+        self.info: dict[Any, TaskInfo] = {}
+        self.usage: dict[str, _TenantUsage] = {}
+        self.malformed: dict[Any, str] = {}
+        self.malformed_tasks = 0
+        self._to_fail: set[Any] = set()
+        self._fail_scheduled = False
+        self._transition_policies: list[SchedulingPolicy] = []
+        self._parse_cache: dict[Any, Any] = {}
+        self.started_at = 0.0
+
+    # ------------------------------------------------------------------ setup
+    def _configure(self) -> None:
+        o = self.options
+
+        def cfg(key: str) -> Any:
+            return setting(key.removeprefix("oxigdal."))
+
+        tenants = dict(cfg("oxigdal.tenants") or {})
+        tenants.update(o["tenants"] or {})
+        self.weights = _parse_tenants(tenants)
+        #: the raw per-tenant settings (weight or mapping), for policies such as Quota
+        self.tenant_options = {
+            str(k): dict(v) if isinstance(v, Mapping) else {"weight": v} for k, v in tenants.items()
+        }
+        self.default_tenant = str(o["default_tenant"] or cfg("oxigdal.scheduling.default-tenant"))
+        self.weights.setdefault(self.default_tenant, 1.0)
+        strict = o["strict"]
+        self.strict = bool(cfg("oxigdal.scheduling.strict") if strict is None else strict)
+        queues = o["queues"] if o["queues"] is not None else cfg("oxigdal.scheduling.queues")
+        if not queues or not all(isinstance(q, str) and q for q in queues):
+            raise ConfigError(
+                f"oxigdal.scheduling.queues={queues!r}: give a non-empty list of queue names"
+            )
+        if len(set(queues)) != len(queues):
+            raise ConfigError(f"oxigdal.scheduling.queues={queues!r} has duplicates")
+        self.queues = list(queues)
+        self.queue_rank = {q: i for i, q in enumerate(self.queues)}
+        self.default_queue = o["default_queue"] or cfg("oxigdal.scheduling.default-queue")
+        if self.default_queue not in self.queue_rank:
+            raise ConfigError(
+                f"oxigdal.scheduling.default-queue={self.default_queue!r} is not one of "
+                f"the queues {self.queues}"
+            )
+        interval = o["interval"] or cfg("oxigdal.scheduling.interval")
+        self.interval = parse_timedelta(interval)
+        half_life = o["usage_half_life"] or cfg("oxigdal.scheduling.usage-half-life")
+        self.usage_half_life = parse_timedelta(half_life)
+        specs = o["policies"] if o["policies"] is not None else cfg("oxigdal.scheduling.policies")
+        self.policies = [self._make_policy(spec) for spec in specs or ()]
+
+    @staticmethod
+    def _make_policy(spec: Any) -> SchedulingPolicy:
+        if isinstance(spec, SchedulingPolicy):
+            return spec
+        if not isinstance(spec, Mapping) or "class" not in spec:
+            raise ConfigError(
+                f"oxigdal.scheduling.policies: entry {spec!r} is not a mapping with a 'class' key"
+            )
+        kwargs = {str(k).replace("-", "_"): v for k, v in spec.items() if k != "class"}
+        cls = _import_class(spec["class"])
+        if not (isinstance(cls, type) and issubclass(cls, SchedulingPolicy)):
+            raise ConfigError(
+                f"oxigdal.scheduling.policies: {spec['class']!r} is not a SchedulingPolicy"
+            )
+        return cls(**kwargs)
+
+    async def start(self, scheduler: Scheduler) -> None:
+        """Attach to the scheduler: policies, handler and periodic callback.
+
+        Parameters
+        ----------
+        scheduler : distributed.Scheduler
+            The scheduler (``register_scheduler_plugin`` calls this).
+        """
+        if self.scheduler is not None:
+            return
+        self._configure()
+        self.scheduler = scheduler
+        self.started_at = time.time()
+        for policy in self.policies:
+            self._call(policy, "start", self)
+        self._refresh_transition_policies()
+        scheduler.handlers[STATUS_HANDLER] = self.status_handler
+        old = scheduler.periodic_callbacks.pop(NAME, None)
+        if old is not None:  # left by an extension that was unregistered (replace=True)
+            old.stop()
+        pc = PeriodicCallback(self._periodic, self.interval * 1000.0)
+        scheduler.periodic_callbacks[NAME] = pc
+        pc.start()
+        scheduler.log_event(NAME, {"action": "started", "policies": self.policy_names()})
+
+    async def close(self) -> None:
+        """Stop the periodic callback and remove the handler."""
+        if self.scheduler is None:
+            return
+        pc = self.scheduler.periodic_callbacks.pop(NAME, None)
+        if pc is not None:
+            pc.stop()
+        self.scheduler.handlers.pop(STATUS_HANDLER, None)
+
+    def policy_names(self) -> list[str]:
+        """Names of the configured policies, in order."""
+        return [self._policy_name(p) for p in self.policies]
+
+    @staticmethod
+    def _policy_name(policy: SchedulingPolicy) -> str:
+        return policy.name or type(policy).__name__
+
+    def get_policy(self, name: str) -> SchedulingPolicy:
+        """The policy called ``name`` (its ``name`` or class name).
+
+        Parameters
+        ----------
+        name : str
+            Policy name.
+
+        Returns
+        -------
+        SchedulingPolicy
+        """
+        for policy in self.policies:
+            if self._policy_name(policy) == name:
+                return policy
+        raise KeyError(f"no policy {name!r}; policies are {self.policy_names()}")
+
+    # --------------------------------------------------------- policy errors
+    def _refresh_transition_policies(self) -> None:
+        self._transition_policies = [
+            p
+            for p in self.policies
+            if self._policy_name(p) not in self.disabled
+            and type(p).transition is not SchedulingPolicy.transition
+        ]
+
+    def _active(self) -> Iterable[SchedulingPolicy]:
+        return [p for p in self.policies if self._policy_name(p) not in self.disabled]
+
+    def run_policy(self, policy: SchedulingPolicy, method: str, *args: Any) -> Any:
+        """Call ``policy.<method>(*args)`` unless the policy is disabled; disable it if it raises.
+
+        Policies use this for deferred work (``scheduler.loop.add_callback``).
+
+        Parameters
+        ----------
+        policy : SchedulingPolicy
+        method : str
+        *args
+            Passed on.
+
+        Returns
+        -------
+        object
+            What the method returned, or ``None``.
+        """
+        if self._policy_name(policy) in self.disabled:
+            return None
+        return self._call(policy, method, *args)
+
+    def _call(self, policy: SchedulingPolicy, method: str, *args: Any) -> Any:
+        try:
+            return getattr(policy, method)(*args)
+        except Exception as e:
+            self._disable(policy, method, e)
+            return None
+
+    def _disable(self, policy: SchedulingPolicy, method: str, exc: BaseException) -> None:
+        name = self._policy_name(policy)
+        logger.exception("oxigdal policy %s failed in %s(); disabling it", name, method)
+        self.disabled[name] = f"{type(exc).__name__} in {method}(): {exc}"
+        self._refresh_transition_policies()
+        if self.scheduler is not None:
+            self.scheduler.log_event(
+                NAME,
+                {
+                    "action": "policy-disabled",
+                    "policy": name,
+                    "method": method,
+                    "error": f"{type(exc).__name__}: {exc}",
+                },
+            )
+
+    # ---------------------------------------------------- annotations/tenants
+    def resolve_tenant(self, tenant: str | None) -> str:
+        """The accounting tenant of a task's ``tenant`` annotation.
+
+        Parameters
+        ----------
+        tenant : str or None
+            The annotation value.
+
+        Returns
+        -------
+        str
+            ``tenant`` if configured, else the default tenant (``strict``
+            rejects it instead).
+
+        Raises
+        ------
+        ValueError
+            Unknown tenant with ``strict``.
+        """
+        if tenant is None:
+            return self.default_tenant
+        if tenant in self.weights:
+            return tenant
+        if self.strict:
+            raise ValueError(
+                f"unknown tenant {tenant!r} (oxigdal.scheduling.strict is on); "
+                f"configured tenants: {', '.join(sorted(self.weights))}"
+            )
+        return self.default_tenant
+
+    def _parse(self, annotations: Mapping[str, Any] | None) -> tuple[Any, str, str]:
+        if annotations:
+            items = tuple(
+                (k, v)
+                for k, v in annotations.items()
+                if isinstance(k, str) and k.startswith("oxigdal_")
+            )
+        else:
+            items = ()
+        try:
+            return self._parse_cache[items]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable values: parse without the cache
+            items = None
+        parsed = parse_annotations(dict(items) if items is not None else annotations)
+        tenant = self.resolve_tenant(parsed.tenant)
+        queue = parsed.queue if parsed.queue is not None else self.default_queue
+        if queue not in self.queue_rank:
+            raise ValueError(
+                f"unknown queue {queue!r}; valid queues (highest priority first): "
+                f"{', '.join(self.queues)}"
+            )
+        result = (parsed, tenant, queue)
+        if items is not None:
+            if len(self._parse_cache) > 4096:
+                self._parse_cache.clear()
+            self._parse_cache[items] = result
+        return result
+
+    # ------------------------------------------------------------ plugin hooks
+    def update_graph(
+        self,
+        scheduler: Scheduler,
+        *,
+        client: str,
+        keys: set,
+        tasks: list,
+        annotations: dict,
+        priority: dict,
+        stimulus_id: str,
+        **kwargs: Any,
+    ) -> None:
+        """Record the new tasks, hold malformed ones, let policies rewrite priorities."""
+        stasks = scheduler.tasks
+        new: list[tuple[TaskState, TaskInfo]] = []
+        info_map = self.info
+        for key in tasks:
+            if key in info_map or key in self.malformed:
+                continue
+            ts = stasks.get(key)
+            if ts is None or ts.state != "released" or ts.run_spec is None:
+                continue
+            try:
+                parsed, tenant, queue = self._parse(ts.annotations)
+            except ValueError as e:
+                self._hold_malformed(ts, str(e))
+                continue
+            info = TaskInfo(tenant, queue, self.queue_rank[queue], parsed)
+            info_map[key] = info
+            new.append((ts, info))
+            usage = self.usage.get(tenant)
+            if usage is None:
+                usage = self.usage[tenant] = _TenantUsage()
+            usage.submitted += 1
+            usage.pending += 1
+        if not new:
+            return
+        new.sort(key=lambda pair: pair[0].priority or ())
+        for policy in self._active():
+            self._call(policy, "update_graph", new)
+
+    def _hold_malformed(self, ts: TaskState, message: str) -> None:
+        # Restricting a task to an address no worker has sends it to no-worker;
+        # the transition hook then fails it from a later event-loop tick.
+        self.malformed[ts.key] = message
+        self.malformed_tasks += 1
+        ts.worker_restrictions = {HOLD_ADDRESS}
+        ts.loose_restrictions = False
+
+    def transition(
+        self,
+        key: Any,
+        start: str,
+        finish: str,
+        *args: Any,
+        stimulus_id: str,
+        **kwargs: Any,
+    ) -> None:
+        """Per-task accounting and policy notifications (O(1))."""
+        info = self.info.get(key)
+        if info is None:
+            if self.malformed and key in self.malformed:
+                self._malformed_transition(key, finish)
+            return
+        usage = self.usage[info.tenant]
+        if finish == "processing":
+            info.running = True
+            usage.running += 1
+        elif start == "processing":
+            info.running = False
+            usage.running -= 1
+        if finish == "memory":
+            if start == "processing":
+                self._account(usage, _compute_seconds(kwargs))
+            nbytes = kwargs.get("nbytes")
+            if nbytes is None:
+                ts = self.scheduler.tasks.get(key) if self.scheduler else None
+                nbytes = ts.nbytes if ts is not None and ts.nbytes > 0 else 0
+            info.nbytes = nbytes
+            usage.bytes_in_memory += nbytes
+            if not info.done:
+                info.done = True
+                usage.completed += 1
+                usage.pending -= 1
+        elif finish == "erred":
+            if start == "processing":
+                self._account(usage, _compute_seconds(kwargs))
+            if not info.done:
+                info.done = True
+                usage.erred += 1
+                usage.pending -= 1
+        if start == "memory":
+            usage.bytes_in_memory -= info.nbytes
+            info.nbytes = 0
+        for policy in self._transition_policies:
+            try:
+                policy.transition(key, start, finish, info, kwargs)
+            except Exception as e:
+                self._disable(policy, "transition", e)
+        if finish == "forgotten":
+            del self.info[key]
+            if not info.done:
+                usage.cancelled += 1
+                usage.pending -= 1
+
+    def _account(self, usage: _TenantUsage, seconds: float) -> None:
+        now = time.time()
+        usage.worker_seconds += seconds
+        usage.recent = usage.recent * 0.5 ** ((now - usage.recent_at) / self.usage_half_life)
+        usage.recent += seconds
+        usage.recent_at = now
+
+    def _malformed_transition(self, key: Any, finish: str) -> None:
+        if finish == "no-worker":
+            self._to_fail.add(key)
+            if not self._fail_scheduled and self.scheduler is not None:
+                self._fail_scheduled = True
+                # Never re-enter the state machine from inside a transition hook.
+                self.scheduler.loop.add_callback(self._fail_malformed)
+        elif finish in ("erred", "forgotten", "memory"):
+            self.malformed.pop(key, None)
+            self._to_fail.discard(key)
+
+    def _fail_malformed(self) -> None:
+        self._fail_scheduled = False
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        keys, self._to_fail = self._to_fail, set()
+        stimulus_id = f"oxigdal-malformed-annotations-{time.time()}"
+        recs: dict = {}
+        for key in keys:
+            ts = scheduler.tasks.get(key)
+            message = self.malformed.get(key)
+            if ts is None or message is None or ts.state != "no-worker":
+                continue
+            exc = ValueError(f"task {key!r} rejected by dask-oxigdal: {message}")
+            recs.update(
+                scheduler.transition(
+                    key,
+                    "erred",
+                    stimulus_id=stimulus_id,
+                    exception=pickle.dumps(exc),
+                    exception_text=str(exc),
+                    cause=key,
+                )
+            )
+            scheduler.log_event(
+                NAME, {"action": "malformed-annotations", "key": str(key), "error": message}
+            )
+        if recs:
+            scheduler.transitions(recs, stimulus_id)
+
+    def restart(self, scheduler: Scheduler) -> None:
+        """Forget per-task state (every task was released); keep cumulative counters."""
+        self.info.clear()
+        self.malformed.clear()
+        self._to_fail.clear()
+        for usage in self.usage.values():
+            usage.pending = usage.running = 0
+            usage.bytes_in_memory = 0
+        for policy in self._active():
+            self._call(policy, "restart")
+
+    def _periodic(self) -> None:
+        for policy in self._active():
+            self._call(policy, "periodic")
+
+    # ----------------------------------------------------------------- status
+    def tenant_snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per-tenant accounting: usage, counters, current and entitled share.
+
+        Returns
+        -------
+        dict
+            ``{tenant: {...}}``, JSON-serialisable.
+        """
+        now = time.time()
+        recent = {
+            t: u.recent * 0.5 ** ((now - u.recent_at) / self.usage_half_life)
+            for t, u in self.usage.items()
+        }
+        total_recent = sum(recent.values())
+        total_ws = sum(u.worker_seconds for u in self.usage.values())
+        active = {t for t, u in self.usage.items() if u.pending > 0}
+        active_weight = sum(self.weights.get(t, 1.0) for t in active)
+        out: dict[str, dict[str, Any]] = {}
+        for tenant in sorted(set(self.usage) | set(self.weights)):
+            u = self.usage.get(tenant) or _TenantUsage()
+            weight = self.weights.get(tenant, 1.0)
+            out[tenant] = {
+                "weight": weight,
+                "submitted": u.submitted,
+                "completed": u.completed,
+                "erred": u.erred,
+                "cancelled": u.cancelled,
+                "pending": u.pending,
+                "running": u.running,
+                "worker_seconds": u.worker_seconds,
+                "bytes_in_memory": u.bytes_in_memory,
+                "current_share": recent.get(tenant, 0.0) / total_recent if total_recent else 0.0,
+                "lifetime_share": u.worker_seconds / total_ws if total_ws else 0.0,
+                "entitled_share": weight / active_weight if tenant in active else 0.0,
+            }
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable snapshot of the extension and of every policy.
+
+        Returns
+        -------
+        dict
+            ``installed``, ``policies`` (each with ``enabled`` and its own
+            state), ``disabled`` (name -> reason), ``tenants``, ``queues``,
+            ``tasks_tracked``, ``malformed_tasks``.
+        """
+        policies: dict[str, Any] = {}
+        for policy in self.policies:
+            name = self._policy_name(policy)
+            try:
+                state = policy.snapshot()
+            except Exception as e:  # a broken snapshot must not break status()
+                state = {"error": f"{type(e).__name__}: {e}"}
+            policies[name] = {"enabled": name not in self.disabled, **state}
+        return {
+            "installed": True,
+            "name": NAME,
+            "started_at": self.started_at,
+            "policies": policies,
+            "disabled": dict(self.disabled),
+            "tenants": self.tenant_snapshot(),
+            "queues": list(self.queues),
+            "default_queue": self.default_queue,
+            "default_tenant": self.default_tenant,
+            "strict": self.strict,
+            "tasks_tracked": len(self.info),
+            "malformed_tasks": self.malformed_tasks,
+        }
+
+    def status_handler(self) -> dict[str, Any]:
+        """Scheduler handler ``oxigdal_status``: :meth:`snapshot`."""
+        return self.snapshot()
+
+
+def register(client: Client, *, replace: bool = False, **options: Any) -> Any:
+    """Install :class:`OxigdalScheduling` on the client's scheduler (idempotent).
+
+    A second call with the extension already installed does nothing (the
+    plugin is ``idempotent``), whatever its options; pass ``replace=True`` to
+    remove the installed extension (and its state) first.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        A connected client (synchronous or asynchronous).
+    replace : bool, default False
+        Unregister an installed extension first.
+    **options
+        :class:`OxigdalScheduling` arguments (``tenants``, ``policies``,
+        ``queues``, ``default_queue``, ``strict``, ...). Unset ones are read
+        from the scheduler's dask config.
+
+    Returns
+    -------
+    None or awaitable
+        An awaitable with an asynchronous client.
+    """
+    plugin = OxigdalScheduling(**options)
+    if not replace:
+        return client.register_plugin(plugin)
+
+    async def _replace() -> None:
+        try:
+            await client.scheduler.unregister_scheduler_plugin(name=NAME)
+        except Exception:  # not installed: nothing to replace
+            pass
+        await client.scheduler.register_scheduler_plugin(
+            plugin=_dumps(plugin), name=NAME, idempotent=False
+        )
+
+    return client.sync(_replace)
+
+
+def _dumps(obj: Any) -> bytes:
+    from distributed.protocol.pickle import dumps
+
+    return dumps(obj)
+
+
+def status(client: Client) -> Any:
+    """JSON-serialisable snapshot of the scheduler extension and its policies.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        A connected client (synchronous or asynchronous).
+
+    Returns
+    -------
+    dict or awaitable
+        The snapshot (``{"installed": False}`` when the extension is not
+        installed); an awaitable with an asynchronous client.
+    """
+
+    async def _status() -> dict[str, Any]:
+        installed = await client.run_on_scheduler(_has_handler)
+        if not installed:
+            return {"installed": False}
+        snap = await client.scheduler.oxigdal_status()
+        # msgpack turns lists into tuples: hand back plain JSON types
+        return json.loads(json.dumps(snap))
+
+    return client.sync(_status)
+
+
+def _has_handler(dask_scheduler: Scheduler) -> bool:
+    return STATUS_HANDLER in dask_scheduler.handlers

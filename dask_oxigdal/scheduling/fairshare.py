@@ -1,0 +1,465 @@
+"""``FairShare``: weighted fair queuing between tenants, strict priority between queues.
+
+How it works
+------------
+Start-time fair queuing over estimated task cost, enacted through Dask's own
+task priorities:
+
+- in ``update_graph`` (before Dask transitions the new tasks) each new task,
+  in Dask's priority order, gets a virtual *start tag*
+  ``max(tenant's last finish tag, virtual time)`` and a *finish tag*
+  ``start + cost / weight``; ``cost`` is Dask's per-prefix duration estimate
+  (``TaskPrefix.duration_average``), or ``oxigdal.scheduling.default-task-cost``
+  when Dask has no estimate yet;
+- the task's priority becomes ``(queue rank, finish tag) + Dask's priority``.
+  Tuples compare element by element, so the queue wins, then the tag, then
+  Dask's own order (user ``priority=``, submission generation, ``dask.order``);
+- the virtual time of a queue is the smallest start tag among its
+  *runnable* tasks (``queued`` on the scheduler or ``processing`` on a
+  worker), kept in a heap with lazy deletion (O(log n) per transition) and
+  never decreasing. Dask serves runnable tasks in priority order, so that is
+  the tag frontier of the work being served. Tasks still ``waiting`` for
+  their dependencies do not hold it back, and it does not jump ahead when
+  Dask dispatches the first tasks of a graph out of order (it does: the
+  first root tasks reach idle workers in dependency-walk order).
+
+Dask then does the rest: root-ish tasks wait in ``scheduler.queued`` (a heap
+ordered by priority) when ``worker-saturation`` is finite, and workers run
+their ready tasks in priority order. Ordering by tags is work-conserving (a
+tenant without work has no tags in the heap), and a tenant that arrives late
+gets tags that start at the current virtual time, so its tasks go to the
+front of the queue within about one task duration instead of waiting behind
+the others' backlog.
+
+With ``worker-saturation: inf`` Dask sends every ready task to a worker at
+once; each worker still runs its own ready tasks by tag, so the share holds
+per worker, but a late tenant's tasks land behind the tasks the worker already
+runs and work stealing may move tasks without regard to tenants.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import TYPE_CHECKING, Any
+
+from dask.utils import parse_timedelta
+
+from dask_oxigdal.exceptions import ConfigError
+from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
+from dask_oxigdal.scheduling.settings import setting
+
+if TYPE_CHECKING:
+    from distributed.scheduler import TaskPrefix, TaskState
+
+    from dask_oxigdal.scheduling.extension import OxigdalScheduling
+
+__all__ = ["FairShare"]
+
+#: Finished tasks over which a prefix's mean cost is a plain running mean; after
+#: that an exponential average with weight 1/MEAN_WINDOW on the latest task.
+MEAN_WINDOW = 100
+#: Weight, in tasks, of the prior (the median of the measured prefixes) in the
+#: cost of a prefix measured on few tasks.
+PRIOR_WEIGHT = 4
+
+# states of tasks that are ready to run: waiting in scheduler.queued, or sent to a worker
+_RUNNABLE = ("queued", "processing")
+# states of tasks whose priority can still change what runs first
+_PENDING = ("waiting", "queued", "no-worker", "released")
+
+
+class FairShare(SchedulingPolicy):
+    """Weighted fair share of worker-time between tenants, within strict-priority queues.
+
+    Parameters
+    ----------
+    default_task_cost : str or float, optional
+        Cost (seconds) of a task whose prefix Dask has no duration estimate
+        for (``oxigdal.scheduling.default-task-cost``).
+    """
+
+    name = "FairShare"
+
+    def __init__(
+        self,
+        *,
+        default_task_cost: str | float | None = None,
+        retag_factor: float | None = None,
+    ) -> None:
+        super().__init__()
+        cost = parse_timedelta(setting("scheduling.default-task-cost", default_task_cost))
+        if not cost > 0:
+            raise ConfigError(
+                f"oxigdal.scheduling.default-task-cost={default_task_cost!r} must be > 0"
+            )
+        self.default_task_cost = float(cost)
+        factor = setting("scheduling.retag-factor", retag_factor)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1:
+            raise ConfigError(f"oxigdal.scheduling.retag-factor={factor!r} must be a number > 1")
+        self.retag_factor = float(factor)
+        # the cost every pending task of a prefix is tagged with: one unit per prefix
+        self.prefix_cost: dict[str, float] = {}
+        self.guessed: set[str] = set()  # prefixes tagged with a guess, not a measurement
+        self.guess = self.default_task_cost
+        # per prefix: [finished tasks seen, mean compute seconds]; samples behind its cost
+        self.stats: dict[str, list] = {}
+        self.cost_samples: dict[str, int] = {}
+        # median of the measured prefixes' means: the prior a young mean is shrunk to
+        self.prior: float | None = None
+        # per (queue, tenant): the largest Dask priority[0] (= -user priority) tagged
+        self.worst_user_rank: dict[tuple[str, str], float] = {}
+        self._check_scheduled = False
+        self.retags = 0
+        self.retagged_tasks = 0
+        # per queue: virtual time; per (queue, tenant): last finish tag
+        self.virtual_time: dict[str, float] = {}
+        self.last_tag: dict[tuple[str, str], float] = {}
+        # per queue: heap of (start tag, seq, info) of the runnable tasks
+        self.runnable: dict[str, list[tuple[float, int, TaskInfo]]] = {}
+        self._seq = itertools.count(1)
+        self.tagged = 0
+
+    def start(self, extension: OxigdalScheduling) -> None:
+        """Attach to the extension."""
+        super().start(extension)
+
+    def dask_estimate(self, prefix: TaskPrefix) -> float | None:
+        """Dask's duration estimate (seconds) of a task prefix, ``None`` if it has none.
+
+        ``TaskPrefix.duration_average`` when set, else twice the longest
+        execution time seen in a worker heartbeat (as Dask's own occupancy
+        estimate does), else ``None``.
+
+        Parameters
+        ----------
+        prefix : distributed.scheduler.TaskPrefix
+
+        Returns
+        -------
+        float or None
+        """
+        duration = prefix.duration_average
+        if duration is not None and duration >= 0:
+            return max(duration, 1e-6)
+        if prefix.max_exec_time > 0:
+            return 2.0 * prefix.max_exec_time
+        return None
+
+    def estimate(self, prefix: TaskPrefix) -> float:
+        """Fair-share cost (seconds) of a task of ``prefix``.
+
+        In order of preference:
+
+        1. the mean compute time of the prefix's tasks this policy has seen
+           finish (from the workers' ``startstops``; a running mean over the
+           first ``MEAN_WINDOW`` tasks, then an exponential average with the
+           same weight), shrunk toward the median of the measured prefixes
+           while it rests on few tasks (``PRIOR_WEIGHT`` pseudo-tasks). Dask's
+           own ``duration_average`` is the same data with a weight of 1/2 on
+           the latest task, too noisy to compare tenants;
+        2. Dask's estimate (:meth:`dask_estimate`), e.g. from tasks that
+           finished before the extension was installed;
+        3. a guess: the median cost of the prefixes measured so far (a
+           newcomer is assumed to be like the work already running, so a late
+           tenant with a new function neither jumps ahead nor waits for the
+           queue), or ``default-task-cost`` when nothing is measured yet. A
+           guess is replaced by the measurement as soon as the prefix's first
+           task finishes.
+
+        Parameters
+        ----------
+        prefix : distributed.scheduler.TaskPrefix
+
+        Returns
+        -------
+        float
+        """
+        name = prefix.name
+        stats = self.stats.get(name)
+        if stats is not None:
+            self.guessed.discard(name)
+            n, mean = stats
+            prior = self.prior
+            if prior is not None and n < MEAN_WINDOW:
+                # shrink a mean of few tasks toward the median of the measured
+                # prefixes: one noisy first task must not bias a whole tenant
+                mean = (n * mean + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT)
+            return max(mean, 1e-6)
+        cost = self.dask_estimate(prefix)
+        if cost is None:
+            self.guessed.add(name)
+            return self.guess
+        self.guessed.discard(name)
+        return cost
+
+    def _observe(self, name: str, kwargs: dict[str, Any]) -> None:
+        seconds = 0.0
+        for ss in kwargs.get("startstops") or ():
+            if ss.get("action") == "compute":
+                seconds += ss["stop"] - ss["start"]
+        if seconds <= 0:
+            return
+        stats = self.stats.get(name)
+        if stats is None:
+            self.stats[name] = [1, seconds]
+            if name in self.guessed and not self._check_scheduled:
+                # first measurement of a guessed prefix: re-tag soon, outside the
+                # state machine (never re-enter it from a transition hook)
+                ext = self.extension
+                assert ext is not None and ext.scheduler is not None
+                self._check_scheduled = True
+                ext.scheduler.loop.add_callback(ext.run_policy, self, "periodic")
+            return
+        count = min(stats[0] + 1, MEAN_WINDOW)
+        stats[0] += 1
+        stats[1] += (seconds - stats[1]) / count
+
+    def _update_guess(self) -> None:
+        costs = sorted(cost for name, cost in self.prefix_cost.items() if name not in self.guessed)
+        self.guess = costs[len(costs) // 2] if costs else self.default_task_cost
+
+    def update_graph(self, new: list[tuple[TaskState, TaskInfo]]) -> None:
+        """Tag the new tasks and rewrite their priorities (before Dask transitions them)."""
+        ext = self.extension
+        assert ext is not None
+        weights = ext.weights
+        for queue in self.runnable:
+            self._advance(queue)
+        vt = self.virtual_time
+        last = self.last_tag
+        prefix_cost = self.prefix_cost
+        reorder: set[tuple[str, str]] = set()
+        for ts, info in new:
+            queue = info.queue
+            tq = (queue, info.tenant)
+            start = max(last.get(tq, 0.0), vt.get(queue, 0.0))
+            prefix = ts.prefix
+            info.prefix = name = prefix.name
+            cost = prefix_cost.get(name)
+            if cost is None:
+                cost = prefix_cost[name] = self.estimate(prefix)
+                self.cost_samples[name] = self.stats.get(name, (0,))[0]
+            finish = start + cost / weights.get(info.tenant, 1.0)
+            last[tq] = finish
+            info.start_tag = start
+            info.finish_tag = finish
+            dask_priority = ts.priority or (0,)
+            ts.priority = (info.rank, finish, *dask_priority)
+            # Dask's user priority orders a tenant's own work across submissions too:
+            # a task more urgent than the tenant's backlog re-orders that backlog
+            user_rank = dask_priority[0]
+            worst = self.worst_user_rank.get(tq)
+            if worst is None or user_rank > worst:
+                self.worst_user_rank[tq] = user_rank
+            elif user_rank < worst:
+                reorder.add(tq)
+        self.tagged += len(new)
+        if reorder:
+            self.retag(tenants=reorder)
+
+    def transition(
+        self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
+    ) -> None:
+        """Track the start tags of the runnable tasks (queued or processing), O(log n)."""
+        if finish in _RUNNABLE:
+            if not info.pseq:
+                seq = next(self._seq)
+                info.pseq = seq
+                heap = self.runnable.get(info.queue)
+                if heap is None:
+                    heap = self.runnable[info.queue] = []
+                heapq.heappush(heap, (info.start_tag, seq, info))
+        elif start in _RUNNABLE:
+            info.pseq = 0
+            heap = self.runnable.get(info.queue)
+            # pop finished entries off the top (amortised: each entry is popped once)
+            while heap and heap[0][2].pseq != heap[0][1]:
+                heapq.heappop(heap)
+            if finish == "memory" and start == "processing":
+                self._observe(info.prefix, kwargs)
+
+    def _advance(self, queue: str) -> float:
+        """Virtual time of ``queue``: smallest start tag of its runnable tasks, never decreasing."""
+        heap = self.runnable.get(queue)
+        while heap and heap[0][2].pseq != heap[0][1]:
+            heapq.heappop(heap)
+        vt = self.virtual_time.get(queue, 0.0)
+        if heap and heap[0][0] > vt:
+            vt = self.virtual_time[queue] = heap[0][0]
+        return vt
+
+    def periodic(self) -> None:
+        """Re-tag pending tasks of prefixes whose cost estimate moved.
+
+        Tags assume one cost per prefix, so that every tenant is measured in
+        the same units. A prefix's cost is updated, and the pending tasks of
+        the tenants using it re-tagged, when its estimate moves by more than
+        ``retag_factor`` (a guess replaced by the first measurement), or by
+        more than 10% once it rests on 4x as many finished tasks as when it was
+        last set (so at most a logarithmic number of re-tags per prefix). Also
+        runs right after the first task of a guessed prefix finishes.
+        O(#prefixes) when nothing changed, O(live tasks) when something did.
+        """
+        ext = self.extension
+        assert ext is not None and ext.scheduler is not None
+        self._check_scheduled = False
+        prefixes = ext.scheduler.task_prefixes
+        changed: set[str] = set()
+        factor = self.retag_factor
+
+        def check(name: str) -> None:
+            prefix = prefixes.get(name)
+            if prefix is None:
+                return
+            used = self.prefix_cost[name]
+            now = self.estimate(prefix)
+            samples = self.stats.get(name, (0,))[0]
+            drift = max(now / used, used / now)
+            refined = samples >= 4 * max(self.cost_samples.get(name, 0), 1) and drift > 1.1
+            if drift > factor or refined:
+                self.prefix_cost[name] = now
+                self.cost_samples[name] = samples
+                changed.add(name)
+
+        # measured prefixes first, then the guess, then the prefixes still guessed
+        def has_measurement(name: str) -> bool:
+            prefix = prefixes.get(name)
+            return name in self.stats or (
+                prefix is not None and self.dask_estimate(prefix) is not None
+            )
+
+        names = list(self.prefix_cost)
+        measured = [n for n in names if has_measurement(n)]
+        means = sorted(stats[1] for stats in self.stats.values())
+        self.prior = means[len(means) // 2] if means else None
+        for name in measured:
+            check(name)
+        self._update_guess()
+        for name in set(names).difference(measured):
+            check(name)
+        if changed:
+            self.retag(changed)
+
+    def retag(
+        self,
+        changed: set[str] | None = None,
+        tenants: set[tuple[str, str]] | None = None,
+    ) -> int:
+        """Re-tag the pending tasks of some tenants, in (user priority, tag) order.
+
+        Parameters
+        ----------
+        changed : set of str, optional
+            Prefix names whose cost changed (already updated in ``prefix_cost``):
+            re-tag the tenants that have pending tasks of these prefixes.
+        tenants : set of (queue, tenant), optional
+            Re-tag these tenants' pending tasks.
+
+        Returns
+        -------
+        int
+            The number of tasks re-tagged.
+        """
+        ext = self.extension
+        assert ext is not None and ext.scheduler is not None
+        scheduler = ext.scheduler
+        tasks = scheduler.tasks
+        groups: dict[tuple[str, str], list[tuple[float, TaskInfo, TaskState]]] = {}
+        for key, info in ext.info.items():
+            if info.done or info.running:
+                continue
+            ts = tasks.get(key)
+            if ts is None or ts.state not in _PENDING or not ts.priority:
+                continue
+            groups.setdefault((info.queue, info.tenant), []).append((info.finish_tag, info, ts))
+        count = 0
+        queued_changed = False
+        queues = set()
+        retagged: set[tuple[str, str]] = set()
+        for (queue, tenant), items in groups.items():
+            if not (
+                (tenants is not None and (queue, tenant) in tenants)
+                or (changed and any(ts.prefix.name in changed for _, _, ts in items))
+            ):
+                continue
+            # Dask's user priority first (ts.priority[2] is -priority), then the old tag
+            items.sort(key=lambda item: (item[2].priority[2:3], item[0]))
+            weight = ext.weights.get(tenant, 1.0)
+            # keep a tenant that is behind the virtual time behind it; reset a lead
+            start = min(min(info.start_tag for _, info, _ in items), self._advance(queue))
+            for _, info, ts in items:
+                finish = (
+                    start + self.prefix_cost.get(ts.prefix.name, self.default_task_cost) / weight
+                )
+                info.start_tag, info.finish_tag = start, finish
+                ts.priority = (info.rank, finish, *ts.priority[2:])
+                queued_changed = queued_changed or ts.state == "queued"
+                start = finish
+            # the tenant's next submission continues after its re-tagged backlog
+            self.last_tag[(queue, tenant)] = start
+            self.worst_user_rank[(queue, tenant)] = max(
+                (ts.priority[2:3] or (0,))[0] for _, _, ts in items
+            )
+            queues.add(queue)
+            retagged.add((queue, tenant))
+            count += len(items)
+        if queued_changed:
+            # scheduler.queued caches priorities at insertion: rebuild it
+            queued = list(scheduler.queued)
+            scheduler.queued.clear()
+            for ts in queued:
+                scheduler.queued.add(ts)
+        for queue, tenant in list(self.last_tag):
+            # tenants with nothing pending: their last tag is in the old units; one
+            # in the future would delay their next submission, so bring it to V
+            if queue in queues and (queue, tenant) not in retagged:
+                vt = self.virtual_time.get(queue, 0.0)
+                if self.last_tag[(queue, tenant)] > vt:
+                    self.last_tag[(queue, tenant)] = vt
+        if queues:
+            for queue in queues:
+                heap = [
+                    (info.start_tag, info.pseq, info)
+                    for info in ext.info.values()
+                    if info.pseq and info.queue == queue
+                ]
+                heapq.heapify(heap)
+                self.runnable[queue] = heap
+        self.retags += 1
+        self.retagged_tasks += count
+        return count
+
+    def restart(self) -> None:
+        """Every task was forgotten: reset the virtual clocks."""
+        self.virtual_time.clear()
+        self.last_tag.clear()
+        self.runnable.clear()
+        self.prefix_cost.clear()
+        self.cost_samples.clear()
+        self.worst_user_rank.clear()
+        self.guessed.clear()
+        self.guess = self.default_task_cost
+
+    def snapshot(self) -> dict[str, Any]:
+        """Virtual time per queue and each tenant's lag behind it (in cost-seconds / weight)."""
+        for queue in self.runnable:
+            self._advance(queue)
+        vt = self.virtual_time
+        backlog: dict[str, dict[str, float]] = {}
+        for (queue, tenant), tag in self.last_tag.items():
+            ahead = tag - vt.get(queue, 0.0)
+            if ahead > 0:
+                backlog.setdefault(queue, {})[tenant] = ahead
+        return {
+            "virtual_time": dict(vt),
+            "backlog": backlog,
+            "tasks_tagged": self.tagged,
+            "runnable_heap": {q: len(h) for q, h in self.runnable.items()},
+            "default_task_cost": self.default_task_cost,
+            "prefix_cost": dict(self.prefix_cost),
+            "guessed_prefixes": sorted(self.guessed),
+            "guess": self.guess,
+            "retags": self.retags,
+            "retagged_tasks": self.retagged_tasks,
+        }

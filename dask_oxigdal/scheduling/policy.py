@@ -1,0 +1,114 @@
+"""Base class of the scheduling policies and the per-task record they share."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distributed.scheduler import TaskState
+
+    from dask_oxigdal.scheduling.extension import OxigdalScheduling
+
+__all__ = ["SchedulingPolicy", "TaskInfo"]
+
+
+class TaskInfo:
+    """What the extension knows about one live task it has seen in ``update_graph``.
+
+    One instance per task, created when the task enters the scheduler and
+    dropped when it is forgotten. Policies may add their own values in the
+    free slots (``start_tag``, ``finish_tag``).
+    """
+
+    __slots__ = (
+        "admitted",
+        "annotations",
+        "done",
+        "finish_tag",
+        "nbytes",
+        "prefix",
+        "pseq",
+        "queue",
+        "rank",
+        "running",
+        "start_tag",
+        "tenant",
+    )
+
+    def __init__(self, tenant: str, queue: str, rank: int, annotations: Any) -> None:
+        self.tenant = tenant
+        self.queue = queue
+        self.rank = rank
+        self.annotations = annotations
+        self.start_tag = 0.0
+        self.finish_tag = 0.0
+        self.running = False
+        self.done = False
+        self.nbytes = 0
+        self.pseq = 0
+        self.prefix = ""
+        self.admitted = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<TaskInfo tenant={self.tenant!r} queue={self.queue!r} "
+            f"tags=({self.start_tag:.4g}, {self.finish_tag:.4g})>"
+        )
+
+
+class SchedulingPolicy:
+    """A policy of :class:`~dask_oxigdal.scheduling.extension.OxigdalScheduling`.
+
+    Policies decide, the extension enacts. Each hook is called by the
+    extension inside a ``try``: an exception is logged, reported with
+    ``scheduler.log_event("oxigdal", ...)`` and the policy is disabled; the
+    scheduler and the other policies carry on.
+
+    Subclasses override the hooks they need; the extension only calls the
+    ``transition`` hook of policies that override it (it runs on every task
+    transition and must be O(1)).
+
+    Parameters
+    ----------
+    **kwargs
+        Policy-specific options, from the ``{class: ..., **kwargs}`` entry in
+        ``oxigdal.scheduling.policies``.
+    """
+
+    #: Name in the status snapshot; defaults to the class name.
+    name: str = ""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected option(s): {', '.join(sorted(kwargs))}"
+            )
+        self.extension: OxigdalScheduling | None = None
+
+    def start(self, extension: OxigdalScheduling) -> None:
+        """Attach to the extension (called once, on the event loop)."""
+        self.extension = extension
+
+    def update_graph(self, new: list[tuple[TaskState, TaskInfo]]) -> None:
+        """New tasks entered the scheduler, before Dask transitions them.
+
+        Parameters
+        ----------
+        new : list of (TaskState, TaskInfo)
+            The new tasks of one submission, sorted by Dask's own priority.
+        """
+
+    def transition(
+        self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
+    ) -> None:
+        """A task the extension knows changed state (O(1) work only)."""
+
+    def periodic(self) -> None:
+        """Periodic work, from the extension's ``PeriodicCallback``."""
+
+    def restart(self) -> None:
+        """The scheduler restarted: every task was forgotten."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable state and counters for ``status()``."""
+        return {}
