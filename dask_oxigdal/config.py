@@ -11,7 +11,6 @@ import os
 from typing import Any
 
 import dask.config
-import distributed.config  # noqa: F401  (distributed's defaults first: we extend its nanny env)
 import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,7 +29,7 @@ def load_defaults() -> dict[str, Any]:
     Returns
     -------
     dict
-        The defaults, with the top-level ``oxigdal`` (and ``distributed``) keys.
+        The defaults, under the top-level ``oxigdal`` key.
     """
     return _load_yaml(DEFAULTS_PATH)
 
@@ -46,24 +45,13 @@ def load_schema() -> dict[str, Any]:
     return _load_yaml(SCHEMA_PATH)
 
 
-def _apply_worker_numba_threads(defaults: dict[str, Any]) -> None:
-    # Keep the nanny's environment in step with oxigdal.kernels.worker-numba-threads
-    # when a user overrides only our key.
-    threads = dask.config.get("oxigdal.kernels.worker-numba-threads", default=None)
-    if threads is not None:
-        env = defaults["distributed"]["nanny"]["pre-spawn-environ"]
-        env["NUMBA_NUM_THREADS"] = int(threads)
-
-
 def register_defaults() -> None:
     """Merge the package defaults into dask's config (idempotent).
 
     User settings keep precedence over these defaults, as with every dask
     extension that ships a yaml file.
     """
-    defaults = load_defaults()
-    _apply_worker_numba_threads(defaults)
-    dask.config.update_defaults(defaults)
+    dask.config.update_defaults(load_defaults())
 
 
 def get(key: str, value: Any = None) -> Any:
@@ -125,13 +113,7 @@ def render_reference() -> str:
             lines.append(f"| `{dotted}` | {child.get('type', '')} | `{value!r}` | {text} |")
 
     walk(load_schema(), defaults, "")
-    lines += [
-        "",
-        "dask-oxigdal also sets `distributed.nanny.pre-spawn-environ.NUMBA_NUM_THREADS`",
-        "(from `oxigdal.kernels.worker-numba-threads`), beside Dask's own",
-        "`OMP_NUM_THREADS`/`MKL_NUM_THREADS`/`OPENBLAS_NUM_THREADS` pins.",
-        "",
-    ]
+    lines.append("")
     return "\n".join(lines)
 
 

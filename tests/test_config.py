@@ -67,11 +67,11 @@ def test_defaults_are_registered_with_dask():
         assert dask.config.get(key) == value
 
 
-def test_nanny_environment_pins_numba_threads():
-    env = dask.config.get("distributed.nanny.pre-spawn-environ")
-    assert int(env["NUMBA_NUM_THREADS"]) == dask.config.get("oxigdal.kernels.worker-numba-threads")
-    # Dask's own pins must survive our update_defaults merge
-    assert "OMP_NUM_THREADS" in env
+def test_no_distributed_settings_are_changed():
+    # NUMBA_NUM_THREADS must never go through the nanny's pre-spawn-environ: the
+    # nanny copies it into the parent process (see test_parallel_policy).
+    assert set(config.load_defaults()) == {"oxigdal"}
+    assert "NUMBA_NUM_THREADS" not in dask.config.get("distributed.nanny.pre-spawn-environ")
 
 
 def test_get_prefers_the_explicit_value():

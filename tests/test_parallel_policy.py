@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import dask
 import dask.array as da
 import dask.config
@@ -42,10 +45,53 @@ async def test_multi_threaded_worker_runs_kernels_serially(c, s, a):
 
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
-async def test_single_threaded_worker_may_use_numba_threads(c, s, a):
+async def test_single_threaded_worker_runs_serially_by_default(c, s, a):
+    threads, _ = await c.submit(_decision, BIG, pure=False)
+    assert threads == 1
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)],
+    config={"oxigdal.kernels.worker-numba-threads": 2},
+)
+async def test_single_threaded_worker_uses_the_configured_threads(c, s, a):
     threads, inside = await c.submit(_decision, BIG, pure=False)
-    assert threads == numba.get_num_threads()
+    assert threads == min(2, numba.get_num_threads())
     assert inside == threads
+
+
+LEAK_SCRIPT = """
+import os, numpy as np
+import dask_oxigdal as dox
+from distributed import LocalCluster
+
+if __name__ == "__main__":
+    big = np.full(1 << 18, 3, np.uint16)
+    dox.ndvi(big, big // 3)  # parallel kernel: numba's thread pool is up
+    before = os.environ.get("NUMBA_NUM_THREADS")
+    with LocalCluster(n_workers=1, processes=True, dashboard_address=":0"):
+        pass
+    assert os.environ.get("NUMBA_NUM_THREADS") == before, os.environ.get("NUMBA_NUM_THREADS")
+    import numba
+
+    @numba.njit
+    def fresh(x):
+        return x + 1
+
+    assert fresh(1) == 2  # numba can still compile after the cluster started
+    print("ok")
+"""
+
+
+def test_a_process_cluster_does_not_break_numba_in_the_client(tmp_path):
+    # A notebook that ran a parallel kernel and then starts LocalCluster(processes=True)
+    # must still be able to compile: nannies copy pre-spawn-environ into this process.
+    script = tmp_path / "leak.py"
+    script.write_text(LEAK_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
 
 
 def test_serial_kernels_context_nests_and_restores():

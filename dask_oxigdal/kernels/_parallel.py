@@ -9,14 +9,18 @@ Rules
   thread start-up costs more than it saves.
 * Inside a Dask worker thread whose worker runs more than one thread, kernels
   run serially. Dask already runs one task per thread; a parallel kernel per
-  task would oversubscribe the cores (Dask pins OpenMP/MKL/OpenBLAS to one
-  thread for the same reason, and our config does the same for numba through
-  ``distributed.nanny.pre-spawn-environ``).
+  task would oversubscribe the cores.
+* Inside a single-threaded Dask worker, a kernel uses at most
+  ``oxigdal.kernels.worker-numba-threads`` threads (default 1, as Dask pins
+  OpenMP/MKL/OpenBLAS to one thread in workers). This is applied per launch
+  with the thread-local ``numba.set_num_threads``, never through the
+  ``NUMBA_NUM_THREADS`` environment variable: a nanny copies its
+  ``pre-spawn-environ`` into the *parent* process, and numba refuses to compile
+  once that variable differs from the running thread pool.
 * Inside :func:`serial_kernels` (the dask.array front ends wrap every block
   in it) kernels run serially: Dask's scheduler, threaded or distributed,
   already runs the blocks in parallel.
-* A single-threaded worker (or the client, or a plain script) may use
-  ``numba.get_num_threads()`` threads.
+* The client, or a plain script, may use ``numba.get_num_threads()`` threads.
 * numba's ``workqueue`` threading layer aborts the process when two threads
   launch parallel kernels at once. When that layer is active a lock admits one
   parallel launch at a time; a caller that finds it taken runs serially instead
@@ -83,10 +87,13 @@ def parallel_threads(n_elements: int) -> int:
         return 1
     if getattr(_local, "serial_depth", 0):
         return 1
+    available = max(1, numba.get_num_threads())
     worker_threads = _dask_worker_threads()
-    if worker_threads is not None and worker_threads > 1:
+    if worker_threads is None:
+        return available
+    if worker_threads > 1:
         return 1
-    return max(1, numba.get_num_threads())
+    return min(available, int(dask.config.get("oxigdal.kernels.worker-numba-threads", 1)))
 
 
 @contextlib.contextmanager
