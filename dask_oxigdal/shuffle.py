@@ -62,6 +62,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dask_oxigdal._memory import pool_empty as _empty
 from dask_oxigdal.kernels import hashing as _hk
 from dask_oxigdal.kernels import shuffle as _sk
 from dask_oxigdal.kernels._parallel import parallel_launch
@@ -332,19 +333,6 @@ def _owned_readonly(a: np.ndarray) -> np.ndarray:
 
 
 _EMPTY_U8 = _readonly(np.zeros(1, np.uint8))
-# Arrays at least this large come from Arrow's memory pool: it keeps freed pages, so
-# repeated shuffles do not pay page faults for their (large, short-lived) outputs.
-_POOL_MIN_BYTES = 1 << 16
-
-
-def _empty(shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
-    """``np.empty`` backed by Arrow's default memory pool for large sizes."""
-    dtype = np.dtype(dtype)
-    count = math.prod(shape) if isinstance(shape, tuple) else int(shape)
-    if count * dtype.itemsize < _POOL_MIN_BYTES:
-        return np.empty(shape, dtype)
-    buf = pa.allocate_buffer(count * dtype.itemsize)
-    return np.frombuffer(buf, dtype, count=count).reshape(shape)
 
 
 def _values(arr: pa.Array, dtype: Any) -> np.ndarray:

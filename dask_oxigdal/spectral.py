@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from dask_oxigdal import raster
+from dask_oxigdal._memory import pool_empty
 from dask_oxigdal.kernels import spectral as _k
 from dask_oxigdal.kernels._parallel import parallel_launch, serial_kernels
 
@@ -463,7 +464,7 @@ def _flatten(arrays: list[np.ndarray], out: np.ndarray | None):
         if not layout_ok or any(_overlaps_differently(out, a) for a in arrays):
             target = None
     if target is None:
-        target = np.empty(arrays[0].shape, dtype=np.float32, order=order)
+        target = pool_empty(arrays[0].shape, np.float32, order=order)
     return [flat(a) for a in arrays], flat(target), target
 
 
