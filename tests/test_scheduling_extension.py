@@ -443,6 +443,21 @@ async def test_guard_scheduler_internals(c, s, a, b):
     assert "nbytes" in seen
 
 
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2), ("127.0.0.1", 3)])
+async def test_guard_total_nthreads_and_lifo_recommendations(c, s, a, b):
+    """Guaranteed slots: the cluster's slots and the order admitted tasks are dispatched in."""
+    import inspect
+
+    # Quota counts one slot per worker thread
+    assert isinstance(s.total_nthreads, int) and s.total_nthreads == 5
+    # Scheduler.transitions pops recommendations last-in first-out and follows each
+    # task's chain before the next: Quota.release inserts its admissions reversed
+    src = inspect.getsource(Scheduler._transitions)
+    assert "recommendations.popitem()" in src
+    recs = {"x": 1, "y": 2}
+    assert recs.popitem()[0] == "y"
+
+
 @gen_cluster(client=True)
 async def test_guard_rewritten_priority_orders_the_queue(c, s, a, b):
     """update_graph's rewrite is what scheduler.queued caches (root tasks, saturation 1.1)."""

@@ -16,9 +16,10 @@ import dask_oxigdal  # noqa: F401
 
 # isort: split
 import asyncio
+import sys
 import time
+from pathlib import Path
 
-import dask
 import pytest
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils_test import gen_cluster
@@ -26,54 +27,20 @@ from distributed.utils_test import gen_cluster
 from dask_oxigdal.annotations import annotate
 from dask_oxigdal.scheduling.extension import register, status
 
-TASK = 0.02  # seconds of worker time per task
+# workloads and measures shared with benchmarks/bench_scheduling.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _sched_common import (
+    ENTITLED,
+    TASK,
+    WEIGHTS,
+    contended_shares,
+    jain,
+    tree,
+    tree_until,
+    work,
+)
+
 NTHREADS = [("127.0.0.1", 2), ("127.0.0.1", 2)]
-WEIGHTS = {"a": 2, "b": 1, "c": 1}
-ENTITLED = {"a": 0.5, "b": 0.25, "c": 0.25}
-
-
-def work(i, tenant, delay=TASK):
-    start = time.time()
-    time.sleep(delay)
-    return [(tenant, start, time.time(), "map")]
-
-
-def combine(parts, tenant, delay=TASK):
-    start = time.time()
-    time.sleep(delay)
-    out = [rec for part in parts for rec in part]
-    out.append((tenant, start, time.time(), "reduce"))
-    return out
-
-
-def contended_shares(records, until=None):
-    """Each tenant's share of worker-time while every tenant has work.
-
-    The contended interval runs from the moment the last tenant's first task
-    starts until the first tenant's last task stops (or ``until``).
-
-    Returns
-    -------
-    shares : dict
-    interval : float
-        Length of the contended interval (seconds).
-    """
-    by_tenant: dict[str, list[tuple[float, float]]] = {}
-    for tenant, start, stop, *_ in records:
-        by_tenant.setdefault(tenant, []).append((start, stop))
-    t0 = max(min(start for start, _ in spans) for spans in by_tenant.values())
-    t1 = until or min(max(stop for _, stop in spans) for spans in by_tenant.values())
-    used = {
-        tenant: sum(max(0.0, min(stop, t1) - max(start, t0)) for start, stop in spans)
-        for tenant, spans in by_tenant.items()
-    }
-    total = sum(used.values())
-    return {t: u / total for t, u in used.items()}, t1 - t0
-
-
-def jain(shares, entitled):
-    x = [shares.get(t, 0.0) / e for t, e in entitled.items()]
-    return sum(x) ** 2 / (len(x) * sum(v * v for v in x))
 
 
 def report(label, shares, interval, entitled=ENTITLED):
@@ -219,17 +186,6 @@ async def test_late_tenant_same_prefix_is_not_favoured(c, s, a, b):
 
 
 # ----------------------------------------------------- dependencies: map -> tree
-def tree(tenant, n, fan_in=4):
-    """map(n) -> tree reduce; every tenant runs the same code (same task prefixes)."""
-    layer = [dask.delayed(work)(i, tenant) for i in range(n)]
-    while len(layer) > 1:
-        layer = [
-            dask.delayed(combine)(layer[i : i + fan_in], tenant)
-            for i in range(0, len(layer), fan_in)
-        ]
-    return layer[0]
-
-
 @gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
 async def test_weighted_share_with_dependencies(c, s, a, b):
     """Each tenant runs map(200) -> tree-reduce (fan-in 4); weights 2:1:1."""
@@ -244,11 +200,7 @@ async def test_weighted_share_with_dependencies(c, s, a, b):
     # A tree's tail (the last reduce levels) has too few runnable tasks to use a
     # tenant's share; work conservation rightly hands the rest to the others. The
     # contended interval ends when the first tenant starts its last map task.
-    last_map = {}
-    for tenant, start, _, kind in records:
-        if kind == "map":
-            last_map[tenant] = max(last_map.get(tenant, 0.0), start)
-    shares, interval = contended_shares(records, until=min(last_map.values()))
+    shares, interval = contended_shares(records, until=tree_until(records))
     j = report("FairShare 2:1:1, map -> tree-reduce", shares, interval)
     for tenant, entitled in ENTITLED.items():
         assert shares[tenant] == pytest.approx(entitled, rel=0.10), (tenant, shares)

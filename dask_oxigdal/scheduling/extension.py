@@ -70,10 +70,22 @@ def _import_class(path: str) -> type:
         raise ConfigError(f"oxigdal.scheduling.policies: cannot import {path!r}: {e}") from e
 
 
+#: Keys of a tenant's settings mapping (``oxigdal.tenants.<tenant>``).
+TENANT_KEYS = frozenset(
+    {"weight", "max-tasks", "max_tasks", "guaranteed-slots", "guaranteed_slots"}
+)
+
+
 def _parse_tenants(tenants: Mapping[str, Any] | None) -> dict[str, float]:
     weights: dict[str, float] = {}
     for name, value in (tenants or {}).items():
         if isinstance(value, Mapping):
+            unknown = sorted(str(k) for k in value if str(k) not in TENANT_KEYS)
+            if unknown:
+                raise ConfigError(
+                    f"oxigdal.tenants.{name}: unknown setting(s) {', '.join(map(repr, unknown))}; "
+                    "valid settings: weight, max-tasks, guaranteed-slots"
+                )
             value = value.get("weight", 1)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(
@@ -136,8 +148,8 @@ class OxigdalScheduling(SchedulerPlugin):
         ``[{"class": "dotted.path", **kwargs}, ...]``
         (``oxigdal.scheduling.policies``).
     tenants : dict, optional
-        ``{tenant: weight}`` (or ``{tenant: {"weight": w}}``), merged over
-        ``oxigdal.tenants``.
+        ``{tenant: weight}`` (or ``{tenant: {"weight": w, "max-tasks": n,
+        "guaranteed-slots": g}}``), merged over ``oxigdal.tenants``.
     queues : list of str, optional
         Queue names, highest priority first (``oxigdal.scheduling.queues``).
     default_queue : str, optional
@@ -262,7 +274,14 @@ class OxigdalScheduling(SchedulerPlugin):
         self.scheduler = scheduler
         self.started_at = time.time()
         for policy in self.policies:
-            self._call(policy, "start", self)
+            try:
+                policy.start(self)
+            except ConfigError:
+                # bad settings fail the registration (the client sees the error)
+                self.scheduler = None
+                raise
+            except Exception as e:
+                self._disable(policy, "start", e)
         self._refresh_transition_policies()
         scheduler.handlers[STATUS_HANDLER] = self.status_handler
         old = scheduler.periodic_callbacks.pop(NAME, None)
@@ -314,6 +333,7 @@ class OxigdalScheduling(SchedulerPlugin):
             for p in self.policies
             if self._policy_name(p) not in self.disabled
             and type(p).transition is not SchedulingPolicy.transition
+            and p.wants_transitions
         ]
 
     def _active(self) -> Iterable[SchedulingPolicy]:

@@ -21,7 +21,10 @@ task priorities:
   the tag frontier of the work being served. Tasks still ``waiting`` for
   their dependencies do not hold it back, and it does not jump ahead when
   Dask dispatches the first tasks of a graph out of order (it does: the
-  first root tasks reach idle workers in dependency-walk order).
+  first root tasks reach idle workers in dependency-walk order). When
+  nothing is runnable (the queue drained), the virtual time moves up to the
+  largest finish tag served so far, so a tenant whose work was all served
+  keeps no stale lead over the next submissions.
 
 Dask then does the rest: root-ish tasks wait in ``scheduler.queued`` (a heap
 ordered by priority) when ``worker-saturation`` is finite, and workers run
@@ -117,6 +120,8 @@ class FairShare(SchedulingPolicy):
         self.last_tag: dict[tuple[str, str], float] = {}
         # per queue: heap of (start tag, seq, info) of the runnable tasks
         self.runnable: dict[str, list[tuple[float, int, TaskInfo]]] = {}
+        # per queue: largest finish tag of the tasks that became runnable (served)
+        self.max_served: dict[str, float] = {}
         self._seq = itertools.count(1)
         self.tagged = 0
 
@@ -270,6 +275,8 @@ class FairShare(SchedulingPolicy):
                 if heap is None:
                     heap = self.runnable[info.queue] = []
                 heapq.heappush(heap, (info.start_tag, seq, info))
+                if info.finish_tag > self.max_served.get(info.queue, 0.0):
+                    self.max_served[info.queue] = info.finish_tag
         elif start in _RUNNABLE:
             info.pseq = 0
             heap = self.runnable.get(info.queue)
@@ -285,8 +292,16 @@ class FairShare(SchedulingPolicy):
         while heap and heap[0][2].pseq != heap[0][1]:
             heapq.heappop(heap)
         vt = self.virtual_time.get(queue, 0.0)
-        if heap and heap[0][0] > vt:
-            vt = self.virtual_time[queue] = heap[0][0]
+        if heap:
+            if heap[0][0] > vt:
+                vt = self.virtual_time[queue] = heap[0][0]
+        else:
+            # nothing runnable (the queue drained): as in start-time fair queuing,
+            # the virtual time jumps to the largest finish tag served, so a tenant
+            # whose work was all served keeps no stale lead over the others
+            served = self.max_served.get(queue, 0.0)
+            if served > vt:
+                vt = self.virtual_time[queue] = served
         return vt
 
     def periodic(self) -> None:
@@ -435,6 +450,7 @@ class FairShare(SchedulingPolicy):
         self.virtual_time.clear()
         self.last_tag.clear()
         self.runnable.clear()
+        self.max_served.clear()
         self.prefix_cost.clear()
         self.cost_samples.clear()
         self.worst_user_rank.clear()

@@ -77,6 +77,9 @@ class SchedulingPolicy:
 
     #: Name in the status snapshot; defaults to the class name.
     name: str = ""
+    #: Whether the extension calls :meth:`transition` (when overridden); a policy
+    #: with nothing to do for its configuration sets it to ``False`` in ``start``.
+    wants_transitions: bool = True
 
     def __init__(self, **kwargs: Any) -> None:
         if kwargs:
