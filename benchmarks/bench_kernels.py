@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -24,6 +23,8 @@ from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+
+import _machine
 
 CASES = ("spectral", "shuffle", "partitioning")
 OURS = "dask-oxigdal"
@@ -34,25 +35,8 @@ def machine() -> str:
     import numba
     import numpy
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        mem = f", {pages / 2**30:.0f} GiB RAM"
-    except (ValueError, OSError):
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores{mem}; Python {platform.python_version()}, "
-        f"numpy {numpy.__version__}, numba {numba.__version__} "
-        f"(threads {numba.get_num_threads()})"
+    return _machine.describe(
+        f"numpy {numpy.__version__}, numba {numba.__version__} (threads {numba.get_num_threads()})"
     )
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import _machine
 import _sched_common as common
 import cloudpickle
 import dask
@@ -59,21 +59,7 @@ def machine() -> str:
     """Describe this machine: CPU model, cores, memory, Python and Dask versions."""
     import distributed
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return (
-        f"{cpu}, {os.cpu_count()} vCPU, {pages / 2**30:.0f} GiB RAM; Python "
-        f"{platform.python_version()}, dask {dask.__version__}, distributed "
-        f"{distributed.__version__}"
-    )
+    return _machine.describe(f"dask {dask.__version__}, distributed {distributed.__version__}")
 
 
 def _cluster(nworkers: int, nthreads: int, saturation) -> tuple[LocalCluster, Client]:

@@ -1,0 +1,36 @@
+"""The machine a benchmark ran on, for the figures in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def describe(versions: str) -> str:
+    """CPU model, cores, memory and Python version, followed by ``versions``.
+
+    Parameters
+    ----------
+    versions : str
+        The library versions that matter to the benchmark.
+
+    Returns
+    -------
+    str
+        One line, e.g. ``"Intel Xeon ..., 2 cores, 24 GiB RAM; Python 3.11.7, numpy ..."``.
+    """
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        mem = f", {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}; Python {platform.python_version()}, {versions}"
