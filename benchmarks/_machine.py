@@ -1,9 +1,11 @@
-"""The machine a benchmark ran on, for the figures in docs/benchmarks.md."""
+"""What every benchmark needs: the machine it ran on, and a best-of-N timer."""
 
 from __future__ import annotations
 
 import os
 import platform
+import time
+from collections.abc import Callable
 
 
 def describe(versions: str) -> str:
@@ -34,3 +36,27 @@ def describe(versions: str) -> str:
     except (ValueError, OSError):
         pass
     return f"{cpu}, {os.cpu_count()} cores{mem}; Python {platform.python_version()}, {versions}"
+
+
+def best_of(fn: Callable[[], object], repeat: int) -> float:
+    """Best wall time of ``repeat`` calls of ``fn`` after one warm-up call.
+
+    Parameters
+    ----------
+    fn : callable
+        Zero-argument function to time.
+    repeat : int
+        Timed calls; the warm-up call (compilation, caches) is not counted.
+
+    Returns
+    -------
+    float
+        The fastest call, in seconds.
+    """
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best

@@ -39,11 +39,9 @@ rows force the serial kernels for comparison.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import dask.config
 import numpy as np
+from _machine import best_of
 
 OURS = "dask-oxigdal"
 SERIAL = "dask-oxigdal (serial)"
@@ -71,17 +69,6 @@ TARGETS = [
         "impl": OURS,
     },
 ]
-
-
-def best_of(fn: Callable[[], object], repeat: int) -> float:
-    """Best wall time of ``repeat`` calls after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def _row(group: str, impl: str, seconds: float, note: str = "") -> dict:

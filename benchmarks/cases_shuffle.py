@@ -22,11 +22,10 @@ polars ids differ (its own hash), which does not change the work.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from _machine import best_of
 
 OURS = "dask-oxigdal"
 
@@ -71,16 +70,6 @@ def make_table(nrows: int, seed: int = 0) -> pa.Table:
             "name": strings,
         }
     )
-
-
-def _best(fn, repeat: int) -> float:
-    fn()  # warm-up (compilation, caches)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def _dask_hash_ids(keys: np.ndarray, nparts: int) -> np.ndarray:
@@ -179,7 +168,7 @@ def run(quick: bool) -> list[dict]:
                     {
                         "group": group,
                         "impl": OURS,
-                        "seconds": _best(ours, repeat),
+                        "seconds": best_of(ours, repeat),
                         "gbps": None,
                         "note": f"{threads} thread{'s' if threads > 1 else ''}",
                     }
@@ -190,7 +179,7 @@ def run(quick: bool) -> list[dict]:
                         {
                             "group": group,
                             "impl": name,
-                            "seconds": _best(fn, repeat),
+                            "seconds": best_of(fn, repeat),
                             "gbps": None,
                             "note": note,
                         }
