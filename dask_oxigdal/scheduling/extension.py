@@ -613,6 +613,37 @@ class OxigdalScheduling(SchedulerPlugin):
         for policy in self._active():
             self._call(policy, "periodic")
 
+    def add_worker(self, scheduler: Scheduler, worker: str) -> None:
+        """Tell the policies that a worker joined."""
+        for policy in self._active():
+            self._call(policy, "add_worker", worker)
+
+    def remove_worker(
+        self, scheduler: Scheduler, worker: str, *, stimulus_id: str, **kwargs: Any
+    ) -> None:
+        """Tell the policies that a worker left."""
+        for policy in self._active():
+            self._call(policy, "remove_worker", worker, stimulus_id)
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        """Publish ``{"kind": kind, **fields}`` on the ``oxigdal`` event topic.
+
+        Clients see it with ``client.get_events("oxigdal")`` and
+        ``client.subscribe_topic("oxigdal", handler)``; it is also logged at
+        INFO level on the ``dask_oxigdal.scheduling`` logger.
+
+        Parameters
+        ----------
+        kind : str
+            Event kind, e.g. ``"deadline-missed"``.
+        **fields
+            msgpack-serialisable values.
+        """
+        msg = {"kind": kind, **fields}
+        logger.info("oxigdal event %s", msg)
+        if self.scheduler is not None:
+            self.scheduler.log_event(NAME, msg)
+
     # ----------------------------------------------------------------- status
     def tenant_snapshot(self) -> dict[str, dict[str, Any]]:
         """Per-tenant accounting: usage, counters, current and entitled share.

@@ -109,6 +109,12 @@ class SchedulingPolicy:
     def periodic(self) -> None:
         """Periodic work, from the extension's ``PeriodicCallback``."""
 
+    def add_worker(self, address: str) -> None:
+        """A worker joined the cluster (``SchedulerPlugin.add_worker``)."""
+
+    def remove_worker(self, address: str, stimulus_id: str) -> None:
+        """A worker left the cluster (called after Dask re-planned its tasks)."""
+
     def restart(self) -> None:
         """The scheduler restarted: every task was forgotten."""
 
