@@ -5,7 +5,8 @@ the scheduler starts. Options come from the scheduler's dask config
 (``oxigdal.*``) or from the preload's own options, for example::
 
     dask scheduler --preload dask_oxigdal.preload \\
-        --oxigdal-tenant team-a=2 --oxigdal-tenant team-b=1 --oxigdal-strict
+        --oxigdal-tenant team-a=2 --oxigdal-tenant team-b=1,max-tasks=100,guaranteed-slots=2 \\
+        --oxigdal-strict
 
 ``--preload-argv`` passes the same options to ``distributed.Scheduler(preload=...)``.
 """
@@ -21,37 +22,71 @@ from dask_oxigdal.scheduling.extension import NAME, OxigdalScheduling
 __all__ = ["dask_setup", "parse_tenant_options"]
 
 
-def parse_tenant_options(values: tuple[str, ...]) -> dict[str, float]:
-    """Parse ``NAME=WEIGHT`` options.
+#: Quota settings accepted after ``NAME=WEIGHT`` in ``--oxigdal-tenant``.
+_TENANT_QUOTAS = ("max-tasks", "guaranteed-slots")
+
+
+def parse_tenant_options(values: tuple[str, ...]) -> dict[str, Any]:
+    """Parse ``NAME=WEIGHT[,max-tasks=N][,guaranteed-slots=G]`` options.
 
     Parameters
     ----------
     values : tuple of str
-        ``("team-a=2", "team-b=1")``.
+        ``("team-a=2", "team-b=1,max-tasks=100,guaranteed-slots=2")``.
 
     Returns
     -------
     dict
-        ``{"team-a": 2.0, "team-b": 1.0}``.
+        ``{tenant: weight}`` for a bare weight, ``{tenant: {"weight": w,
+        "max-tasks": n, "guaranteed-slots": g}}`` when quotas are given, e.g.
+        ``{"team-a": 2.0, "team-b": {"weight": 1.0, "max-tasks": 100,
+        "guaranteed-slots": 2}}``.
 
     Raises
     ------
     click.BadParameter
-        A value without ``=`` or with a weight that is not a positive number.
+        A value without ``=``, a weight that is not a positive number, an
+        unknown quota name (the message lists the valid ones) or a quota that
+        is not a non-negative integer.
     """
-    tenants: dict[str, float] = {}
+    tenants: dict[str, Any] = {}
     for value in values:
-        name, sep, weight = value.partition("=")
+        head, *quotas = value.split(",")
+        name, sep, weight = head.partition("=")
         try:
             w = float(weight)
         except ValueError:
             w = float("nan")
-        if not sep or not name or not w > 0:
+        if not sep or not name or not w > 0 or w == float("inf"):
             raise click.BadParameter(
-                f"{value!r}: expected NAME=WEIGHT with a positive weight, e.g. team-a=2",
+                f"{value!r}: expected NAME=WEIGHT[,max-tasks=N][,guaranteed-slots=G] with a "
+                "positive weight, e.g. team-a=2 or team-b=1,max-tasks=100",
                 param_hint="--oxigdal-tenant",
             )
-        tenants[name] = w
+        if not quotas:
+            tenants[name] = w
+            continue
+        settings: dict[str, Any] = {"weight": w}
+        for item in quotas:
+            qname, qsep, qvalue = item.partition("=")
+            qname = qname.strip().replace("_", "-")
+            if qname not in _TENANT_QUOTAS or not qsep:
+                raise click.BadParameter(
+                    f"{value!r}: unknown tenant setting {item!r}; valid settings after "
+                    f"NAME=WEIGHT: {', '.join(q + '=N' for q in _TENANT_QUOTAS)}",
+                    param_hint="--oxigdal-tenant",
+                )
+            try:
+                number = int(qvalue)
+            except ValueError:
+                number = -1
+            if number < 0:
+                raise click.BadParameter(
+                    f"{value!r}: {qname}={qvalue!r} must be a non-negative integer",
+                    param_hint="--oxigdal-tenant",
+                )
+            settings[qname] = number
+        tenants[name] = settings
     return tenants
 
 
@@ -60,8 +95,8 @@ def parse_tenant_options(values: tuple[str, ...]) -> dict[str, float]:
     "--oxigdal-tenant",
     "tenants",
     multiple=True,
-    metavar="NAME=WEIGHT",
-    help="Fair-share weight of a tenant (repeatable); adds to oxigdal.tenants.",
+    metavar="NAME=WEIGHT[,max-tasks=N][,guaranteed-slots=G]",
+    help="Fair-share weight and optional quotas of a tenant (repeatable); adds to oxigdal.tenants.",
 )
 @click.option(
     "--oxigdal-queues",

@@ -185,6 +185,8 @@ async def test_entitled_share_counts_tenants_with_work(c, s, a, b):
             [
                 "--oxigdal-tenant",
                 "a=3",
+                "--oxigdal-tenant",
+                "b=1,max-tasks=5,guaranteed-slots=1",
                 "--oxigdal-queues",
                 "hi,lo",
                 "--oxigdal-default-queue",
@@ -196,6 +198,10 @@ async def test_entitled_share_counts_tenants_with_work(c, s, a, b):
 async def test_preload_installs_the_extension_with_its_options(c, s, a, b):
     ext = _ext(s)
     assert ext.weights["a"] == 3.0
+    assert ext.weights["b"] == 1.0
+    quota = ext.get_policy("Quota").snapshot()
+    assert quota["limits"]["b"] == 5, quota
+    assert quota["guarantees"]["b"] == 1, quota
     assert ext.queues == ["hi", "lo"]
     snap = await status(c)
     assert snap["queues"] == ["hi", "lo"]
@@ -495,6 +501,14 @@ def test_preload_tenant_options_are_validated():
     from dask_oxigdal.preload import parse_tenant_options
 
     assert parse_tenant_options(("a=2", "team-b=0.5")) == {"a": 2.0, "team-b": 0.5}
-    for bad in ("a", "a=", "=2", "a=-1", "a=zero", "a=nan"):
+    assert parse_tenant_options(("c=1,max-tasks=10,guaranteed_slots=2",)) == {
+        "c": {"weight": 1.0, "max-tasks": 10, "guaranteed-slots": 2}
+    }
+    for bad in ("a", "a=", "=2", "a=-1", "a=zero", "a=nan", "a=inf"):
         with pytest.raises(click.BadParameter, match="NAME=WEIGHT"):
+            parse_tenant_options((bad,))
+    with pytest.raises(click.BadParameter, match=r"'slots=2'.*max-tasks=N, guaranteed-slots=N"):
+        parse_tenant_options(("a=1,slots=2",))
+    for bad in ("a=1,max-tasks=-1", "a=1,max-tasks=x", "a=1,guaranteed-slots=1.5"):
+        with pytest.raises(click.BadParameter, match="non-negative integer"):
             parse_tenant_options((bad,))
