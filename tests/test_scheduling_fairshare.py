@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from distributed.diagnostics.plugin import SchedulerPlugin
-from distributed.utils_test import gen_cluster
+from distributed.utils_test import async_poll_for, gen_cluster
 
 from dask_oxigdal.annotations import annotate
 from dask_oxigdal.scheduling.extension import register, status
@@ -165,9 +165,14 @@ async def test_late_tenant_same_prefix_is_not_favoured(c, s, a, b):
     await asyncio.sleep(1.5)
     assert s.task_prefixes["same_work"].duration_average > 0
     fs = s.plugins["oxigdal"].get_policy("FairShare")
-    assert fs.retags >= 1
+    # A alone: the re-tag of A's backlog waits for a competitor (it would not
+    # change A's own order)
+    assert fs.retags == 0 and "same_work" in fs.deferred
     with annotate(tenant="b"):
         fb = c.map(same_work, range(100), tenant="b", pure=False)
+    # B's submission brings the backlog into measured units before B is tagged
+    await async_poll_for(lambda: fs.retags >= 1, timeout=30)
+    assert not fs.deferred
     rb = [rec for recs in await c.gather(fb) for rec in recs]
     first_b, last_b = min(r[1] for r in rb), max(r[1] for r in rb)
     ra = [rec for recs in await c.gather([f for f in fa if f.done()]) for rec in recs]

@@ -115,6 +115,10 @@ class FairShare(SchedulingPolicy):
         self._check_scheduled = False
         self.retags = 0
         self.retagged_tasks = 0
+        # prefixes whose cost moved while a single tenant had pending work: the
+        # re-tag waits until a second tenant submits (see ``periodic``)
+        self.deferred: set[str] = set()
+        self.deferred_retags = 0
         # per queue: virtual time; per (queue, tenant): last finish tag
         self.virtual_time: dict[str, float] = {}
         self.last_tag: dict[tuple[str, str], float] = {}
@@ -229,6 +233,11 @@ class FairShare(SchedulingPolicy):
         ext = self.extension
         assert ext is not None
         weights = ext.weights
+        if self.deferred and self._competing() >= 2:
+            # a second tenant arrived: bring the backlog into the new units first
+            # (the new tasks are not tagged yet, so retag skips them)
+            changed, self.deferred = self.deferred, set()
+            self.retag(changed)
         for queue in self.runnable:
             self._advance(queue)
         vt = self.virtual_time
@@ -314,7 +323,10 @@ class FairShare(SchedulingPolicy):
         more than 10% once it rests on 4x as many finished tasks as when it was
         last set (so at most a logarithmic number of re-tags per prefix). Also
         runs right after the first task of a guessed prefix finishes.
-        O(#prefixes) when nothing changed, O(live tasks) when something did.
+        While a single tenant has pending work, re-tagging would keep its own
+        order and cost O(pending tasks), so it is deferred to the next
+        submission that brings a second tenant (``deferred`` in the snapshot).
+        O(#prefixes) when nothing changed, O(live tasks) when a re-tag runs.
         """
         ext = self.extension
         assert ext is not None and ext.scheduler is not None
@@ -354,7 +366,26 @@ class FairShare(SchedulingPolicy):
         for name in set(names).difference(measured):
             check(name)
         if changed:
-            self.retag(changed)
+            if self._competing() >= 2:
+                self.retag(changed | self.deferred)
+                self.deferred.clear()
+            else:
+                # One tenant alone: re-tagging keeps its own order and costs
+                # O(pending tasks), so it waits for a competitor (update_graph).
+                self.deferred |= changed
+                self.deferred_retags += 1
+
+    def _competing(self) -> int:
+        """Number of tenants with pending work (at most 2 are counted)."""
+        ext = self.extension
+        assert ext is not None
+        n = 0
+        for usage in ext.usage.values():
+            if usage.pending > 0:
+                n += 1
+                if n >= 2:
+                    break
+        return n
 
     def retag(
         self,
@@ -382,7 +413,8 @@ class FairShare(SchedulingPolicy):
         tasks = scheduler.tasks
         groups: dict[tuple[str, str], list[tuple[float, TaskInfo, TaskState]]] = {}
         for key, info in ext.info.items():
-            if info.done or info.running:
+            if info.done or info.running or info.finish_tag == 0.0:
+                # finish_tag 0: a task of the submission being tagged right now
                 continue
             ts = tasks.get(key)
             if ts is None or ts.state not in _PENDING or not ts.priority:
@@ -455,6 +487,7 @@ class FairShare(SchedulingPolicy):
         self.cost_samples.clear()
         self.worst_user_rank.clear()
         self.guessed.clear()
+        self.deferred.clear()
         self.guess = self.default_task_cost
 
     def snapshot(self) -> dict[str, Any]:
@@ -478,4 +511,6 @@ class FairShare(SchedulingPolicy):
             "guess": self.guess,
             "retags": self.retags,
             "retagged_tasks": self.retagged_tasks,
+            "deferred_retag_prefixes": sorted(self.deferred),
+            "deferred_retags": self.deferred_retags,
         }
