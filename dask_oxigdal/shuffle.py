@@ -29,8 +29,8 @@ struct, map, union, ...) and pandas extension or object columns (geometry, ``str
 nullable integers, categoricals, ...) are reordered with ``take`` on the
 permutation. Kernels run in parallel only where
 :func:`dask_oxigdal.kernels._parallel.parallel_launch` allows (never inside a
-multi-threaded Dask worker), counting one unit of work per 2 rows: a shuffle is
-about ten short passes, so by default it goes parallel from 2**17 rows.
+multi-threaded Dask worker), counting one unit of work per row: by default a
+shuffle goes parallel from 65536 rows.
 
 Keys
 ----
@@ -91,14 +91,15 @@ _TARGET_BLOCKS = 64
 _UNITS = ("s", "ms", "us", "ns")
 # A shuffle makes about ten passes over its rows, each a parallel region of its own
 # (one per kernel launch). A region only pays when it holds enough work. Measured on
-# the idle 2-core development machine (int64 key, 3 float64, 1 string column):
-# 100K rows serial 2.1 ms vs parallel 2.4 ms; 250K rows 7.2 vs 4.4 ms; 1M rows 53 vs
-# 20 ms. So the work reported to parallel_launch is rows / 2: with the default
-# ``oxigdal.kernels.parallel-min-elements`` (65536), shuffles of 2**17 rows and more
-# run in parallel. (When another process holds a core, OpenMP regions wait for the
-# descheduled thread and parallel runs can be slower than serial: a machine-sharing
-# effect, not a property of the kernels.)
-_ROWS_PER_WORK_UNIT = 2
+# the 2-core development machine (int64 key, 3 float64, 1 string column; best of 200)
+# with the other core free: 100K rows -> 16 parts, hash 1.17 ms parallel vs 1.71 ms
+# serial, range 1.42 vs 1.91 ms; 1M rows 20 vs 53 ms. With the other core busy the
+# parallel run is ~15% slower than the serial one (OpenMP waits passively, see
+# kernels/_parallel.py; with GNU OpenMP's default spin-wait it was 15x slower). So
+# every row counts as one unit of work: with the default
+# ``oxigdal.kernels.parallel-min-elements`` (65536), shuffles of 65536 rows and more
+# run in parallel.
+_ROWS_PER_WORK_UNIT = 1
 
 
 def _parallel_work(nrows: int) -> int:

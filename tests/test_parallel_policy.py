@@ -122,3 +122,57 @@ def test_dask_blocks_on_the_threaded_scheduler_run_kernels_serially():
             spectral_module._evaluate = original
     np.testing.assert_allclose(result, 0.5)
     assert seen == [1, 1, 1, 1]
+
+
+def _import_and_report(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    """Import dask_oxigdal in a fresh interpreter and print OMP_WAIT_POLICY."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update(env_extra)
+    code = "import os, dask_oxigdal; print(os.environ.get('OMP_WAIT_POLICY'))"
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_import_sets_passive_openmp_waiting_unless_the_environment_chose():
+    assert _import_and_report({}).stdout.strip() == "PASSIVE"
+    # a value already in the environment wins
+    assert _import_and_report({"OMP_WAIT_POLICY": "ACTIVE"}).stdout.strip() == "ACTIVE"
+    # the setting can leave the environment alone, or ask for active waiting
+    none = _import_and_report({"DASK_OXIGDAL__KERNELS__OMP_WAIT_POLICY": "None"})
+    assert none.stdout.strip() == "None", none.stderr
+    active = _import_and_report({"DASK_OXIGDAL__KERNELS__OMP_WAIT_POLICY": "active"})
+    assert active.stdout.strip() == "ACTIVE", active.stderr
+    bad = _import_and_report({"DASK_OXIGDAL__KERNELS__OMP_WAIT_POLICY": "lazy"})
+    assert bad.returncode != 0
+    assert "omp-wait-policy='lazy'" in bad.stderr and "passive, active" in bad.stderr
+
+
+def test_parallel_kernels_run_under_the_passive_policy():
+    """The policy reaches OpenMP: a parallel shuffle in a fresh process uses 2 threads
+    with the variable set, and gives the serial result."""
+    code = (
+        "import os, numpy as np, pyarrow as pa, numba, dask_oxigdal\n"
+        "from dask_oxigdal.shuffle import hash_partition\n"
+        "from dask_oxigdal.kernels._parallel import parallel_threads\n"
+        "t = pa.table({'k': np.arange(200_000) % 977, 'v': np.arange(200_000.0)})\n"
+        "par = hash_partition(t, 'k', 8)\n"
+        "import dask.config\n"
+        "with dask.config.set({'oxigdal.kernels.parallel-min-elements': 10**9}):\n"
+        "    ser = hash_partition(t, 'k', 8)\n"
+        "assert par.keys() == ser.keys() and all(par[p].equals(ser[p]) for p in par)\n"
+        "print(os.environ['OMP_WAIT_POLICY'], numba.threading_layer(), parallel_threads(200_000))\n"
+    )
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["NUMBA_NUM_THREADS"] = "2"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    policy, layer, threads = out.stdout.split()
+    assert policy == "PASSIVE" and threads == "2", out.stdout
+    assert layer in ("omp", "tbb", "workqueue")

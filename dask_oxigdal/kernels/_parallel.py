@@ -21,6 +21,12 @@ Rules
   in it) kernels run serially: Dask's scheduler, threaded or distributed,
   already runs the blocks in parallel.
 * The client, or a plain script, may use ``numba.get_num_threads()`` threads.
+* GNU OpenMP (numba's ``omp`` layer) spin-waits between parallel regions by
+  default; when another process holds a core, a parallel kernel then waits a
+  whole scheduler time slice per region and runs 10-30x slower than the
+  serial one. At import, ``OMP_WAIT_POLICY`` is set to
+  ``oxigdal.kernels.omp-wait-policy`` (default ``passive``) unless the
+  environment already sets it (:func:`apply_omp_wait_policy`).
 * numba's ``workqueue`` threading layer aborts the process when two threads
   launch parallel kernels at once. When that layer is active a lock admits one
   parallel launch at a time; a caller that finds it taken runs serially instead
@@ -30,14 +36,53 @@ Rules
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 
 import dask.config
 import numba
 
+from dask_oxigdal import config as _config  # noqa: F401  (registers the oxigdal defaults)
+
 _launch_lock = threading.Lock()
 _local = threading.local()
+
+#: Valid values of ``oxigdal.kernels.omp-wait-policy``.
+OMP_WAIT_POLICIES = ("passive", "active", None)
+
+
+def apply_omp_wait_policy() -> str | None:
+    """Set ``OMP_WAIT_POLICY`` from ``oxigdal.kernels.omp-wait-policy`` if unset.
+
+    Runs when :mod:`dask_oxigdal` is imported. GNU OpenMP reads the variable
+    when the library is loaded, i.e. at numba's first parallel launch, so this
+    has no effect when OpenMP was already loaded. A value already in the
+    environment always wins. Child processes (Dask's process workers)
+    inherit it.
+
+    Returns
+    -------
+    str or None
+        The value now in the environment, or ``None``.
+
+    Raises
+    ------
+    ValueError
+        If the setting is not one of ``passive``, ``active`` or null.
+    """
+    policy = dask.config.get("oxigdal.kernels.omp-wait-policy", "passive")
+    if policy not in OMP_WAIT_POLICIES:
+        raise ValueError(
+            f"oxigdal.kernels.omp-wait-policy={policy!r}; valid values: passive, active, "
+            "null (leave the environment alone)"
+        )
+    if policy is not None and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = policy.upper()
+    return os.environ.get("OMP_WAIT_POLICY")
+
+
+apply_omp_wait_policy()
 
 
 @contextlib.contextmanager
