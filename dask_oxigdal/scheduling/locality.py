@@ -1,0 +1,291 @@
+"""``Locality``: run tasks annotated ``locality=KEY`` where KEY is cached (delay scheduling).
+
+The scheduler learns where data is from the worker caches themselves
+(:func:`dask_oxigdal.cached` reports every new and evicted key to the
+``oxigdal_cache_report`` handler that this policy installs): a worker whose
+cache holds KEY is a *home* of KEY.
+
+How it works
+------------
+- ``update_graph``: a new task annotated ``locality=KEY`` is held (restricted
+  to an address no worker has, like ``Quota``); Dask parks it in
+  ``no-worker`` once its dependencies are in memory.
+- Placement (from a later event-loop tick, never inside a transition; run
+  whenever a held task becomes ready, a tracked task leaves a worker, a wait
+  expires, and on the periodic tick): held ready tasks are taken in Dask
+  priority order (so fair-share tags and queues decide who goes first). A
+  task goes to a home of KEY with a free thread (a *hit*). When every home is
+  busy, the task *waits* (delay scheduling, Zaharia et al. 2010) and lets the
+  next task take the free thread. After ``oxigdal.locality.wait`` it runs on
+  any worker with a free thread (a *miss*); that worker then caches KEY and
+  becomes a second home, so a hot key is replicated. A key with no home yet
+  goes to the worker with a free thread that holds the fewest keys.
+- A placed task is pinned to its worker with a *loose* restriction and sent to
+  ``waiting``: Dask dispatches it at once, and may still run it elsewhere if
+  the worker leaves.
+
+Composition
+-----------
+- *Dependencies*: only tasks with a ``locality`` annotation are affected;
+  others are placed by Dask as usual (dependency locality, occupancy).
+- *Fair share / queues*: a waiting task never holds a thread: the free thread
+  goes to the next task in priority order (of any tenant), so waiting costs
+  the waiting tenant at most ``wait`` of latency and never takes a share
+  from anyone.
+- *Deadlines*: a task with a ``deadline`` annotation waits at most a quarter
+  of its remaining time (and never once the deadline has passed).
+- *Quota*: a task that another policy has already held (e.g. ``Quota`` with
+  limits or guarantees, listed before ``Locality``) is left to that policy:
+  tenant limits and guarantees win over locality.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from dask.utils import parse_timedelta
+
+from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
+from dask_oxigdal.scheduling.settings import setting
+
+if TYPE_CHECKING:
+    from distributed.scheduler import TaskState
+
+__all__ = ["Locality"]
+
+REPORT_HANDLER = "oxigdal_cache_report"
+_DONE = ("memory", "erred", "forgotten")
+
+
+class Locality(SchedulingPolicy):
+    """Prefer the worker whose cache holds a task's ``locality`` key; wait a bounded time.
+
+    Parameters
+    ----------
+    wait : str or float, optional
+        Delay-scheduling bound (``oxigdal.locality.wait``).
+    """
+
+    name = "Locality"
+
+    def __init__(self, *, wait: str | float | None = None) -> None:
+        super().__init__()
+        self.wait = parse_timedelta(setting("locality.wait", wait))
+        if not self.wait >= 0:
+            raise ValueError(f"oxigdal.locality.wait={wait!r} must be >= 0")
+        self.homes: dict[Any, set[str]] = {}
+        self.worker_keys: dict[str, set[Any]] = {}
+        self.cache_stats: dict[str, dict[str, Any]] = {}
+        self.held: dict[Any, Any] = {}  # task key -> locality key
+        self.ready: dict[Any, float] = {}  # held task in no-worker -> since
+        self.waited: set[Any] = set()
+        self.hits = 0
+        self.misses = 0
+        self.waits = 0
+        self.moves = 0
+        self.reports = 0
+        self._scheduled = False
+        self._timer = False
+        self._seq = 0
+
+    def start(self, extension: Any) -> None:
+        """Install the ``oxigdal_cache_report`` handler."""
+        super().start(extension)
+        extension.scheduler.handlers[REPORT_HANDLER] = self.cache_report
+
+    # ------------------------------------------------------------ cache reports
+    def cache_report(
+        self,
+        worker: str,
+        added: list | tuple = (),
+        removed: list | tuple = (),
+        stats: dict | None = None,
+    ) -> None:
+        """Scheduler handler: a worker's cache gained / lost keys (see dask_oxigdal.cache)."""
+        scheduler = self.extension.scheduler
+        if worker not in scheduler.workers:
+            return
+        keys = self.worker_keys.setdefault(worker, set())
+        for key in removed:
+            key = _hashable(key)
+            keys.discard(key)
+            homes = self.homes.get(key)
+            if homes is not None:
+                homes.discard(worker)
+                if not homes:
+                    del self.homes[key]
+        for key in added:
+            key = _hashable(key)
+            keys.add(key)
+            self.homes.setdefault(key, set()).add(worker)
+        if stats is not None:
+            self.cache_stats[worker] = dict(stats)
+        self.reports += 1
+
+    # ------------------------------------------------------------------ hooks
+    def update_graph(self, new: list[tuple[TaskState, TaskInfo]]) -> None:
+        """Hold the new tasks that carry a ``locality`` annotation."""
+        from dask_oxigdal.scheduling.extension import HOLD_ADDRESS
+
+        for ts, info in new:
+            lkey = info.annotations.locality
+            if lkey is None:
+                continue
+            if ts.worker_restrictions or ts.host_restrictions or ts.resource_restrictions:
+                continue  # held or constrained by someone else: they decide
+            ts.worker_restrictions = {HOLD_ADDRESS}
+            ts.loose_restrictions = False
+            self.held[ts.key] = lkey
+
+    def transition(
+        self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
+    ) -> None:
+        """Track held tasks that became ready; a thread frees when a task leaves a worker."""
+        if finish == "no-worker":
+            if key in self.held:
+                self.ready[key] = time.monotonic()
+                self._schedule()
+        elif finish in _DONE:
+            if self.held:
+                self.held.pop(key, None)
+                self.ready.pop(key, None)
+                self.waited.discard(key)
+        if start == "processing" and self.ready:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            ext = self.extension
+            ext.scheduler.loop.add_callback(ext.run_policy, self, "place")
+
+    def _wake(self) -> None:
+        self._timer = False
+        self.place()
+
+    def place(self) -> int:
+        """Place held ready tasks on free threads (hits first); returns how many were placed."""
+        self._scheduled = False
+        scheduler = self.extension.scheduler
+        if not self.ready:
+            return 0
+        tasks = scheduler.tasks
+        info_map = self.extension.info
+        free: dict[str, int] = {}
+        for ws in scheduler.running:
+            n = ws.nthreads - len(ws.processing)
+            if n > 0:
+                free[ws.address] = n
+        now = time.monotonic()
+        wall = time.time()
+        recs: dict[Any, str] = {}
+        order = []
+        for key in self.ready:
+            ts = tasks.get(key)
+            if ts is None or ts.state != "no-worker":
+                continue
+            order.append((ts.priority or (), key))
+        order.sort(key=lambda pair: pair[0])
+        next_expiry = None
+        for _, key in order:
+            if not free:
+                break
+            lkey = self.held[key]
+            homes = self.homes.get(lkey)
+            target = None
+            if homes:
+                for addr in homes:
+                    if free.get(addr, 0) > 0 and (target is None or free[addr] > free[target]):
+                        target = addr
+                if target is not None:
+                    self.hits += 1
+                else:
+                    wait = self.wait
+                    info = info_map.get(key)
+                    deadline = info.annotations.deadline if info is not None else None
+                    if deadline is not None:
+                        wait = min(wait, max(0.0, (deadline - wall) / 4.0))
+                    waited = now - self.ready[key]
+                    if waited < wait:
+                        if key not in self.waited:
+                            self.waited.add(key)
+                            self.waits += 1
+                        expiry = wait - waited
+                        next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
+                        continue
+                    target = max(free, key=free.__getitem__)
+                    self.misses += 1
+                    self.moves += 1
+            else:
+                target = min(free, key=lambda a: (len(self.worker_keys.get(a, ())), -free[a], a))
+                self.misses += 1
+            free[target] -= 1
+            if free[target] <= 0:
+                del free[target]
+            ts = tasks[key]
+            ts.worker_restrictions = {target}
+            ts.loose_restrictions = True
+            recs[key] = "waiting"
+            del self.ready[key]
+            self.held.pop(key, None)
+            self.waited.discard(key)
+            # a placed key's worker is its provisional home until its cache reports
+            self.worker_keys.setdefault(target, set())
+        if next_expiry is not None and not self._timer:
+            self._timer = True
+            ext = self.extension
+            scheduler.loop.call_later(next_expiry + 0.01, ext.run_policy, self, "_wake")
+        if recs:
+            self._seq += 1
+            # transitions() pops recommendations last-in first-out: best priority last
+            ordered = dict(reversed(list(recs.items())))
+            scheduler.transitions(ordered, stimulus_id=f"oxigdal-locality-{self._seq}")
+        return len(recs)
+
+    def periodic(self) -> None:
+        """Place waiting tasks whose wait expired, or that a new worker can take."""
+        if self.ready:
+            self._schedule()
+
+    def add_worker(self, address: str) -> None:
+        """A new worker has free threads."""
+        if self.ready:
+            self._schedule()
+
+    def remove_worker(self, address: str, stimulus_id: str) -> None:
+        """Forget what the worker's cache held."""
+        for key in self.worker_keys.pop(address, ()):
+            homes = self.homes.get(key)
+            if homes is not None:
+                homes.discard(address)
+                if not homes:
+                    del self.homes[key]
+        self.cache_stats.pop(address, None)
+
+    def restart(self) -> None:
+        """Every task was forgotten (worker caches survive in the worker processes)."""
+        self.held.clear()
+        self.ready.clear()
+        self.waited.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        """``hits``, ``misses``, ``waits``, ``moves``, ``held``, ``keys`` and per-worker ``cache``."""
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "waits": self.waits,
+            "moves": self.moves,
+            "held": len(self.held),
+            "ready": len(self.ready),
+            "keys": len(self.homes),
+            "wait": self.wait,
+            "cache": {w: dict(s) for w, s in sorted(self.cache_stats.items())},
+        }
+
+
+def _hashable(key: Any) -> Any:
+    """msgpack turns tuples into lists: make keys hashable again."""
+    if isinstance(key, list):
+        return tuple(_hashable(k) for k in key)
+    return key
