@@ -68,6 +68,10 @@ def _concat(meta: Any, *pieces: Any) -> Any:
     return pd.concat(parts)
 
 
+def _concat_sorted(meta: Any, *pieces: Any) -> Any:
+    return _concat(meta, *pieces).sort_index(kind="stable")
+
+
 def _split_pids(df: Any, pids: np.ndarray, nparts: int) -> tuple:
     """``nparts`` pieces of ``df`` (None where empty), split by our counting-sort kernels."""
     out: list[Any] = [None] * nparts
@@ -82,7 +86,14 @@ def _split_pids(df: Any, pids: np.ndarray, nparts: int) -> tuple:
 
 
 def _build(
-    ddf: Any, split: Any, nout: int, meta: Any, name: str, params: Any, divisions: Any = None
+    ddf: Any,
+    split: Any,
+    nout: int,
+    meta: Any,
+    name: str,
+    params: Any,
+    divisions: Any = None,
+    concat: Any = _concat,
 ) -> Any:
     """The shuffled collection: split tasks, getitem tasks and concat tasks."""
     import dask
@@ -95,7 +106,7 @@ def _build(
         for i, p in enumerate(parts)
     ]
     outs = [
-        dask.delayed(_concat, pure=True)(
+        dask.delayed(concat, pure=True)(
             meta, *[s[j] for s in splits], dask_key_name=f"{name}-concat-{token}-{j}"
         )
         for j in range(nout)
@@ -283,10 +294,7 @@ class _SpatialSplit:
         if d is not None:
             df = df.copy(deep=False)
             df.index = pd.Index(d, name=self.assign.curve.name)
-        pieces = _split_pids(df, pids, self.assign.nparts)
-        if d is None:
-            return pieces
-        return tuple(None if p is None else p.sort_index(kind="stable") for p in pieces)
+        return _split_pids(df, pids, self.assign.nparts)
 
 
 class _PartBounds:
@@ -459,7 +467,14 @@ def spatial_shuffle(
         assign = _Assign(by, nparts, hasher=HashPartitioner(nparts))
     params = (extent.bounds, level, None if assign.cuts is None else assign.cuts.tolist())
     result = _build(
-        gddf, _SpatialSplit(assign), nparts, meta, f"oxigdal-spatial-{by}", params, out_divisions
+        gddf,
+        _SpatialSplit(assign),
+        nparts,
+        meta,
+        f"oxigdal-spatial-{by}",
+        params,
+        out_divisions,
+        _concat_sorted if assign.curve is not None else _concat,
     )
     if calculate_partitions:
         pb = _PartBounds(assign)
