@@ -28,6 +28,17 @@ import pandas as pd
 
 __all__ = ["knn"]
 
+_TYPE_NAMES = {
+    -1: "missing",
+    1: "LineString",
+    2: "LinearRing",
+    3: "Polygon",
+    4: "MultiPoint",
+    5: "MultiLineString",
+    6: "MultiPolygon",
+    7: "GeometryCollection",
+}
+
 
 def _xy_of(df: Any, x: str, y: str) -> np.ndarray:
     geopandas = _geopandas()
@@ -37,7 +48,7 @@ def _xy_of(df: Any, x: str, y: str) -> np.ndarray:
         geoms = np.asarray(df.geometry.array if hasattr(df, "geometry") else df.array)
         kinds = shapely.get_type_id(geoms)
         if len(geoms) and not (kinds == 0).all():
-            bad = sorted({shapely.GeometryType(int(k)).name for k in np.unique(kinds) if k != 0})
+            bad = sorted({_TYPE_NAMES.get(int(k), str(k)) for k in np.unique(kinds) if k != 0})
             raise ValueError(
                 f"knn needs Point geometries; got {', '.join(bad)} (use .centroid or "
                 ".representative_point() first)"
