@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -46,6 +47,8 @@ logger = logging.getLogger(__name__)
 COMPRESSIONS = ("auto", "lz4", "none")
 EXTENSION = "oxigdal-cache"
 REPORT_HANDLER = "oxigdal_cache_report"
+#: Seconds between report attempts to a scheduler without the report handler.
+_RETRY_UNSUPPORTED = 30.0
 
 try:  # optional dependency (extra "cache")
     import lz4.frame as _lz4
@@ -288,6 +291,8 @@ class _WorkerBinding:
         self._dirty = False
         self.reports = 0
         self.report_errors = 0
+        #: monotonic time before which reports are skipped (the scheduler has no handler)
+        self.unsupported_until = 0.0
         interval_ms = 1000 * dask.utils.parse_timedelta(
             dask.config.get("distributed.worker.memory.monitor-interval")
         )
@@ -315,21 +320,32 @@ class _WorkerBinding:
         self._scheduled = False
         while self._dirty:
             self._dirty = False
+            if time.monotonic() < self.unsupported_until:
+                continue  # changes stay queued in the cache until the next report
             self._inflight = True
             added, removed = self.cache.take_changes()
             try:
-                await self.worker.scheduler.oxigdal_cache_report(
+                ok = await self.worker.scheduler.oxigdal_cache_report(
                     worker=self.worker.address,
                     added=added,
                     removed=removed,
                     stats=self.cache.stats(),
                 )
-                self.reports += 1
-            except Exception as e:  # no Locality policy on the scheduler, or it is gone
-                self.report_errors += 1
+            except Exception as e:  # the scheduler is gone or restarting
+                ok = None
                 logger.debug("oxigdal cache report failed: %s", e)
             finally:
                 self._inflight = False
+            if ok == "ok":
+                self.reports += 1
+            else:
+                # no Locality policy on the scheduler (an unknown handler answers None
+                # and logs a warning there): try again later, without flooding its log
+                self.report_errors += 1
+                self.unsupported_until = time.monotonic() + _RETRY_UNSUPPORTED
+                with self.cache._lock:
+                    self.cache.added.update(added)
+                    self.cache.removed.update(removed)
 
 
 _LOCAL: list[WorkerCache] = []

@@ -80,6 +80,8 @@ class Locality(SchedulingPolicy):
         self.held: dict[Any, Any] = {}  # task key -> locality key
         self.ready: dict[Any, float] = {}  # held task in no-worker -> since
         self.waited: set[Any] = set()
+        # where a key with no reported home was last sent (until its cache reports)
+        self.placed: dict[Any, str] = {}
         self.hits = 0
         self.misses = 0
         self.waits = 0
@@ -101,11 +103,14 @@ class Locality(SchedulingPolicy):
         added: list | tuple = (),
         removed: list | tuple = (),
         stats: dict | None = None,
-    ) -> None:
-        """Scheduler handler: a worker's cache gained / lost keys (see dask_oxigdal.cache)."""
+    ) -> str:
+        """Scheduler handler: a worker's cache gained / lost keys (see dask_oxigdal.cache).
+
+        Returns ``"ok"`` (an unknown handler would answer ``None``).
+        """
         scheduler = self.extension.scheduler
         if worker not in scheduler.workers:
-            return
+            return "ok"
         keys = self.worker_keys.setdefault(worker, set())
         for key in removed:
             key = _hashable(key)
@@ -117,11 +122,13 @@ class Locality(SchedulingPolicy):
                     del self.homes[key]
         for key in added:
             key = _hashable(key)
+            self.placed.pop(key, None)
             keys.add(key)
             self.homes.setdefault(key, set()).add(worker)
         if stats is not None:
             self.cache_stats[worker] = dict(stats)
         self.reports += 1
+        return "ok"
 
     # ------------------------------------------------------------------ hooks
     def update_graph(self, new: list[tuple[TaskState, TaskInfo]]) -> None:
@@ -193,6 +200,8 @@ class Locality(SchedulingPolicy):
                 break
             lkey = self.held[key]
             homes = self.homes.get(lkey)
+            if not homes and lkey in self.placed:
+                homes = (self.placed[lkey],)
             target = None
             if homes:
                 for addr in homes:
@@ -231,7 +240,10 @@ class Locality(SchedulingPolicy):
             self.held.pop(key, None)
             self.waited.discard(key)
             # a placed key's worker is its provisional home until its cache reports
-            self.worker_keys.setdefault(target, set())
+            if lkey not in self.homes:
+                if len(self.placed) > 100_000:
+                    self.placed.clear()
+                self.placed[lkey] = target
         if next_expiry is not None and not self._timer:
             self._timer = True
             ext = self.extension
@@ -262,12 +274,15 @@ class Locality(SchedulingPolicy):
                 if not homes:
                     del self.homes[key]
         self.cache_stats.pop(address, None)
+        for key in [k for k, a in self.placed.items() if a == address]:
+            del self.placed[key]
 
     def restart(self) -> None:
         """Every task was forgotten (worker caches survive in the worker processes)."""
         self.held.clear()
         self.ready.clear()
         self.waited.clear()
+        self.placed.clear()
 
     def snapshot(self) -> dict[str, Any]:
         """``hits``, ``misses``, ``waits``, ``moves``, ``held``, ``keys`` and per-worker ``cache``."""
