@@ -68,6 +68,13 @@ def test_cold_entries_are_lz4_compressed_before_eviction():
     assert cache.stats()["hits"] == 5
 
 
+@gen_cluster(client=True, nthreads=[], timeout=60)
+async def test_bad_locality_settings_fail_registration(c, s):
+    for bad, match in (({"wait": "-1s"}, "wait"), ({"prefetch": -1}, "prefetch")):
+        with pytest.raises(ValueError, match=match):
+            await register(c, policies=[{"class": LOCALITY, **bad}])
+
+
 def test_bad_cache_settings():
     with pytest.raises(ValueError, match=r"oxigdal.cache.compression='zstd'.*auto"):
         WorkerCache(limit=10, compression="zstd")
@@ -156,7 +163,7 @@ def _busy(tile, event_name):
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=120)
 async def test_delay_scheduling_waits_then_moves_and_replicates(c, s, a, b):
-    await register(c, policies=[{"class": LOCALITY, "wait": "300ms"}])
+    await register(c, policies=[{"class": LOCALITY, "wait": "300ms", "prefetch": 0}])
     policy = _policy(s)
     with dox.annotate(locality="hot"):
         first = await c.submit(lambda: dox.cached("hot", lambda: 1) + 0, pure=False)
@@ -182,7 +189,7 @@ async def test_delay_scheduling_waits_then_moves_and_replicates(c, s, a, b):
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=120)
 async def test_long_wait_is_bounded_by_a_deadline(c, s, a, b):
-    await register(c, policies=[{"class": LOCALITY, "wait": "1h"}])
+    await register(c, policies=[{"class": LOCALITY, "wait": "1h", "prefetch": 0}])
     policy = _policy(s)
     with dox.annotate(locality="k"):
         await c.submit(lambda: dox.cached("k", lambda: 1), pure=False)

@@ -14,8 +14,9 @@ How it works
   whenever a held task becomes ready, a tracked task leaves a worker, a wait
   expires, and on the periodic tick): held ready tasks are taken in Dask
   priority order (so fair-share tags and queues decide who goes first). A
-  task goes to a home of KEY with a free thread (a *hit*). When every home is
-  busy, the task *waits* (delay scheduling, Zaharia et al. 2010) and lets the
+  task goes to a home of KEY with room (a free thread, or up to
+  ``oxigdal.locality.prefetch`` tasks queued beyond its threads) (a *hit*).
+  When every home is full, the task *waits* (delay scheduling, Zaharia et al. 2010) and lets the
   next task take the free thread. After ``oxigdal.locality.wait`` it runs on
   any worker with a free thread (a *miss*); that worker then caches KEY and
   becomes a second home, so a hot key is replicated. A key with no home yet
@@ -65,15 +66,29 @@ class Locality(SchedulingPolicy):
     ----------
     wait : str or float, optional
         Delay-scheduling bound (``oxigdal.locality.wait``).
+    prefetch : int, optional
+        Tasks a home worker may hold beyond its threads (``oxigdal.locality.prefetch``),
+        so that it starts the next cached task without a scheduler round trip.
     """
 
     name = "Locality"
 
-    def __init__(self, *, wait: str | float | None = None) -> None:
+    def __init__(self, *, wait: str | float | None = None, prefetch: int | None = None) -> None:
         super().__init__()
-        self.wait = parse_timedelta(setting("locality.wait", wait))
+        raw = setting("locality.wait", wait)
+        try:
+            self.wait = parse_timedelta(raw)
+        except (ValueError, TypeError, KeyError):
+            raise ValueError(
+                f"oxigdal.locality.wait={raw!r} is not a duration (e.g. '3s', '500ms', 2.5)"
+            ) from None
         if not self.wait >= 0:
             raise ValueError(f"oxigdal.locality.wait={wait!r} must be >= 0")
+        self.prefetch = setting("locality.prefetch", prefetch)
+        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int):
+            raise ValueError(f"oxigdal.locality.prefetch={self.prefetch!r} must be an integer >= 0")
+        if self.prefetch < 0:
+            raise ValueError(f"oxigdal.locality.prefetch={self.prefetch!r} must be >= 0")
         self.homes: dict[Any, set[str]] = {}
         self.worker_keys: dict[str, set[Any]] = {}
         self.cache_stats: dict[str, dict[str, Any]] = {}
@@ -179,11 +194,14 @@ class Locality(SchedulingPolicy):
             return 0
         tasks = scheduler.tasks
         info_map = self.extension.info
-        free: dict[str, int] = {}
+        free: dict[str, int] = {}  # idle threads
+        room: dict[str, int] = {}  # idle threads + prefetch (for tasks going home)
         for ws in scheduler.running:
             n = ws.nthreads - len(ws.processing)
             if n > 0:
                 free[ws.address] = n
+            if n + self.prefetch > 0:
+                room[ws.address] = n + self.prefetch
         now = time.monotonic()
         wall = time.time()
         recs: dict[Any, str] = {}
@@ -196,7 +214,7 @@ class Locality(SchedulingPolicy):
         order.sort(key=lambda pair: pair[0])
         next_expiry = None
         for _, key in order:
-            if not free:
+            if not room:
                 break
             lkey = self.held[key]
             homes = self.homes.get(lkey)
@@ -205,7 +223,7 @@ class Locality(SchedulingPolicy):
             target = None
             if homes:
                 for addr in homes:
-                    if free.get(addr, 0) > 0 and (target is None or free[addr] > free[target]):
+                    if room.get(addr, 0) > 0 and (target is None or room[addr] > room[target]):
                         target = addr
                 if target is not None:
                     self.hits += 1
@@ -223,15 +241,23 @@ class Locality(SchedulingPolicy):
                         expiry = wait - waited
                         next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
                         continue
+                    if not free:
+                        continue  # expired, but no idle thread anywhere yet
                     target = max(free, key=free.__getitem__)
                     self.misses += 1
                     self.moves += 1
             else:
+                if not free:
+                    continue
                 target = min(free, key=lambda a: (len(self.worker_keys.get(a, ())), -free[a], a))
                 self.misses += 1
-            free[target] -= 1
-            if free[target] <= 0:
-                del free[target]
+            room[target] -= 1
+            if room[target] <= 0:
+                del room[target]
+            if target in free:
+                free[target] -= 1
+                if free[target] <= 0:
+                    del free[target]
             ts = tasks[key]
             ts.worker_restrictions = {target}
             ts.loose_restrictions = True
@@ -295,6 +321,7 @@ class Locality(SchedulingPolicy):
             "ready": len(self.ready),
             "keys": len(self.homes),
             "wait": self.wait,
+            "prefetch": self.prefetch,
             "cache": {w: dict(s) for w, s in sorted(self.cache_stats.items())},
         }
 
