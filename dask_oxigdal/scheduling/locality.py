@@ -110,6 +110,8 @@ class Locality(SchedulingPolicy):
         """Install the ``oxigdal_cache_report`` handler."""
         super().start(extension)
         extension.scheduler.handlers[REPORT_HANDLER] = self.cache_report
+        # no transition hook (no per-task cost) until the first locality task arrives
+        self.wants_transitions = False
 
     # ------------------------------------------------------------ cache reports
     def cache_report(
@@ -159,6 +161,9 @@ class Locality(SchedulingPolicy):
             ts.worker_restrictions = {HOLD_ADDRESS}
             ts.loose_restrictions = False
             self.held[ts.key] = lkey
+            if not self.wants_transitions:
+                self.wants_transitions = True
+                self.extension._refresh_transition_policies()
 
     def transition(
         self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
