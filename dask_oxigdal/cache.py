@@ -259,10 +259,14 @@ class WorkerCache:
             self._changed()
         return freed
 
-    def take_changes(self) -> tuple[list[Hashable], list[Hashable]]:
-        """Keys added and removed since the last call (for the scheduler report)."""
+    def take_changes(self) -> tuple[list[str], list[str]]:
+        """``str`` keys added and removed since the last call (for the scheduler report).
+
+        Only ``str`` keys are reported: ``locality=`` annotations are strings.
+        """
         with self._lock:
-            added, removed = list(self.added), list(self.removed)
+            added = [k for k in self.added if isinstance(k, str)]
+            removed = [k for k in self.removed if isinstance(k, str)]
             self.added.clear()
             self.removed.clear()
         return added, removed

@@ -73,6 +73,12 @@ async def test_bad_locality_settings_fail_registration(c, s):
     for bad, match in (({"wait": "-1s"}, "wait"), ({"prefetch": -1}, "prefetch")):
         with pytest.raises(ValueError, match=match):
             await register(c, policies=[{"class": LOCALITY, **bad}])
+    with pytest.raises(Exception, match="list Locality after Quota"):
+        await register(
+            c,
+            tenants={"a": {"weight": 1, "max-tasks": 1}},
+            policies=[{"class": LOCALITY}, {"class": "dask_oxigdal.scheduling.quota.Quota"}],
+        )
 
 
 def test_bad_cache_settings():

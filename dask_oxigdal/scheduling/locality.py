@@ -109,6 +109,16 @@ class Locality(SchedulingPolicy):
     def start(self, extension: Any) -> None:
         """Install the ``oxigdal_cache_report`` handler."""
         super().start(extension)
+        from dask_oxigdal.exceptions import ConfigError
+        from dask_oxigdal.scheduling.quota import Quota
+
+        later = extension.policies[extension.policies.index(self) + 1 :]
+        if any(isinstance(p, Quota) for p in later):
+            raise ConfigError(
+                "oxigdal.scheduling.policies: list Locality after Quota (Locality leaves "
+                "the tasks that Quota holds to Quota; in the other order Quota would not "
+                f"see them): got {extension.policy_names()}"
+            )
         extension.scheduler.handlers[REPORT_HANDLER] = self.cache_report
         # no transition hook (no per-task cost) until the first locality task arrives
         self.wants_transitions = False
