@@ -316,6 +316,26 @@ def _union_bounds(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+def _widen_degenerate(bounds: Sequence[float]) -> tuple[float, float, float, float]:
+    """Give a zero-width (or zero-height) extent a width of 1 along that axis.
+
+    Every geometry then lies on the axis' minimum, in cell 0, which is where
+    dask-geopandas puts them too (its scale is infinite and ``0 * inf`` NaN
+    becomes 0).
+    """
+    try:
+        minx, miny, maxx, maxy = (float(v) for v in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"total_bounds must be 4 numbers (minx, miny, maxx, maxy), got {bounds!r}"
+        ) from None
+    if maxx == minx:
+        maxx = minx + 1.0
+    if maxy == miny:
+        maxy = miny + 1.0
+    return minx, miny, maxx, maxy
+
+
 def _grid_shape(n: int) -> tuple[int, int]:
     nx = int(np.floor(np.sqrt(n)))
     while n % nx:
@@ -432,7 +452,7 @@ def spatial_shuffle(
                 np.nanmax(tb[:, 2]),
                 np.nanmax(tb[:, 3]),
             )
-    extent = SpatialExtent.from_bounds(total_bounds)
+    extent = SpatialExtent.from_bounds(_widen_degenerate(total_bounds))
     meta = gddf._meta
     out_divisions = None
     if by in ("hilbert", "morton"):

@@ -182,3 +182,23 @@ def test_spatial_shuffle_bad_input(countries):
         dox.spatial_shuffle(
             dask_geopandas.from_geopandas(bad, npartitions=2), npartitions=2
         ).compute()
+
+
+@pytest.mark.parametrize("by", ["hilbert", "morton", "tile", "strip", "hash"])
+def test_spatial_shuffle_degenerate_extent_and_empty_partitions(by, countries):
+    same = geopandas.GeoDataFrame(
+        {"a": [1, 2, 3]}, geometry=geopandas.points_from_xy([1] * 3, [1] * 3)
+    )
+    out = dox.spatial_shuffle(
+        dask_geopandas.from_geopandas(same, npartitions=2), by=by, npartitions=2
+    )
+    assert sorted(pd.concat(_parts(out))["a"]) == [1, 2, 3]
+    # input partitions that are empty after a filter
+    g = dask_geopandas.from_geopandas(countries.sort_values("continent"), npartitions=6)
+    africa = g[g.continent == "Africa"]
+    out = dox.spatial_shuffle(africa, by=by, npartitions=4)
+    parts = _parts(out)
+    want = countries[countries.continent == "Africa"]
+    assert sorted(pd.concat(parts)["name"]) == sorted(want["name"])
+    for box, p in zip(out.spatial_partitions, parts, strict=True):
+        assert box.covers(p.geometry).all() if len(p) else box.is_empty
