@@ -274,6 +274,29 @@ async def test_cache_without_the_extension_still_works(c, s, a):
     assert s.status.name == "running"
 
 
+def _where_with(dep, key):
+    dox.cached(key, lambda: len(dep))
+    return get_worker().address
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=120)
+async def test_new_key_follows_its_dependencies(c, s, a, b):
+    await register(c, policies=[{"class": LOCALITY, "wait": "1h"}])
+    for holder in (a, b, a):
+        dep = c.submit(np.ones, 200_000, workers=[holder.address], pure=False)
+        await dep
+        with dox.annotate(locality=f"new/{dep.key}"):
+            addr = await c.submit(_where_with, dep, f"new/{dep.key}", pure=False)
+        assert addr == holder.address
+        # the cached key (not the dependency) decides once the key has a home
+        other = b if holder is a else a
+        dep2 = c.submit(np.ones, 200_000, workers=[other.address], pure=False)
+        await dep2
+        with dox.annotate(locality=f"new/{dep.key}"):
+            addr = await c.submit(_where_with, dep2, f"new/{dep.key}", pure=False)
+        assert addr == holder.address
+
+
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=120)
 async def test_removed_worker_is_no_longer_a_home(c, s, a, b):
     await register(c, policies=[{"class": LOCALITY, "wait": "1h"}])
@@ -308,6 +331,13 @@ async def test_guard_scheduler_internals_for_locality(c, s, a):
     assert {ws.address for ws in s.running} == {a.address}
     (ws,) = s.running
     assert ws.nthreads == 2 and isinstance(ws.processing, set | dict)
+    # dependencies, who_has (WorkerStates) and nbytes: Dask's own placement inputs
+    x = c.submit(np.ones, 1000, pure=False)
+    y = c.submit(len, x, pure=False)
+    await y
+    ts = s.tasks[y.key]
+    (dts,) = ts.dependencies
+    assert {w.address for w in dts.who_has} == {a.address} and dts.nbytes >= 8000
     ev = Event("guard")
     fut = c.submit(_busy, 1, "guard", pure=False)
     await _wait_for(lambda: len(ws.processing) == 1)

@@ -20,7 +20,9 @@ How it works
   next task take the free thread. After ``oxigdal.locality.wait`` it runs on
   any worker with a free thread (a *miss*); that worker then caches KEY and
   becomes a second home, so a hot key is replicated. A key with no home yet
-  goes to the worker with a free thread that holds the fewest keys.
+  goes to the worker with a free thread that holds the fewest keys. Among
+  free workers, the ones holding more bytes of the task's dependencies come
+  first (Dask's own criterion), for new keys and for moves.
 - A placed task is pinned to its worker with a *loose* restriction and sent to
   ``waiting``: Dask dispatches it at once, and may still run it elsewhere if
   the worker leaves.
@@ -28,7 +30,10 @@ How it works
 Composition
 -----------
 - *Dependencies*: only tasks with a ``locality`` annotation are affected;
-  others are placed by Dask as usual (dependency locality, occupancy).
+  others are placed by Dask as usual (dependency locality, occupancy). A
+  locality task goes to a home of its key even when its dependencies are
+  elsewhere (the cached data is assumed to be the larger input); without a
+  home, or when it moves, the dependencies decide.
 - *Fair share / queues*: a waiting task never holds a thread: the free thread
   goes to the next task in priority order (of any tenant), so waiting costs
   the waiting tenant at most ``wait`` of latency and never takes a share
@@ -258,13 +263,18 @@ class Locality(SchedulingPolicy):
                         continue
                     if not free:
                         continue  # expired, but no idle thread anywhere yet
-                    target = max(free, key=free.__getitem__)
+                    deps = _dependency_bytes(tasks[key])
+                    target = max(free, key=lambda a: (deps.get(a, 0), free[a]))
                     self.misses += 1
                     self.moves += 1
             else:
                 if not free:
                     continue
-                target = min(free, key=lambda a: (len(self.worker_keys.get(a, ())), -free[a], a))
+                deps = _dependency_bytes(tasks[key])
+                target = min(
+                    free,
+                    key=lambda a: (-deps.get(a, 0), len(self.worker_keys.get(a, ())), -free[a], a),
+                )
                 self.misses += 1
             room[target] -= 1
             if room[target] <= 0:
@@ -339,6 +349,15 @@ class Locality(SchedulingPolicy):
             "prefetch": self.prefetch,
             "cache": {w: dict(s) for w, s in sorted(self.cache_stats.items())},
         }
+
+
+def _dependency_bytes(ts: Any) -> dict[str, int]:
+    """Bytes of ``ts``'s dependencies held by each worker (Dask's own placement criterion)."""
+    out: dict[str, int] = {}
+    for dts in ts.dependencies:
+        for ws in dts.who_has or ():
+            out[ws.address] = out.get(ws.address, 0) + dts.nbytes
+    return out
 
 
 def _hashable(key: Any) -> Any:
