@@ -134,6 +134,7 @@ class WorkerCache:
         self.on_change = on_change
         self._data: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[Hashable, threading.Event] = {}
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -168,29 +169,45 @@ class WorkerCache:
         }
 
     def get(self, key: Hashable, loader: Callable[[], Any], nbytes: int | None = None) -> Any:
-        """The cached value of ``key``, or ``loader()`` (stored when it fits)."""
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is not None:
-                self.hits += 1
-                self._data.move_to_end(key)
-                if entry.compressed:
-                    value = pickle.loads(_lz4.decompress(entry.value))
-                    self.bytes += entry.nbytes - entry.stored
-                    entry.value, entry.stored, entry.compressed = value, entry.nbytes, False
-                    self._make_room()
-                value = entry.value
-            else:
-                self.misses += 1
+        """The cached value of ``key``, or ``loader()`` (stored when it fits).
+
+        Concurrent misses of one key (several threads of one worker) call
+        ``loader`` once: the others wait for it and then hit. If the loader
+        raises, or its value is not stored, a waiting thread loads in turn.
+        """
+        while True:
+            with self._lock:
+                entry = self._data.get(key)
+                if entry is not None:
+                    self.hits += 1
+                    self._data.move_to_end(key)
+                    if entry.compressed:
+                        value = pickle.loads(_lz4.decompress(entry.value))
+                        self.bytes += entry.nbytes - entry.stored
+                        entry.value, entry.stored, entry.compressed = value, entry.nbytes, False
+                        self._make_room()
+                    value = entry.value
+                    break
+                pending = self._loading.get(key)
+                if pending is None:
+                    self.misses += 1
+                    done = self._loading[key] = threading.Event()
+                    break
+            pending.wait()
         if entry is not None:
             self._changed()
             return value
-        value = loader()
-        if nbytes is None:
-            from dask.sizeof import sizeof
+        try:
+            value = loader()
+            if nbytes is None:
+                from dask.sizeof import sizeof
 
-            nbytes = sizeof(value)
-        self.put(key, value, int(nbytes))
+                nbytes = sizeof(value)
+            self.put(key, value, int(nbytes))
+        finally:
+            with self._lock:
+                del self._loading[key]
+            done.set()
         return value
 
     def put(self, key: Hashable, value: Any, nbytes: int) -> None:

@@ -12,6 +12,7 @@ import dask_oxigdal  # noqa: F401
 
 # isort: split
 import asyncio
+import threading
 import time
 
 import dask
@@ -94,6 +95,41 @@ def test_bad_cache_settings():
         dox.cached(["a"], lambda: 1)
     with pytest.raises(TypeError, match="callable"):
         dox.cached("a", 1)
+
+
+def test_concurrent_misses_load_once():
+    cache = WorkerCache(limit=10_000, compression="none")
+    gate = threading.Event()
+    calls = []
+
+    def loader():
+        calls.append(1)
+        gate.wait(30)
+        return "v"
+
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.get("k", loader, nbytes=1)))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()
+    for t in threads:
+        t.join(30)
+    assert results == ["v"] * 4 and calls == [1]
+    assert (cache.stats()["misses"], cache.stats()["hits"]) == (1, 3)
+
+    # a failing loader lets the next caller load
+    def boom():
+        raise RuntimeError("read failed")
+
+    with pytest.raises(RuntimeError, match="read failed"):
+        cache.get("bad", boom)
+    assert cache.get("bad", lambda: "ok", nbytes=1) == "ok"
 
 
 def test_cached_outside_a_worker_uses_a_process_cache():
