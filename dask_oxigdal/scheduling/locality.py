@@ -20,7 +20,7 @@ How it works
   next task take the free thread. After ``oxigdal.locality.wait`` it runs on
   any worker with a free thread (a *miss*); that worker then caches KEY and
   becomes a second home, so a hot key is replicated. A key with no home yet
-  goes to the worker with a free thread that holds the fewest keys. Among
+  goes to the worker with the most room (then the fewest keys). Among
   free workers, the ones holding more bytes of the task's dependencies come
   first (Dask's own criterion), for new keys and for moves.
 - A placed task is pinned to its worker with a *loose* restriction and sent to
@@ -268,12 +268,11 @@ class Locality(SchedulingPolicy):
                     self.misses += 1
                     self.moves += 1
             else:
-                if not free:
-                    continue
+                # a new key: any worker with room (prefetch too, as Dask's queue does)
                 deps = _dependency_bytes(tasks[key])
                 target = min(
-                    free,
-                    key=lambda a: (-deps.get(a, 0), len(self.worker_keys.get(a, ())), -free[a], a),
+                    room,
+                    key=lambda a: (-deps.get(a, 0), -room[a], len(self.worker_keys.get(a, ())), a),
                 )
                 self.misses += 1
             room[target] -= 1
