@@ -1,0 +1,366 @@
+"""``Locality``: run tasks annotated ``locality=KEY`` where KEY is cached (delay scheduling).
+
+The scheduler learns where data is from the worker caches themselves
+(:func:`dask_oxigdal.cached` reports every new and evicted key to the
+``oxigdal_cache_report`` handler that this policy installs): a worker whose
+cache holds KEY is a *home* of KEY.
+
+How it works
+------------
+- ``update_graph``: a new task annotated ``locality=KEY`` is held (restricted
+  to an address no worker has, like ``Quota``); Dask parks it in
+  ``no-worker`` once its dependencies are in memory.
+- Placement (from a later event-loop tick, never inside a transition; run
+  whenever a held task becomes ready, a tracked task leaves a worker, a wait
+  expires, and on the periodic tick): held ready tasks are taken in Dask
+  priority order (so fair-share tags and queues decide who goes first). A
+  task goes to a home of KEY with room (a free thread, or up to
+  ``oxigdal.locality.prefetch`` tasks queued beyond its threads) (a *hit*).
+  When every home is full, the task *waits* (delay scheduling, Zaharia et al. 2010) and lets the
+  next task take the free thread. After ``oxigdal.locality.wait`` it runs on
+  any worker with a free thread (a *miss*); that worker then caches KEY and
+  becomes a second home, so a hot key is replicated. A key with no home yet
+  goes to the worker with the most room (then the fewest keys). Among
+  free workers, the ones holding more bytes of the task's dependencies come
+  first (Dask's own criterion), for new keys and for moves.
+- A placed task is pinned to its worker with a *loose* restriction and sent to
+  ``waiting``: Dask dispatches it at once, and may still run it elsewhere if
+  the worker leaves.
+
+Composition
+-----------
+- *Dependencies*: only tasks with a ``locality`` annotation are affected;
+  others are placed by Dask as usual (dependency locality, occupancy). A
+  locality task goes to a home of its key even when its dependencies are
+  elsewhere (the cached data is assumed to be the larger input); without a
+  home, or when it moves, the dependencies decide.
+- *Fair share / queues*: a waiting task never holds a thread: the free thread
+  goes to the next task in priority order (of any tenant), so waiting costs
+  the waiting tenant at most ``wait`` of latency and never takes a share
+  from anyone.
+- *Deadlines*: a task with a ``deadline`` annotation waits at most a quarter
+  of its remaining time (and never once the deadline has passed).
+- *Quota*: a task that another policy has already held (e.g. ``Quota`` with
+  limits or guarantees, listed before ``Locality``) is left to that policy:
+  tenant limits and guarantees win over locality.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from dask.utils import parse_timedelta
+
+from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
+from dask_oxigdal.scheduling.settings import setting
+
+if TYPE_CHECKING:
+    from distributed.scheduler import TaskState
+
+__all__ = ["Locality"]
+
+REPORT_HANDLER = "oxigdal_cache_report"
+_DONE = ("memory", "erred", "forgotten")
+
+
+class Locality(SchedulingPolicy):
+    """Prefer the worker whose cache holds a task's ``locality`` key; wait a bounded time.
+
+    Parameters
+    ----------
+    wait : str or float, optional
+        Delay-scheduling bound (``oxigdal.locality.wait``).
+    prefetch : int, optional
+        Tasks a home worker may hold beyond its threads (``oxigdal.locality.prefetch``),
+        so that it starts the next cached task without a scheduler round trip.
+    """
+
+    name = "Locality"
+
+    def __init__(self, *, wait: str | float | None = None, prefetch: int | None = None) -> None:
+        super().__init__()
+        raw = setting("locality.wait", wait)
+        try:
+            self.wait = parse_timedelta(raw)
+        except (ValueError, TypeError, KeyError):
+            raise ValueError(
+                f"oxigdal.locality.wait={raw!r} is not a duration (e.g. '3s', '500ms', 2.5)"
+            ) from None
+        if not self.wait >= 0:
+            raise ValueError(f"oxigdal.locality.wait={wait!r} must be >= 0")
+        self.prefetch = setting("locality.prefetch", prefetch)
+        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int):
+            raise ValueError(f"oxigdal.locality.prefetch={self.prefetch!r} must be an integer >= 0")
+        if self.prefetch < 0:
+            raise ValueError(f"oxigdal.locality.prefetch={self.prefetch!r} must be >= 0")
+        self.homes: dict[Any, set[str]] = {}
+        self.worker_keys: dict[str, set[Any]] = {}
+        self.cache_stats: dict[str, dict[str, Any]] = {}
+        self.held: dict[Any, Any] = {}  # task key -> locality key
+        self.ready: dict[Any, float] = {}  # held task in no-worker -> since
+        self.waited: set[Any] = set()
+        # where a key with no reported home was last sent (until its cache reports)
+        self.placed: dict[Any, str] = {}
+        self.hits = 0
+        self.misses = 0
+        self.waits = 0
+        self.moves = 0
+        self.reports = 0
+        self._scheduled = False
+        self._timer = False
+        self._seq = 0
+
+    def start(self, extension: Any) -> None:
+        """Install the ``oxigdal_cache_report`` handler."""
+        super().start(extension)
+        from dask_oxigdal.exceptions import ConfigError
+        from dask_oxigdal.scheduling.quota import Quota
+
+        later = extension.policies[extension.policies.index(self) + 1 :]
+        if any(isinstance(p, Quota) for p in later):
+            raise ConfigError(
+                "oxigdal.scheduling.policies: list Locality after Quota (Locality leaves "
+                "the tasks that Quota holds to Quota; in the other order Quota would not "
+                f"see them): got {extension.policy_names()}"
+            )
+        extension.scheduler.handlers[REPORT_HANDLER] = self.cache_report
+        # no transition hook (no per-task cost) until the first locality task arrives
+        self.wants_transitions = False
+
+    # ------------------------------------------------------------ cache reports
+    def cache_report(
+        self,
+        worker: str,
+        added: list | tuple = (),
+        removed: list | tuple = (),
+        stats: dict | None = None,
+    ) -> str:
+        """Scheduler handler: a worker's cache gained / lost keys (see dask_oxigdal.cache).
+
+        Returns ``"ok"`` (an unknown handler would answer ``None``).
+        """
+        scheduler = self.extension.scheduler
+        if worker not in scheduler.workers:
+            return "ok"
+        keys = self.worker_keys.setdefault(worker, set())
+        for key in removed:
+            key = _hashable(key)
+            keys.discard(key)
+            homes = self.homes.get(key)
+            if homes is not None:
+                homes.discard(worker)
+                if not homes:
+                    del self.homes[key]
+        for key in added:
+            key = _hashable(key)
+            self.placed.pop(key, None)
+            keys.add(key)
+            self.homes.setdefault(key, set()).add(worker)
+        if stats is not None:
+            self.cache_stats[worker] = dict(stats)
+        self.reports += 1
+        return "ok"
+
+    # ------------------------------------------------------------------ hooks
+    def update_graph(self, new: list[tuple[TaskState, TaskInfo]]) -> None:
+        """Hold the new tasks that carry a ``locality`` annotation."""
+        from dask_oxigdal.scheduling.extension import HOLD_ADDRESS
+
+        for ts, info in new:
+            lkey = info.annotations.locality
+            if lkey is None:
+                continue
+            if ts.worker_restrictions or ts.host_restrictions or ts.resource_restrictions:
+                continue  # held or constrained by someone else: they decide
+            ts.worker_restrictions = {HOLD_ADDRESS}
+            ts.loose_restrictions = False
+            self.held[ts.key] = lkey
+            if not self.wants_transitions:
+                self.wants_transitions = True
+                self.extension._refresh_transition_policies()
+
+    def transition(
+        self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
+    ) -> None:
+        """Track held tasks that became ready; a thread frees when a task leaves a worker."""
+        if finish == "no-worker":
+            if key in self.held:
+                self.ready[key] = time.monotonic()
+                self._schedule()
+        elif finish in _DONE:
+            if self.held:
+                self.held.pop(key, None)
+                self.ready.pop(key, None)
+                self.waited.discard(key)
+        if start == "processing" and self.ready:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            ext = self.extension
+            ext.scheduler.loop.add_callback(ext.run_policy, self, "place")
+
+    def _wake(self) -> None:
+        self._timer = False
+        self.place()
+
+    def place(self) -> int:
+        """Place held ready tasks on free threads (hits first); returns how many were placed."""
+        self._scheduled = False
+        scheduler = self.extension.scheduler
+        if not self.ready:
+            return 0
+        tasks = scheduler.tasks
+        info_map = self.extension.info
+        free: dict[str, int] = {}  # idle threads
+        room: dict[str, int] = {}  # idle threads + prefetch (for tasks going home)
+        for ws in scheduler.running:
+            n = ws.nthreads - len(ws.processing)
+            if n > 0:
+                free[ws.address] = n
+            if n + self.prefetch > 0:
+                room[ws.address] = n + self.prefetch
+        now = time.monotonic()
+        wall = time.time()
+        recs: dict[Any, str] = {}
+        order = []
+        for key in self.ready:
+            ts = tasks.get(key)
+            if ts is None or ts.state != "no-worker":
+                continue
+            order.append((ts.priority or (), key))
+        order.sort(key=lambda pair: pair[0])
+        next_expiry = None
+        for _, key in order:
+            if not room:
+                break
+            lkey = self.held[key]
+            homes = self.homes.get(lkey)
+            if not homes and lkey in self.placed:
+                homes = (self.placed[lkey],)
+            target = None
+            if homes:
+                for addr in homes:
+                    if room.get(addr, 0) > 0 and (target is None or room[addr] > room[target]):
+                        target = addr
+                if target is not None:
+                    self.hits += 1
+                else:
+                    wait = self.wait
+                    info = info_map.get(key)
+                    deadline = info.annotations.deadline if info is not None else None
+                    if deadline is not None:
+                        wait = min(wait, max(0.0, (deadline - wall) / 4.0))
+                    waited = now - self.ready[key]
+                    if waited < wait:
+                        if key not in self.waited:
+                            self.waited.add(key)
+                            self.waits += 1
+                        expiry = wait - waited
+                        next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
+                        continue
+                    if not free:
+                        continue  # expired, but no idle thread anywhere yet
+                    deps = _dependency_bytes(tasks[key])
+                    target = max(free, key=lambda a: (deps.get(a, 0), free[a]))
+                    self.misses += 1
+                    self.moves += 1
+            else:
+                # a new key: any worker with room (prefetch too, as Dask's queue does)
+                deps = _dependency_bytes(tasks[key])
+                target = min(
+                    room,
+                    key=lambda a: (-deps.get(a, 0), -room[a], len(self.worker_keys.get(a, ())), a),
+                )
+                self.misses += 1
+            room[target] -= 1
+            if room[target] <= 0:
+                del room[target]
+            if target in free:
+                free[target] -= 1
+                if free[target] <= 0:
+                    del free[target]
+            ts = tasks[key]
+            ts.worker_restrictions = {target}
+            ts.loose_restrictions = True
+            recs[key] = "waiting"
+            del self.ready[key]
+            self.held.pop(key, None)
+            self.waited.discard(key)
+            # a placed key's worker is its provisional home until its cache reports
+            if lkey not in self.homes:
+                if len(self.placed) > 100_000:
+                    self.placed.clear()
+                self.placed[lkey] = target
+        if next_expiry is not None and not self._timer:
+            self._timer = True
+            ext = self.extension
+            scheduler.loop.call_later(next_expiry + 0.01, ext.run_policy, self, "_wake")
+        if recs:
+            self._seq += 1
+            # transitions() pops recommendations last-in first-out: best priority last
+            ordered = dict(reversed(list(recs.items())))
+            scheduler.transitions(ordered, stimulus_id=f"oxigdal-locality-{self._seq}")
+        return len(recs)
+
+    def periodic(self) -> None:
+        """Place waiting tasks whose wait expired, or that a new worker can take."""
+        if self.ready:
+            self._schedule()
+
+    def add_worker(self, address: str) -> None:
+        """A new worker has free threads."""
+        if self.ready:
+            self._schedule()
+
+    def remove_worker(self, address: str, stimulus_id: str) -> None:
+        """Forget what the worker's cache held."""
+        for key in self.worker_keys.pop(address, ()):
+            homes = self.homes.get(key)
+            if homes is not None:
+                homes.discard(address)
+                if not homes:
+                    del self.homes[key]
+        self.cache_stats.pop(address, None)
+        for key in [k for k, a in self.placed.items() if a == address]:
+            del self.placed[key]
+
+    def restart(self) -> None:
+        """Every task was forgotten (worker caches survive in the worker processes)."""
+        self.held.clear()
+        self.ready.clear()
+        self.waited.clear()
+        self.placed.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        """``hits``, ``misses``, ``waits``, ``moves``, ``held``, ``keys`` and per-worker ``cache``."""
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "waits": self.waits,
+            "moves": self.moves,
+            "held": len(self.held),
+            "ready": len(self.ready),
+            "keys": len(self.homes),
+            "wait": self.wait,
+            "prefetch": self.prefetch,
+            "cache": {w: dict(s) for w, s in sorted(self.cache_stats.items())},
+        }
+
+
+def _dependency_bytes(ts: Any) -> dict[str, int]:
+    """Bytes of ``ts``'s dependencies held by each worker (Dask's own placement criterion)."""
+    out: dict[str, int] = {}
+    for dts in ts.dependencies:
+        for ws in dts.who_has or ():
+            out[ws.address] = out.get(ws.address, 0) + dts.nbytes
+    return out
+
+
+def _hashable(key: Any) -> Any:
+    """msgpack turns tuples into lists: make keys hashable again."""
+    if isinstance(key, list):
+        return tuple(_hashable(k) for k in key)
+    return key
