@@ -382,8 +382,8 @@ class FairShare(SchedulingPolicy):
         tasks = scheduler.tasks
         groups: dict[tuple[str, str], list[tuple[float, TaskInfo, TaskState]]] = {}
         for key, info in ext.info.items():
-            if info.done or info.running:
-                continue
+            if info.done or info.running or info.edf is not None:
+                continue  # (a deadline task's priority carries its EDF key: see deadline.py)
             ts = tasks.get(key)
             if ts is None or ts.state not in _PENDING or not ts.priority:
                 continue
