@@ -120,7 +120,8 @@ async def _submit_gangs_under_load(c, s, timeout):
 
 @gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
 async def test_gangs_complete_atomically_under_load(c, s, a, b):
-    await register(c, policies=[FAIRSHARE, QUOTA, gang_policy()])
+    # no slot reservation here: the small ordinary tasks run while the gangs wait
+    await register(c, policies=[FAIRSHARE, QUOTA, gang_policy(reserve_wait="0s")])
     recorder = GangRecorder(s)
     s.add_plugin(recorder)
     bg_go, bg, small, gangs = await _submit_gangs_under_load(c, s, timeout=90)
@@ -152,6 +153,52 @@ async def test_gangs_complete_atomically_under_load(c, s, a, b):
     assert snap["started"] == 2 and snap["completed"] == 2
     assert snap["partial_starts"] == 0 and snap["waiting"] == 0 and snap["running"] == 0
     assert snap["refused"] == 0 and snap["restarts"] == 0
+
+
+class PendingAtGangStart(SchedulerPlugin):
+    """How many background tasks were not finished when the gang's first member started."""
+
+    name = "test-pending-at-gang-start"
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.pending: int | None = None
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish != "processing" or self.pending is not None:
+            return
+        ts = self.scheduler.tasks[key]
+        if (ts.annotations or {}).get("oxigdal_gang") is not None:
+            self.pending = sum(
+                1
+                for t in self.scheduler.tasks.values()
+                if str(t.key).startswith("bg-") and t.state != "memory"
+            )
+
+
+@pytest.mark.parametrize("reserve_wait", ["0s", "120s"])
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
+async def test_head_gang_reserves_freed_slots(c, s, a, b, reserve_wait):
+    """With a reserve wait, freed slots go to the head gang, not to queued small tasks."""
+    await register(c, policies=[FAIRSHARE, QUOTA, gang_policy(reserve_wait=reserve_wait)])
+    probe = PendingAtGangStart(s)
+    s.add_plugin(probe)
+    bg = c.map(slowinc, range(300), delay=0.005, key=[f"bg-{i}" for i in range(300)])
+    await _until(lambda: len(s.queued) > 100)
+    with annotate(gang="R"):
+        futs = c.map(member, range(3), gang="R", k=3, timeout=60, key=[f"R-{i}" for i in range(3)])
+    rows = await c.gather(futs)
+    assert len(rows) == 3
+    await wait(bg)
+    snap = (await status(c))["policies"]["Gang"]
+    assert snap["reserved_tasks"] == 0 and snap["reserving"] is None
+    if reserve_wait == "0s":
+        # Dask refills a freed thread from its queue at once: the gang gets 3 idle
+        # threads only when the queue is empty (at most the in-flight tasks left)
+        assert probe.pending <= 6 and snap["reservations"] == 0
+    else:
+        # the queued small tasks were held back until the gang had its slots
+        assert probe.pending > 100 and snap["reservations"] == 1
 
 
 @gen_cluster(client=True, nthreads=NTHREADS, timeout=120)

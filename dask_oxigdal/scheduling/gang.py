@@ -63,6 +63,9 @@ PLACEMENTS = ("spread", "pack")
 
 _LEFT = ("released", "waiting", "no-worker", "queued")
 
+#: Hold reason of the ordinary tasks held while a gang reserves slots.
+RESERVE = "Gang-reserve"
+
 
 class _Gang:
     """One gang: its members and where it stands."""
@@ -120,6 +123,10 @@ class Gang(SchedulingPolicy):
     reserve_wait : str or float, optional
         How long the head gang keeps later gangs from starting ahead of it
         (``oxigdal.gang.reserve-wait``).
+    shrink_wait : str or float, optional
+        How long an accepted gang waits when workers left and the cluster
+        became smaller than the gang, before it errs
+        (``oxigdal.gang.shrink-wait``; at least ``timeout``).
     """
 
     name = "Gang"
@@ -131,6 +138,7 @@ class Gang(SchedulingPolicy):
         timeout: str | float | None = None,
         max_restarts: int | None = None,
         reserve_wait: str | float | None = None,
+        shrink_wait: str | float | None = None,
     ) -> None:
         super().__init__()
         placement = setting("gang.placement", placement)
@@ -149,6 +157,9 @@ class Gang(SchedulingPolicy):
         self.reserve_wait = _seconds(
             "oxigdal.gang.reserve-wait", setting("gang.reserve-wait", reserve_wait)
         )
+        self.shrink_wait = _seconds(
+            "oxigdal.gang.shrink-wait", setting("gang.shrink-wait", shrink_wait)
+        )
         self.gangs: dict[str, _Gang] = {}  # live gangs by name
         self.waiting: dict[int, _Gang] = {}  # by seq (arrival order)
         self._seq = itertools.count(1)
@@ -159,7 +170,10 @@ class Gang(SchedulingPolicy):
         self.refused = 0
         self.failed = 0
         self.partial_starts = 0
-        self.max_skew_ticks = 0
+        self.reservations = 0
+        # the head gang the queued ordinary tasks are held for, and those tasks
+        self.reserving: _Gang | None = None
+        self.reserved: set = set()
 
     def start(self, extension: OxigdalScheduling) -> None:
         """Attach to the extension."""
@@ -259,7 +273,9 @@ class Gang(SchedulingPolicy):
         """Track members (O(1)); schedule a release pass when slots or members free up."""
         gang = info.gang
         if gang is None:
-            if start == "processing" and self.waiting:
+            if self.waiting and (
+                start == "processing" or (finish == "queued" and self.reserving is not None)
+            ):
                 self._schedule()
             return
         if finish == "processing":
@@ -353,6 +369,7 @@ class Gang(SchedulingPolicy):
         """Start every waiting gang that fits now, in (queue, arrival) order.
 
         Called from the event loop (a callback), never from a transition hook.
+        Also starts or ends the head gang's slot reservation.
 
         Returns
         -------
@@ -361,6 +378,8 @@ class Gang(SchedulingPolicy):
         """
         self._scheduled = False
         if not self.waiting:
+            if self.reserving is not None:
+                self._unreserve()
             return 0
         ext = self.extension
         scheduler = ext.scheduler
@@ -370,6 +389,7 @@ class Gang(SchedulingPolicy):
         started = 0
         now = time.time()
         head_blocked = False
+        reserve_for = None
         for gang in sorted(self.waiting.values(), key=lambda g: (g.rank, g.seq)):
             members = [tasks.get(key) for key in gang.keys if key not in gang.done]
             if any(ts is None or ts.state != "no-worker" for ts in members):
@@ -379,15 +399,75 @@ class Gang(SchedulingPolicy):
             room = quota.headroom(gang.tenant) if quota is not None else len(members)
             workers = self.place(free, len(members)) if room >= len(members) else None
             if workers is None:
+                if head_blocked:
+                    continue  # backfill: smaller gangs behind may still fit
+                head_blocked = True
                 if gang.blocked_since is None:
                     gang.blocked_since = now
-                if not head_blocked and now - gang.blocked_since < self.reserve_wait:
-                    break  # hold later gangs back: freed slots add up for the head gang
-                head_blocked = True
+                if self._in_reserve_phase(gang, now):
+                    # hold later gangs and queued ordinary tasks back: freed slots
+                    # add up for the head gang
+                    reserve_for = gang
+                    break
                 continue
             self._launch(gang, members, workers, quota)
             started += 1
+        if reserve_for is not None:
+            self._reserve(reserve_for)
+        elif self.reserving is not None:
+            self._unreserve()
         return started
+
+    def _in_reserve_phase(self, gang: _Gang, now: float) -> bool:
+        """Reservation cycles: ``reserve_wait`` reserving, then as long not reserving."""
+        wait = self.reserve_wait
+        if not wait:
+            return False
+        return (now - gang.blocked_since) % (2 * wait) < wait
+
+    def _reserve(self, gang: _Gang) -> None:
+        """Hold the ordinary tasks waiting in ``scheduler.queued`` while ``gang`` is head.
+
+        Freed threads then stay idle until the head gang fits. O(queued tasks)
+        when the reservation starts, O(new arrivals) afterwards.
+        """
+        ext = self.extension
+        scheduler = ext.scheduler
+        if self.reserving is not gang:
+            self.reservations += 1
+            ext.emit("gang-reserving", gang=gang.name, k=gang.k, tenant=gang.tenant)
+        self.reserving = gang
+        if not scheduler.queued:
+            return
+        recs = {}
+        info_map = ext.info
+        for ts in list(scheduler.queued):
+            info = info_map.get(ts.key)
+            if info is None or info.gang is not None:
+                continue
+            ext.hold(ts, info, RESERVE)
+            self.reserved.add(ts.key)
+            recs[ts.key] = "released"
+        if recs:
+            # queued -> released -> waiting -> no-worker (held)
+            scheduler.transitions(recs, stimulus_id=f"oxigdal-gang-reserve-{next(self._seq)}")
+
+    def _unreserve(self) -> None:
+        """End the reservation: send the held ordinary tasks back to Dask."""
+        ext = self.extension
+        scheduler = ext.scheduler
+        self.reserving = None
+        recs = {}
+        for key in self.reserved:
+            ts = scheduler.tasks.get(key)
+            info = ext.info.get(key)
+            if ts is None or info is None:
+                continue
+            if ext.unhold(ts, info, RESERVE) and ts.state == "no-worker":
+                recs[key] = "waiting"
+        self.reserved.clear()
+        if recs:
+            scheduler.transitions(recs, stimulus_id=f"oxigdal-gang-unreserve-{next(self._seq)}")
 
     def _launch(self, gang: _Gang, members: list, workers: list, quota: Any) -> None:
         ext = self.extension
@@ -495,7 +575,8 @@ class Gang(SchedulingPolicy):
         for gang in list(self.waiting.values()):
             if gang.k > total:
                 if gang.expires is None:
-                    gang.expires = now + self.timeout
+                    # accepted when the cluster was big enough: workers left since
+                    gang.expires = now + max(self.timeout, self.shrink_wait)
                 if now >= gang.expires:
                     self._refuse(gang, self._too_large(gang, total))
             else:
@@ -511,6 +592,8 @@ class Gang(SchedulingPolicy):
         """Every task was forgotten."""
         self.gangs.clear()
         self.waiting.clear()
+        self.reserving = None
+        self.reserved.clear()
 
     def snapshot(self) -> dict[str, Any]:
         """Counters and the live gangs."""
@@ -524,6 +607,9 @@ class Gang(SchedulingPolicy):
             "restarts": self.restarts,
             "refused": self.refused,
             "failed": self.failed,
+            "reservations": self.reservations,
+            "reserving": self.reserving.name if self.reserving is not None else None,
+            "reserved_tasks": len(self.reserved),
             "partial_starts": self.partial_starts,
             "gangs": {
                 g.name: {
