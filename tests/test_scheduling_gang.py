@@ -26,7 +26,7 @@ from distributed.scheduler import Scheduler, WorkerState
 from distributed.utils_test import gen_cluster
 
 from dask_oxigdal.annotations import annotate
-from dask_oxigdal.exceptions import ConfigError, GangError, GangTooLarge
+from dask_oxigdal.exceptions import ConfigError, DeadlineInfeasible, GangError, GangTooLarge
 from dask_oxigdal.scheduling.extension import NAME, register, status
 from dask_oxigdal.scheduling.gang import Gang
 
@@ -316,6 +316,30 @@ async def test_gang_counts_against_its_tenants_quota(c, s, a, b):
     assert len(rows) == 3
     quota = (await status(c))["policies"]["Quota"]
     assert quota["max_admitted"]["t"] == 3
+
+
+def hour_long(x):  # its duration estimate is configured to 1h below; it really is instant
+    return x
+
+
+@gen_cluster(
+    client=True,
+    nthreads=NTHREADS,
+    timeout=60,
+    config={"distributed.scheduler.default-task-durations": {"hour_long": "1h"}},
+)
+async def test_gang_members_rejected_by_another_policy_never_start(c, s, a, b):
+    """A gang held by Gang and failed by Deadline (infeasible): errs, never starts, is dropped."""
+    deadline = {"class": "dask_oxigdal.scheduling.deadline.Deadline", "infeasible": "reject"}
+    await register(c, policies=[FAIRSHARE, QUOTA, gang_policy(), deadline])
+    with annotate(gang="dl", deadline="1min"):
+        futs = c.map(hour_long, range(2), key=["hour_long-0", "hour_long-1"])
+    with pytest.raises(DeadlineInfeasible, match="cannot be met"):
+        await futs[0]
+    await wait(futs)
+    await _until(lambda: _gang_snapshot(s)["waiting"] == 0)
+    snap = _gang_snapshot(s)
+    assert snap["started"] == 0 and snap["partial_starts"] == 0 and snap["gangs"] == {}
 
 
 def test_bad_gang_options_are_rejected():

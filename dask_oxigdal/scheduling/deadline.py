@@ -29,7 +29,9 @@ deadline, tenant and queue). A job's completion is estimated as::
     now + (work on the workers + pending deadline work due no later) / threads
         + max(job work / threads, longest task of the job)
 
-where work is measured with Dask's per-prefix duration estimates
+where a task's work is the cost ``FairShare`` tagged its prefix with (the
+measured mean, else Dask's estimate, else the median of the measured
+prefixes) or, without ``FairShare``, Dask's per-prefix duration estimate
 (``TaskPrefix.duration_average``, else twice ``max_exec_time``, else
 ``distributed.scheduler.unknown-task-duration``), "work on the workers" is
 ``Scheduler.total_occupancy`` and threads is ``Scheduler.total_nthreads``.
@@ -143,11 +145,13 @@ class Deadline(SchedulingPolicy):
         self.warned = 0
         self.accepted = 0
         self.cancelled = 0
+        self._fairshare: Any = None
 
     def start(self, extension: OxigdalScheduling) -> None:
         """Attach; ``FairShare`` (which rewrites whole priorities) must run first."""
         super().start(extension)
         names = extension.policy_names()
+        self._fairshare = extension.get_policy("FairShare") if "FairShare" in names else None
         if "FairShare" in names and names.index("FairShare") > names.index(self.name):
             raise ConfigError(
                 f"oxigdal.scheduling.policies: Deadline must come after FairShare "
@@ -156,7 +160,12 @@ class Deadline(SchedulingPolicy):
 
     # ------------------------------------------------------------ estimates
     def task_cost(self, prefix: TaskPrefix) -> float:
-        """Dask's duration estimate (seconds) of a task of ``prefix``.
+        """Estimated duration (seconds) of a task of ``prefix``.
+
+        The cost ``FairShare`` tagged the prefix's tasks with when it runs
+        (its measured mean, else Dask's estimate, else the median of the
+        measured prefixes), else Dask's own estimate: ``duration_average``,
+        else twice ``max_exec_time``, else ``unknown-task-duration``.
 
         Parameters
         ----------
@@ -166,6 +175,10 @@ class Deadline(SchedulingPolicy):
         -------
         float
         """
+        if self._fairshare is not None:
+            cost = self._fairshare.prefix_cost.get(prefix.name)
+            if cost is not None:
+                return float(cost)
         duration = prefix.duration_average
         if duration is not None and duration >= 0:
             return float(duration)

@@ -279,7 +279,7 @@ class Gang(SchedulingPolicy):
                 self._schedule()
             return
         if finish == "processing":
-            if gang.state != "running":
+            if gang.state in ("waiting", "restarting"):
                 # a member reached a worker outside a gang launch: must never happen
                 self.partial_starts += 1
         elif finish == "no-worker":
@@ -287,9 +287,17 @@ class Gang(SchedulingPolicy):
                 self._schedule()
         elif finish in ("memory", "erred"):
             gang.done.add(key)
-            if len(gang.done) == gang.k and gang.state == "running":
-                gang.state = "done"
-                self.completed += 1
+            # unpin: a lost result is recomputed like any task, not on a dead worker
+            ts = self.extension.scheduler.tasks.get(key)
+            if ts is not None and ts.worker_restrictions and info.holds is None:
+                ts.worker_restrictions = None
+            if len(gang.done) == gang.k:
+                if gang.state == "running":
+                    gang.state = "done"
+                    self.completed += 1
+                elif gang.state != "done":
+                    gang.state = "failed"  # its members erred before it started
+                self.waiting.pop(gang.seq, None)
                 self._forget(gang)
             if self.waiting:
                 self._schedule()
@@ -392,7 +400,7 @@ class Gang(SchedulingPolicy):
         reserve_for = None
         for gang in sorted(self.waiting.values(), key=lambda g: (g.rank, g.seq)):
             members = [tasks.get(key) for key in gang.keys if key not in gang.done]
-            if any(ts is None or ts.state != "no-worker" for ts in members):
+            if not members or any(ts is None or ts.state != "no-worker" for ts in members):
                 continue  # not all ready (dependencies, or still being released)
             if gang.k > scheduler.total_nthreads:
                 continue  # too big for now: periodic() errs it after the timeout
