@@ -405,6 +405,13 @@ async def test_guard_gang_release_internals(c, s, a, b):
     assert isinstance(s.running, set) and all(isinstance(ws, WorkerState) for ws in s.running)
     for attr in ("processing", "long_running", "nthreads", "address", "executing"):
         assert hasattr(WorkerState, attr) or attr in WorkerState.__slots__, attr
+    # work stealing never moves a task pinned (loose_restrictions=False) to one worker
+    import inspect
+
+    from distributed.stealing import WorkStealing
+
+    src = inspect.getsource(WorkStealing._get_thief)
+    assert "valid_workers(ts)" in src and "not ts.loose_restrictions" in src
     assert ("no-worker", "processing") in Scheduler._TRANSITIONS_TABLE
     assert ("processing", "released") in Scheduler._TRANSITIONS_TABLE
     # a held task pinned to a worker and transitioned goes to that worker at once
