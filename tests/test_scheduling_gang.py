@@ -202,6 +202,29 @@ async def test_head_gang_reserves_freed_slots(c, s, a, b, reserve_wait):
 
 
 @gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
+async def test_reservation_takes_turns_so_ordinary_tasks_progress(c, s, a, b):
+    """A gang that cannot fit reserves for reserve-wait, then lets ordinary tasks run."""
+    await register(
+        c, policies=[FAIRSHARE, QUOTA, gang_policy(reserve_wait="0.3s")], interval="50ms"
+    )
+    ev = Event("turns-go")
+    hold = c.map(background, range(2), ev=ev, key=["bg-hold-0", "bg-hold-1"])
+    await _until(lambda: sum(len(ws.executing) for ws in s.workers.values()) == 2)
+    with annotate(gang="T"):  # needs 3 idle threads: cannot start while 2 are held
+        futs = c.map(member, range(3), gang="T", k=3, timeout=60, key=[f"T-{i}" for i in range(3)])
+    await _until(lambda: _held(s, futs))
+    small = c.map(slowinc, range(100), delay=0.001, key=[f"small-{i}" for i in range(100)])
+    # the ordinary tasks finish although the gang keeps waiting
+    await wait(small)
+    snap = _gang_snapshot(s)
+    assert snap["waiting"] == 1 and snap["started"] == 0
+    assert snap["reservations"] >= 1
+    await ev.set()
+    assert len(await c.gather(futs)) == 3
+    await wait(hold)
+
+
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
 async def test_vanilla_dask_times_out_on_the_same_workload(c, s, a, b):
     """Without the extension the members of a gang start in whatever slots are free."""
     recorder = GangRecorder(s)
