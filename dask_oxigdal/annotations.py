@@ -237,7 +237,8 @@ def annotate(
     queue : str, optional
         Priority queue name (see ``oxigdal.scheduling.queues``).
     gang : str, optional
-        All tasks submitted with this gang name start together (later policy).
+        All tasks submitted with this gang name start together (the ``Gang``
+        policy, docs/gangs-and-deadlines.md).
     deadline : str, float, datetime.timedelta or datetime.datetime, optional
         Relative (``"10min"``, seconds, ``timedelta``), resolved against the
         client's clock now, or an absolute ``datetime`` (naive = local time).

@@ -9,3 +9,19 @@ class OxigdalError(Exception):
 
 class ConfigError(OxigdalError, ValueError):
     """A configuration value is invalid; the message names the key, value and valid choices."""
+
+
+class GangError(OxigdalError):
+    """A gang (``gang=`` annotation) cannot run: malformed, or its restart budget is spent."""
+
+
+class GangTooLarge(GangError):
+    """A gang needs more worker slots (threads) than the cluster has."""
+
+
+class DeadlineInfeasible(OxigdalError):
+    """A deadline cannot be met by the estimate made at submission (``infeasible: reject``)."""
+
+
+class DeadlineMissed(OxigdalError):
+    """A task was cancelled because its deadline passed (``on-miss: cancel``)."""

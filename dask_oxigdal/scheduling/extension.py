@@ -200,6 +200,9 @@ class OxigdalScheduling(SchedulerPlugin):
         self.malformed_tasks = 0
         self._to_fail: set[Any] = set()
         self._fail_scheduled = False
+        # key -> exception of tasks a policy rejected (``reject``), failed once in no-worker
+        self._rejected: dict[Any, BaseException] = {}
+        self._reject_scheduled = False
         self._transition_policies: list[SchedulingPolicy] = []
         self._parse_cache: dict[Any, Any] = {}
         self.started_at = 0.0
@@ -494,6 +497,114 @@ class OxigdalScheduling(SchedulerPlugin):
         ts.worker_restrictions = {HOLD_ADDRESS}
         ts.loose_restrictions = False
 
+    # ------------------------------------------------- holds shared by policies
+    def hold(self, ts: TaskState, info: TaskInfo, by: str) -> None:
+        """Hold a task for policy ``by``: restrict it to :data:`HOLD_ADDRESS`.
+
+        A held task waits in ``no-worker`` (once its dependencies are done).
+        Several policies may hold the same task; it is runnable again only when
+        every one of them called :meth:`unhold`.
+
+        Parameters
+        ----------
+        ts : distributed.scheduler.TaskState
+        info : TaskInfo
+        by : str
+            Name of the holding policy.
+        """
+        if info.holds is None:
+            info.holds = {by}
+        else:
+            info.holds.add(by)
+        ts.worker_restrictions = {HOLD_ADDRESS}
+        ts.loose_restrictions = False
+
+    def unhold(self, ts: TaskState, info: TaskInfo, by: str) -> bool:
+        """Drop the hold of policy ``by``; lift the restriction when no hold remains.
+
+        Parameters
+        ----------
+        ts : distributed.scheduler.TaskState
+        info : TaskInfo
+        by : str
+            Name of the policy that held it.
+
+        Returns
+        -------
+        bool
+            ``True`` when no policy holds the task any more: the caller may
+            then send it on (``waiting``, or pin it to a worker first).
+        """
+        holds = info.holds
+        if holds:
+            holds.discard(by)
+            if holds:
+                return False
+        info.holds = None
+        if ts.worker_restrictions == {HOLD_ADDRESS}:
+            ts.worker_restrictions = None
+        return True
+
+    def reject(self, ts: TaskState, info: TaskInfo, exc: BaseException) -> None:
+        """Fail a task with ``exc`` (its futures raise it), from a later event-loop tick.
+
+        The task is held; once it is in ``no-worker`` it is transitioned to
+        ``erred``. A task in ``processing`` is released first (its worker is
+        told to drop it), so it comes back to ``no-worker`` and is failed there.
+        Never re-enters the state machine: safe from any policy hook.
+
+        Parameters
+        ----------
+        ts : distributed.scheduler.TaskState
+        info : TaskInfo
+        exc : BaseException
+            Picklable exception; its message should name the reason.
+        """
+        self._rejected[ts.key] = exc
+        self.hold(ts, info, "reject")
+        if ts.state in ("no-worker", "processing", "queued"):
+            self._schedule_reject()
+
+    def _schedule_reject(self) -> None:
+        if not self._reject_scheduled and self.scheduler is not None:
+            self._reject_scheduled = True
+            self.scheduler.loop.add_callback(self._fail_rejected)
+
+    def _fail_rejected(self) -> None:
+        self._reject_scheduled = False
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        stimulus_id = f"oxigdal-reject-{time.time()}"
+        release: dict = {}
+        recs: dict = {}
+        for key, exc in list(self._rejected.items()):
+            ts = scheduler.tasks.get(key)
+            if ts is None:
+                del self._rejected[key]
+                continue
+            if ts.state in ("processing", "queued"):
+                release[key] = "released"
+                continue
+            if ts.state != "no-worker":
+                continue
+            del self._rejected[key]
+            recs.update(
+                scheduler.transition(
+                    key,
+                    "erred",
+                    stimulus_id=stimulus_id,
+                    exception=pickle.dumps(exc),
+                    exception_text=f"{type(exc).__name__}: {exc}",
+                    cause=key,
+                )
+            )
+        if release:
+            # processing/queued -> released -> waiting -> no-worker (held) -> erred
+            scheduler.transitions(release, stimulus_id)
+        if recs:
+            scheduler.transitions(recs, stimulus_id)
+
     def transition(
         self,
         key: Any,
@@ -509,6 +620,10 @@ class OxigdalScheduling(SchedulerPlugin):
             if self.malformed and key in self.malformed:
                 self._malformed_transition(key, finish)
             return
+        if finish == "no-worker" and self._rejected and key in self._rejected:
+            self._schedule_reject()
+        elif finish in ("erred", "forgotten", "memory") and self._rejected:
+            self._rejected.pop(key, None)
         usage = self.usage[info.tenant]
         if finish == "processing":
             info.running = True
@@ -603,6 +718,7 @@ class OxigdalScheduling(SchedulerPlugin):
         self.info.clear()
         self.malformed.clear()
         self._to_fail.clear()
+        self._rejected.clear()
         for usage in self.usage.values():
             usage.pending = usage.running = 0
             usage.bytes_in_memory = 0

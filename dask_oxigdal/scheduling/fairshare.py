@@ -413,8 +413,9 @@ class FairShare(SchedulingPolicy):
         tasks = scheduler.tasks
         groups: dict[tuple[str, str], list[tuple[float, TaskInfo, TaskState]]] = {}
         for key, info in ext.info.items():
-            if info.done or info.running or info.finish_tag == 0.0:
-                # finish_tag 0: a task of the submission being tagged right now
+            if info.done or info.running or info.finish_tag == 0.0 or info.edf is not None:
+                # finish_tag 0: a task of the submission being tagged right now; a
+                # deadline task's priority carries its EDF key (see deadline.py)
                 continue
             ts = tasks.get(key)
             if ts is None or ts.state not in _PENDING or not ts.priority:

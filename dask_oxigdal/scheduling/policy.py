@@ -24,7 +24,10 @@ class TaskInfo:
         "admitted",
         "annotations",
         "done",
+        "edf",
         "finish_tag",
+        "gang",
+        "holds",
         "nbytes",
         "prefix",
         "pseq",
@@ -48,6 +51,12 @@ class TaskInfo:
         self.pseq = 0
         self.prefix = ""
         self.admitted = False
+        #: policies holding the task (``OxigdalScheduling.hold``), ``None`` when none
+        self.holds: set[str] | None = None
+        #: the task's gang (``Gang`` policy), ``None`` for ordinary tasks
+        self.gang: Any = None
+        #: absolute deadline (UNIX time) the ``Deadline`` policy orders it by, or ``None``
+        self.edf: float | None = None
 
     def __repr__(self) -> str:
         return (

@@ -113,6 +113,7 @@ class Quota(SchedulingPolicy):
         self.max_admitted: dict[str, int] = {}
         self.slots = 0
         self._enabled = False
+        self._gangs = False
         self._seq = itertools.count()
         self._release_scheduled = False
 
@@ -124,6 +125,8 @@ class Quota(SchedulingPolicy):
             extension, "guaranteed-slots", self._guarantees_option, "guarantees"
         )
         self._enabled = self.wants_transitions = bool(self.limits or self.guarantees)
+        # gang members are admitted by the Gang policy (all together), not held here
+        self._gangs = "Gang" in extension.policy_names()
         for tenant, g in self.guarantees.items():
             limit = self.limits.get(tenant)
             if limit is not None and g > limit:
@@ -136,19 +139,58 @@ class Quota(SchedulingPolicy):
         """Hold the new tasks (of limited tenants; of every tenant with guarantees)."""
         if not (self.limits or self.guarantees):
             return
-        from dask_oxigdal.scheduling.extension import HOLD_ADDRESS
-
         gate = bool(self.guarantees)
         limits = self.limits
+        ext = self.extension
+        gangs = self._gangs
         for ts, info in new:
             if not gate and info.tenant not in limits:
                 continue
+            if gangs and info.annotations.gang is not None:
+                continue  # the Gang policy admits its members (see headroom/admit)
             if ts.worker_restrictions or ts.host_restrictions or ts.resource_restrictions:
                 self._admit(info)  # not held, but counted
                 continue
-            ts.worker_restrictions = {HOLD_ADDRESS}
-            ts.loose_restrictions = False
+            ext.hold(ts, info, self.name)
             self.held_keys.add(ts.key)
+
+    def headroom(self, tenant: str) -> float:
+        """How many more tasks of ``tenant`` may be admitted now (``inf`` if unlimited).
+
+        The ``Gang`` policy starts a gang of ``k`` members only when this is at
+        least ``k``, so a gang's slots count against its tenant's quota.
+
+        Parameters
+        ----------
+        tenant : str
+
+        Returns
+        -------
+        float
+        """
+        room = math.inf
+        limit = self.limits.get(tenant)
+        if limit is not None:
+            room = limit - self.admitted.get(tenant, 0)
+        if self.guarantees:
+            slots = self.extension.scheduler.total_nthreads
+            reserved = sum(
+                max(0, g - self.admitted.get(t, 0))
+                for t, g in self.guarantees.items()
+                if t != tenant and self._top(t) is not None
+            )
+            room = min(room, slots - self.admitted_total - reserved)
+        return room
+
+    def admit(self, info: TaskInfo) -> None:
+        """Count a task admitted by another policy (a gang member) against its tenant.
+
+        Parameters
+        ----------
+        info : TaskInfo
+        """
+        if self._enabled and not info.admitted:
+            self._admit(info)
 
     def _admit(self, info: TaskInfo) -> None:
         info.admitted = True
@@ -248,14 +290,16 @@ class Quota(SchedulingPolicy):
         if not order:
             return 0
         tasks = scheduler.tasks
+        info_map = self.extension.info
+        free = []
         for key in order:
-            ts = tasks[key]
-            ts.worker_restrictions = None
-            ts.loose_restrictions = False
+            # another policy may still hold it: then that policy sends it on
+            if self.extension.unhold(tasks[key], info_map[key], self.name):
+                free.append(key)
         # Dask pops recommendations last-in first-out (and follows each task's
         # chain, waiting -> processing, before the next): insert the first
         # admitted last, so that tasks reach the workers in admission order.
-        recs = {key: "waiting" for key in reversed(order)}
+        recs = {key: "waiting" for key in reversed(free)}
         scheduler.transitions(recs, stimulus_id=f"oxigdal-quota-release-{next(self._seq)}")
         return len(order)
 

@@ -1,0 +1,375 @@
+"""``Deadline``: earliest-deadline-first order, admission control and miss alerts.
+
+Ordering
+--------
+A task with a ``deadline=`` annotation gets the priority
+``(p[0], deadline - EDF_BASE, *p[2:])`` where ``p`` is the priority it had
+(with ``FairShare``: ``(queue rank, fair-share finish tag, *Dask's
+priority)``). ``EDF_BASE`` is 10^10 seconds, so the second element of a
+deadline task is negative while every fair-share tag (and Dask's
+``generation`` without ``FairShare``) is >= 0. Hence:
+
+1. the queue comes first (a deadline never lifts work into a higher queue);
+2. within a queue, tasks with a deadline run before tasks without one,
+   earliest deadline first, whatever their tenant;
+3. tasks without a deadline keep their fair-share order among themselves;
+4. equal deadlines fall back to Dask's own order (user ``priority=``,
+   submission, ``dask.order``).
+
+Deadline tasks are still tagged by ``FairShare`` (their finish tags move the
+tenant's virtual clock), so a tenant that uses deadlines pays for that work
+in the order of its later work without a deadline. ``Deadline`` must come
+after ``FairShare`` in ``oxigdal.scheduling.policies``.
+
+Admission control
+-----------------
+When a submission arrives, its deadline tasks are grouped into *jobs* (same
+deadline, tenant and queue). A job's completion is estimated as::
+
+    now + (work on the workers + pending deadline work due no later) / threads
+        + max(job work / threads, longest task of the job)
+
+where a task's work is the cost ``FairShare`` tagged its prefix with (the
+measured mean, else Dask's estimate, else the median of the measured
+prefixes) or, without ``FairShare``, Dask's per-prefix duration estimate
+(``TaskPrefix.duration_average``, else twice ``max_exec_time``, else
+``distributed.scheduler.unknown-task-duration``), "work on the workers" is
+``Scheduler.total_occupancy`` and threads is ``Scheduler.total_nthreads``.
+An estimate later than the deadline is *infeasible*; ``oxigdal.deadline.infeasible``
+says what happens: ``reject`` (the job's futures err with
+:class:`DeadlineInfeasible`, the message gives the estimate), ``warn``
+(accepted, an ``alert`` event is emitted) or ``accept``.
+
+Misses
+------
+A timer on the event loop fires at each job's deadline. A job not finished
+by then is counted as missed (per tenant and queue) and a
+``deadline-missed`` event is published on the ``oxigdal`` topic; with
+``oxigdal.deadline.on-miss: cancel`` its unfinished tasks err with
+:class:`DeadlineMissed`. A job that finishes in time counts as met.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import TYPE_CHECKING, Any
+
+from dask_oxigdal.exceptions import ConfigError, DeadlineInfeasible, DeadlineMissed
+from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
+from dask_oxigdal.scheduling.settings import setting
+
+if TYPE_CHECKING:
+    from distributed.scheduler import TaskPrefix, TaskState
+
+    from dask_oxigdal.scheduling.extension import OxigdalScheduling
+
+__all__ = ["EDF_BASE", "INFEASIBLE", "ON_MISS", "Deadline"]
+
+#: Subtracted from a deadline (UNIX seconds) to make the EDF priority element negative.
+EDF_BASE = 1e10
+#: Valid ``oxigdal.deadline.infeasible`` values.
+INFEASIBLE = ("reject", "warn", "accept")
+#: Valid ``oxigdal.deadline.on-miss`` values.
+ON_MISS = ("continue", "cancel")
+
+
+class _Job:
+    """The deadline tasks of one submission that share a deadline, tenant and queue."""
+
+    __slots__ = (
+        "deadline",
+        "done",
+        "estimate",
+        "keys",
+        "missed",
+        "queue",
+        "seq",
+        "tenant",
+        "timer",
+        "work",
+    )
+
+    def __init__(self, deadline: float, tenant: str, queue: str, seq: int) -> None:
+        self.deadline = deadline
+        self.tenant = tenant
+        self.queue = queue
+        self.seq = seq
+        self.keys: list = []
+        self.done = 0
+        self.work = 0.0
+        self.estimate = 0.0
+        self.missed = False
+        self.timer: Any = None
+
+    def remaining(self) -> float:
+        n = len(self.keys)
+        return self.work * (n - self.done) / n if n else 0.0
+
+
+class Deadline(SchedulingPolicy):
+    """Earliest-deadline-first ordering, admission control and miss alerts.
+
+    Parameters
+    ----------
+    infeasible : {"reject", "warn", "accept"}, optional
+        What to do with a deadline the estimate says cannot be met
+        (``oxigdal.deadline.infeasible``).
+    on_miss : {"continue", "cancel"}, optional
+        What happens to the unfinished tasks of a job whose deadline passed
+        (``oxigdal.deadline.on-miss``).
+    """
+
+    name = "Deadline"
+
+    def __init__(self, *, infeasible: str | None = None, on_miss: str | None = None) -> None:
+        super().__init__()
+        self.infeasible = setting("deadline.infeasible", infeasible)
+        if self.infeasible not in INFEASIBLE:
+            raise ConfigError(
+                f"oxigdal.deadline.infeasible={self.infeasible!r} is not valid; choose one of "
+                f"{', '.join(INFEASIBLE)}"
+            )
+        self.on_miss = setting("deadline.on-miss", on_miss)
+        if self.on_miss not in ON_MISS:
+            raise ConfigError(
+                f"oxigdal.deadline.on-miss={self.on_miss!r} is not valid; choose one of "
+                f"{', '.join(ON_MISS)}"
+            )
+        self.jobs: dict[int, _Job] = {}
+        self.job_of: dict[Any, _Job] = {}
+        self._seq = itertools.count(1)
+        self.met: dict[str, dict[str, int]] = {}
+        self.missed: dict[str, dict[str, int]] = {}
+        self.rejected = 0
+        self.warned = 0
+        self.accepted = 0
+        self.cancelled = 0
+        self._fairshare: Any = None
+
+    def start(self, extension: OxigdalScheduling) -> None:
+        """Attach; ``FairShare`` (which rewrites whole priorities) must run first."""
+        super().start(extension)
+        names = extension.policy_names()
+        self._fairshare = extension.get_policy("FairShare") if "FairShare" in names else None
+        if "FairShare" in names and names.index("FairShare") > names.index(self.name):
+            raise ConfigError(
+                f"oxigdal.scheduling.policies: Deadline must come after FairShare "
+                f"(it edits the priority FairShare writes); order is {names}"
+            )
+
+    # ------------------------------------------------------------ estimates
+    def task_cost(self, prefix: TaskPrefix) -> float:
+        """Estimated duration (seconds) of a task of ``prefix``.
+
+        The cost ``FairShare`` tagged the prefix's tasks with when it runs
+        (its measured mean, else Dask's estimate, else the median of the
+        measured prefixes), else Dask's own estimate: ``duration_average``,
+        else twice ``max_exec_time``, else ``unknown-task-duration``.
+
+        Parameters
+        ----------
+        prefix : distributed.scheduler.TaskPrefix
+
+        Returns
+        -------
+        float
+        """
+        if self._fairshare is not None:
+            cost = self._fairshare.prefix_cost.get(prefix.name)
+            if cost is not None:
+                return float(cost)
+        duration = prefix.duration_average
+        if duration is not None and duration >= 0:
+            return float(duration)
+        if prefix.max_exec_time > 0:
+            return 2.0 * prefix.max_exec_time
+        return float(self.extension.scheduler.UNKNOWN_TASK_DURATION)
+
+    def estimate(self, job: _Job, longest: float) -> float:
+        """Estimated completion time (UNIX seconds) of ``job`` if accepted now.
+
+        Parameters
+        ----------
+        job : _Job
+        longest : float
+            The job's longest task estimate (seconds).
+
+        Returns
+        -------
+        float
+        """
+        scheduler = self.extension.scheduler
+        threads = max(scheduler.total_nthreads, 1)
+        if scheduler.total_nthreads == 0:
+            return float("inf")
+        ahead = scheduler.total_occupancy
+        for other in self.jobs.values():
+            if other.deadline <= job.deadline and other.queue == job.queue:
+                ahead += other.remaining()
+        return time.time() + ahead / threads + max(job.work / threads, longest)
+
+    # ----------------------------------------------------------- submission
+    def update_graph(self, new: list[tuple[TaskState, TaskInfo]]) -> None:
+        """EDF priorities, jobs and admission control for the new deadline tasks."""
+        jobs: dict[tuple[float, str, str], tuple[_Job, list]] = {}
+        for ts, info in new:
+            deadline = info.annotations.deadline
+            if deadline is None:
+                continue
+            jk = (deadline, info.tenant, info.queue)
+            entry = jobs.get(jk)
+            if entry is None:
+                entry = jobs[jk] = (_Job(deadline, info.tenant, info.queue, 0), [])
+            entry[1].append((ts, info))
+        if not jobs:
+            return
+        ext = self.extension
+        for job, members in sorted(jobs.values(), key=lambda e: e[0].deadline):
+            longest = 0.0
+            for ts, _ in members:
+                cost = self.task_cost(ts.prefix)
+                job.work += cost
+                longest = max(longest, cost)
+            job.keys = [ts.key for ts, _ in members]
+            job.estimate = self.estimate(job, longest)
+            if job.estimate > job.deadline and self.infeasible != "accept":
+                late = job.estimate - job.deadline
+                message = (
+                    f"deadline {_iso(job.deadline)} cannot be met: {len(members)} task(s) of "
+                    f"tenant {job.tenant!r} in queue {job.queue!r} are estimated to finish at "
+                    f"{_iso(job.estimate)} ({late:.3g}s late; estimate from Dask's per-prefix "
+                    f"durations and {ext.scheduler.total_occupancy:.3g}s of work on "
+                    f"{ext.scheduler.total_nthreads} thread(s))"
+                )
+                fields = dict(
+                    tenant=job.tenant,
+                    queue=job.queue,
+                    deadline=job.deadline,
+                    estimate=job.estimate,
+                    tasks=len(members),
+                    message=message,
+                )
+                if self.infeasible == "reject":
+                    self.rejected += 1
+                    exc = DeadlineInfeasible(message)
+                    for ts, info in members:
+                        ext.reject(ts, info, exc)
+                    ext.emit("deadline-rejected", **fields)
+                    continue
+                self.warned += 1
+                ext.emit("alert", alert="deadline-infeasible", severity="warning", **fields)
+            self._accept(job, members)
+
+    def _accept(self, job: _Job, members: list) -> None:
+        ext = self.extension
+        job.seq = next(self._seq)
+        key = job.deadline - EDF_BASE
+        for ts, info in members:
+            info.edf = job.deadline
+            p = ts.priority or (0, 0)
+            ts.priority = (p[0], key, *p[2:])
+            self.job_of[ts.key] = job
+        self.jobs[job.seq] = job
+        self.accepted += 1
+        loop = ext.scheduler.loop
+        delay = max(job.deadline - time.time(), 0.0)
+        job.timer = loop.call_later(delay, ext.run_policy, self, "check", job.seq)
+
+    # ----------------------------------------------------------- transitions
+    def transition(
+        self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
+    ) -> None:
+        """Count finished tasks of deadline jobs (O(1); nothing for other tasks)."""
+        if info.edf is None or finish not in ("memory", "erred", "forgotten"):
+            return
+        job = self.job_of.pop(key, None)
+        if job is None:
+            return
+        job.done += 1
+        if job.done < len(job.keys):
+            return
+        self.jobs.pop(job.seq, None)
+        if job.timer is not None:
+            self.extension.scheduler.loop.remove_timeout(job.timer)
+            job.timer = None
+        if job.missed:
+            return
+        if time.time() <= job.deadline:
+            _bump(self.met, job.tenant, job.queue)
+        else:  # finished between the deadline and the timer's tick
+            self._miss(job)
+
+    def check(self, seq: int) -> None:
+        """The deadline of job ``seq`` passed: count and report a miss if it is unfinished.
+
+        Parameters
+        ----------
+        seq : int
+        """
+        job = self.jobs.get(seq)
+        if job is None or job.missed:
+            return
+        job.timer = None
+        self._miss(job)
+        if self.on_miss == "cancel":
+            ext = self.extension
+            tasks = ext.scheduler.tasks
+            exc = DeadlineMissed(
+                f"deadline {_iso(job.deadline)} of tenant {job.tenant!r} (queue "
+                f"{job.queue!r}) passed; oxigdal.deadline.on-miss=cancel"
+            )
+            for key in job.keys:
+                if self.job_of.get(key) is not job:
+                    continue  # finished
+                ts = tasks.get(key)
+                info = ext.info.get(key)
+                if ts is not None and info is not None:
+                    ext.reject(ts, info, exc)
+                    self.cancelled += 1
+
+    def _miss(self, job: _Job) -> None:
+        job.missed = True
+        _bump(self.missed, job.tenant, job.queue)
+        self.extension.emit(
+            "deadline-missed",
+            tenant=job.tenant,
+            queue=job.queue,
+            deadline=job.deadline,
+            late=max(time.time() - job.deadline, 0.0),
+            tasks=len(job.keys),
+            unfinished=len(job.keys) - job.done,
+            on_miss=self.on_miss,
+        )
+
+    def restart(self) -> None:
+        """Every task was forgotten."""
+        loop = self.extension.scheduler.loop
+        for job in self.jobs.values():
+            if job.timer is not None:
+                loop.remove_timeout(job.timer)
+        self.jobs.clear()
+        self.job_of.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Met/missed per tenant and queue, rejections, warnings, live jobs."""
+        return {
+            "infeasible": self.infeasible,
+            "on_miss": self.on_miss,
+            "met": {t: dict(q) for t, q in self.met.items()},
+            "missed": {t: dict(q) for t, q in self.missed.items()},
+            "rejected": self.rejected,
+            "warned": self.warned,
+            "accepted": self.accepted,
+            "cancelled": self.cancelled,
+            "live_jobs": len(self.jobs),
+        }
+
+
+def _bump(table: dict[str, dict[str, int]], tenant: str, queue: str) -> None:
+    per_queue = table.setdefault(tenant, {})
+    per_queue[queue] = per_queue.get(queue, 0) + 1
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"

@@ -1,0 +1,645 @@
+"""``Gang``: all-or-nothing admission of the tasks submitted with one ``gang=`` name.
+
+What a gang is
+--------------
+The tasks of one submission (one ``client.map`` / ``submit`` / ``compute``
+call) that carry the same ``gang`` annotation form a gang of ``k`` members.
+No member starts until ``k`` worker slots (idle worker threads) can be given
+to it at once; the members are then dispatched together, one slot each.
+
+How it works
+------------
+- ``update_graph``: the members are held (restricted to
+  :data:`~dask_oxigdal.scheduling.extension.HOLD_ADDRESS` through
+  :meth:`OxigdalScheduling.hold`); Dask parks each one in ``no-worker`` once
+  its dependencies are done. A gang larger than the cluster's slots
+  (``Scheduler.total_nthreads``) is refused with :class:`GangTooLarge`, at
+  once or after ``oxigdal.gang.timeout`` when set.
+- From a later event-loop tick (scheduled when a member becomes ready, when
+  any task leaves ``processing``, when a worker joins, and periodically), the
+  policy looks at the waiting gangs in (queue, arrival) order. A gang starts
+  when all its members are in ``no-worker``, the running workers have ``k``
+  idle threads (``nthreads - len(processing)``), and its tenant's quota has
+  room for ``k`` tasks (``Quota.headroom``). Each member is then pinned to a
+  chosen worker (``worker_restrictions = {address}``) and all members are
+  transitioned to ``processing`` in one ``Scheduler.transitions`` call: Dask
+  sends them in the same event-loop tick.
+- Placement: ``spread`` (default; distinct workers where possible, the
+  workers with most idle threads first) or ``pack`` (fill the worker with
+  most idle threads first).
+- Head of line: while the first waiting gang (in queue order) has waited less
+  than ``oxigdal.gang.reserve-wait``, later gangs do not start ahead of it, so
+  the slots that free up add up for it. After that, smaller gangs may start
+  around it (backfill). Ordinary tasks are not held back: a slot freed while
+  ordinary tasks are ready goes to them (see docs/gangs-and-deadlines.md).
+- Whole-gang restart: when a running member leaves ``processing`` without
+  finishing (its worker died), every member that has not finished is held
+  again and released from its worker; the gang goes back to waiting and starts
+  again as a whole. ``oxigdal.gang.max-restarts`` bounds the restarts; past it
+  the members err with :class:`GangError`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import TYPE_CHECKING, Any
+
+from dask.utils import parse_timedelta
+
+from dask_oxigdal.exceptions import ConfigError, GangError, GangTooLarge
+from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
+from dask_oxigdal.scheduling.settings import setting
+
+if TYPE_CHECKING:
+    from distributed.scheduler import TaskState
+
+    from dask_oxigdal.scheduling.extension import OxigdalScheduling
+
+__all__ = ["PLACEMENTS", "Gang"]
+
+#: Valid ``oxigdal.gang.placement`` values.
+PLACEMENTS = ("spread", "pack")
+
+_LEFT = ("released", "waiting", "no-worker", "queued")
+
+#: Hold reason of the ordinary tasks held while a gang reserves slots.
+RESERVE = "Gang-reserve"
+
+
+class _Gang:
+    """One gang: its members and where it stands."""
+
+    __slots__ = (
+        "blocked_since",
+        "done",
+        "expires",
+        "k",
+        "keys",
+        "name",
+        "queue",
+        "rank",
+        "restarts",
+        "seq",
+        "started_at",
+        "state",
+        "submitted",
+        "tenant",
+        "workers",
+    )
+
+    def __init__(self, name: str, keys: list, info: TaskInfo, seq: int) -> None:
+        self.name = name
+        self.keys = keys
+        self.k = len(keys)
+        self.tenant = info.tenant
+        self.queue = info.queue
+        self.rank = info.rank
+        self.seq = seq
+        # waiting -> running -> done; running -> restarting -> waiting; or failed
+        self.state = "waiting"
+        self.submitted = time.time()
+        self.blocked_since: float | None = None
+        self.expires: float | None = None
+        self.restarts = 0
+        self.done: set = set()
+        self.started_at = 0.0
+        self.workers: list[str] = []
+
+
+class Gang(SchedulingPolicy):
+    """All-or-nothing admission of gangs (``annotate(gang=...)``).
+
+    Parameters
+    ----------
+    placement : {"spread", "pack"}, optional
+        Where the members go (``oxigdal.gang.placement``).
+    timeout : str or float, optional
+        How long a gang larger than the cluster waits for workers to join
+        before it errs (``oxigdal.gang.timeout``); ``0``/``None`` in the
+        config: refuse at once.
+    max_restarts : int, optional
+        Whole-gang restarts allowed per gang (``oxigdal.gang.max-restarts``).
+    reserve_wait : str or float, optional
+        How long the head gang keeps later gangs from starting ahead of it
+        (``oxigdal.gang.reserve-wait``).
+    shrink_wait : str or float, optional
+        How long an accepted gang waits when workers left and the cluster
+        became smaller than the gang, before it errs
+        (``oxigdal.gang.shrink-wait``; at least ``timeout``).
+    """
+
+    name = "Gang"
+
+    def __init__(
+        self,
+        *,
+        placement: str | None = None,
+        timeout: str | float | None = None,
+        max_restarts: int | None = None,
+        reserve_wait: str | float | None = None,
+        shrink_wait: str | float | None = None,
+    ) -> None:
+        super().__init__()
+        placement = setting("gang.placement", placement)
+        if placement not in PLACEMENTS:
+            raise ConfigError(
+                f"oxigdal.gang.placement={placement!r} is not valid; choose one of "
+                f"{', '.join(PLACEMENTS)}"
+            )
+        self.placement = placement
+        timeout = setting("gang.timeout", timeout)
+        self.timeout = _seconds("oxigdal.gang.timeout", timeout) if timeout else 0.0
+        restarts = setting("gang.max-restarts", max_restarts)
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
+            raise ConfigError(f"oxigdal.gang.max-restarts={restarts!r} must be an integer >= 0")
+        self.max_restarts = restarts
+        self.reserve_wait = _seconds(
+            "oxigdal.gang.reserve-wait", setting("gang.reserve-wait", reserve_wait)
+        )
+        self.shrink_wait = _seconds(
+            "oxigdal.gang.shrink-wait", setting("gang.shrink-wait", shrink_wait)
+        )
+        self.gangs: dict[str, _Gang] = {}  # live gangs by name
+        self.waiting: dict[int, _Gang] = {}  # by seq (arrival order)
+        self._seq = itertools.count(1)
+        self._scheduled = False
+        self.started = 0
+        self.completed = 0
+        self.restarts = 0
+        self.refused = 0
+        self.failed = 0
+        self.partial_starts = 0
+        self.reservations = 0
+        # the head gang the queued ordinary tasks are held for, and those tasks
+        self.reserving: _Gang | None = None
+        self.reserved: set = set()
+
+    def start(self, extension: OxigdalScheduling) -> None:
+        """Attach to the extension."""
+        super().start(extension)
+
+    # ----------------------------------------------------------- submission
+    def update_graph(self, new: list[tuple[TaskState, TaskInfo]]) -> None:
+        """Group the new tasks by gang name and hold them."""
+        groups: dict[str, list[tuple[TaskState, TaskInfo]]] = {}
+        for ts, info in new:
+            name = info.annotations.gang
+            if name is not None:
+                groups.setdefault(name, []).append((ts, info))
+        if not groups:
+            return
+        ext = self.extension
+        assert ext is not None and ext.scheduler is not None
+        for name, members in groups.items():
+            keys = [ts.key for ts, _ in members]
+            gang = _Gang(name, keys, members[0][1], next(self._seq))
+            error = self._check(gang, members)
+            for ts, info in members:
+                info.gang = gang
+                ext.hold(ts, info, self.name)
+            if error is not None:
+                self._refuse(gang, error)
+                continue
+            self.gangs[name] = gang
+            self.waiting[gang.seq] = gang
+        self._schedule()
+
+    def _check(self, gang: _Gang, members: list[tuple[TaskState, TaskInfo]]) -> Exception | None:
+        ext = self.extension
+        scheduler = ext.scheduler
+        live = self.gangs.get(gang.name)
+        if live is not None:
+            return GangError(
+                f"gang {gang.name!r} is already live ({live.k} members, {live.state}); "
+                "gang names must be unique until the gang's tasks are done"
+            )
+        keys = set(gang.keys)
+        tenants = set()
+        for ts, info in members:
+            tenants.add((info.tenant, info.queue))
+            if ts.host_restrictions or ts.resource_restrictions or ts.worker_restrictions:
+                return GangError(
+                    f"gang {gang.name!r}: member {ts.key!r} has worker/host/resource "
+                    "restrictions; the Gang policy places members itself"
+                )
+            if any(dts.key in keys for dts in ts.dependencies):
+                return GangError(
+                    f"gang {gang.name!r}: member {ts.key!r} depends on another member; "
+                    "members must be able to run at the same time"
+                )
+        if len(tenants) > 1:
+            return GangError(
+                f"gang {gang.name!r} mixes tenants/queues {sorted(tenants)}; "
+                "give all members the same tenant and queue"
+            )
+        total = scheduler.total_nthreads
+        if gang.k > total:
+            if not self.timeout:
+                return self._too_large(gang, total)
+            gang.expires = time.time() + self.timeout
+        return None
+
+    def _too_large(self, gang: _Gang, total: int) -> GangTooLarge:
+        hint = (
+            f"it waited oxigdal.gang.timeout={self.timeout:g}s for workers to join"
+            if self.timeout
+            else "set oxigdal.gang.timeout to wait for workers to join (autoscaling)"
+        )
+        return GangTooLarge(
+            f"gang {gang.name!r} needs {gang.k} worker slots (threads) at once but the "
+            f"cluster has {total}; {hint}"
+        )
+
+    def _refuse(self, gang: _Gang, error: Exception) -> None:
+        ext = self.extension
+        tasks = ext.scheduler.tasks
+        gang.state = "failed"
+        self.refused += 1
+        self.waiting.pop(gang.seq, None)
+        if self.gangs.get(gang.name) is gang:
+            del self.gangs[gang.name]
+        for key in gang.keys:
+            ts = tasks.get(key)
+            info = ext.info.get(key)
+            if ts is not None and info is not None and key not in gang.done:
+                ext.reject(ts, info, error)
+        ext.emit("gang-refused", gang=gang.name, k=gang.k, error=str(error))
+
+    # ----------------------------------------------------------- transitions
+    def transition(
+        self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
+    ) -> None:
+        """Track members (O(1)); schedule a release pass when slots or members free up."""
+        gang = info.gang
+        if gang is None:
+            if self.waiting and (
+                start == "processing" or (finish == "queued" and self.reserving is not None)
+            ):
+                self._schedule()
+            return
+        if finish == "processing":
+            if gang.state in ("waiting", "restarting"):
+                # a member reached a worker outside a gang launch: must never happen
+                self.partial_starts += 1
+        elif finish == "no-worker":
+            if gang.state == "waiting":
+                self._schedule()
+        elif finish in ("memory", "erred"):
+            gang.done.add(key)
+            # unpin: a lost result is recomputed like any task, not on a dead worker
+            ts = self.extension.scheduler.tasks.get(key)
+            if ts is not None and ts.worker_restrictions and info.holds is None:
+                ts.worker_restrictions = None
+            if len(gang.done) == gang.k:
+                if gang.state == "running":
+                    gang.state = "done"
+                    self.completed += 1
+                elif gang.state != "done":
+                    gang.state = "failed"  # its members erred before it started
+                self.waiting.pop(gang.seq, None)
+                self._forget(gang)
+            if self.waiting:
+                self._schedule()
+        elif start == "processing" and finish in _LEFT:
+            if gang.state == "running":
+                # the member lost its worker (or was released): restart the whole gang
+                gang.state = "restarting"
+                ext = self.extension
+                ext.scheduler.loop.add_callback(ext.run_policy, self, "restart_gang", gang)
+        if finish == "forgotten":
+            gang.done.add(key)
+            if len(gang.done) == gang.k:
+                self.waiting.pop(gang.seq, None)
+                self._forget(gang)
+
+    def _forget(self, gang: _Gang) -> None:
+        if self.gangs.get(gang.name) is gang:
+            del self.gangs[gang.name]
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            ext = self.extension
+            ext.scheduler.loop.add_callback(ext.run_policy, self, "release")
+
+    # --------------------------------------------------------------- release
+    def free_slots(self) -> dict[Any, int]:
+        """Idle threads of the running workers: ``{WorkerState: n}``, only ``n > 0``.
+
+        Returns
+        -------
+        dict
+        """
+        free = {}
+        for ws in self.extension.scheduler.running:
+            n = ws.nthreads - (len(ws.processing) - len(ws.long_running))
+            if n > 0:
+                free[ws] = n
+        return free
+
+    def place(self, free: dict[Any, int], k: int) -> list[Any] | None:
+        """Choose ``k`` slots among ``free`` (``spread`` or ``pack``); ``None`` if too few.
+
+        Parameters
+        ----------
+        free : dict
+            ``{worker: idle threads}``; updated in place when the placement succeeds.
+        k : int
+
+        Returns
+        -------
+        list or None
+            One worker per member.
+        """
+        if sum(free.values()) < k:
+            return None
+        order = sorted(free, key=lambda ws: (-free[ws], ws.address))
+        chosen: list[Any] = []
+        left = dict(free)
+        if self.placement == "pack":
+            for ws in order:
+                take = min(left[ws], k - len(chosen))
+                chosen.extend([ws] * take)
+                left[ws] -= take
+                if len(chosen) == k:
+                    break
+        else:
+            while len(chosen) < k:
+                for ws in order:
+                    if left[ws] > 0 and len(chosen) < k:
+                        chosen.append(ws)
+                        left[ws] -= 1
+        free.update(left)
+        return chosen
+
+    def release(self) -> int:
+        """Start every waiting gang that fits now, in (queue, arrival) order.
+
+        Called from the event loop (a callback), never from a transition hook.
+        Also starts or ends the head gang's slot reservation.
+
+        Returns
+        -------
+        int
+            The number of gangs started.
+        """
+        self._scheduled = False
+        if not self.waiting:
+            if self.reserving is not None:
+                self._unreserve()
+            return 0
+        ext = self.extension
+        scheduler = ext.scheduler
+        tasks = scheduler.tasks
+        quota = self._quota()
+        free = self.free_slots()
+        started = 0
+        now = time.time()
+        head_blocked = False
+        reserve_for = None
+        for gang in sorted(self.waiting.values(), key=lambda g: (g.rank, g.seq)):
+            members = [tasks.get(key) for key in gang.keys if key not in gang.done]
+            if not members or any(ts is None or ts.state != "no-worker" for ts in members):
+                continue  # not all ready (dependencies, or still being released)
+            if gang.k > scheduler.total_nthreads:
+                continue  # too big for now: periodic() errs it after the timeout
+            room = quota.headroom(gang.tenant) if quota is not None else len(members)
+            workers = self.place(free, len(members)) if room >= len(members) else None
+            if workers is None:
+                if head_blocked:
+                    continue  # backfill: smaller gangs behind may still fit
+                head_blocked = True
+                if gang.blocked_since is None:
+                    gang.blocked_since = now
+                if self._in_reserve_phase(gang, now):
+                    # hold later gangs and queued ordinary tasks back: freed slots
+                    # add up for the head gang
+                    reserve_for = gang
+                    break
+                continue
+            self._launch(gang, members, workers, quota)
+            started += 1
+        if reserve_for is not None:
+            self._reserve(reserve_for)
+        elif self.reserving is not None:
+            self._unreserve()
+        return started
+
+    def _in_reserve_phase(self, gang: _Gang, now: float) -> bool:
+        """Reservation cycles: ``reserve_wait`` reserving, then as long not reserving."""
+        wait = self.reserve_wait
+        if not wait:
+            return False
+        return (now - gang.blocked_since) % (2 * wait) < wait
+
+    def _reserve(self, gang: _Gang) -> None:
+        """Hold the ordinary tasks waiting in ``scheduler.queued`` while ``gang`` is head.
+
+        Freed threads then stay idle until the head gang fits. O(queued tasks)
+        when the reservation starts, O(new arrivals) afterwards.
+        """
+        ext = self.extension
+        scheduler = ext.scheduler
+        if self.reserving is not gang:
+            self.reservations += 1
+            ext.emit("gang-reserving", gang=gang.name, k=gang.k, tenant=gang.tenant)
+        self.reserving = gang
+        if not scheduler.queued:
+            return
+        recs = {}
+        info_map = ext.info
+        for ts in list(scheduler.queued):
+            info = info_map.get(ts.key)
+            if info is None or info.gang is not None:
+                continue
+            ext.hold(ts, info, RESERVE)
+            self.reserved.add(ts.key)
+            recs[ts.key] = "released"
+        if recs:
+            # queued -> released -> waiting -> no-worker (held)
+            scheduler.transitions(recs, stimulus_id=f"oxigdal-gang-reserve-{next(self._seq)}")
+
+    def _unreserve(self) -> None:
+        """End the reservation: send the held ordinary tasks back to Dask."""
+        ext = self.extension
+        scheduler = ext.scheduler
+        self.reserving = None
+        recs = {}
+        for key in self.reserved:
+            ts = scheduler.tasks.get(key)
+            info = ext.info.get(key)
+            if ts is None or info is None:
+                continue
+            if ext.unhold(ts, info, RESERVE) and ts.state == "no-worker":
+                recs[key] = "waiting"
+        self.reserved.clear()
+        if recs:
+            scheduler.transitions(recs, stimulus_id=f"oxigdal-gang-unreserve-{next(self._seq)}")
+
+    def _launch(self, gang: _Gang, members: list, workers: list, quota: Any) -> None:
+        ext = self.extension
+        scheduler = ext.scheduler
+        info_map = ext.info
+        recs = {}
+        if any(info_map[ts.key].holds != {self.name} for ts in members):
+            return  # held by another policy as well (e.g. a rejection): do not start
+        for ts, ws in zip(members, workers, strict=True):
+            ext.unhold(ts, info_map[ts.key], self.name)
+            ts.worker_restrictions = {ws.address}
+            ts.loose_restrictions = False
+            if quota is not None:
+                quota.admit(info_map[ts.key])
+            recs[ts.key] = "processing"
+        del self.waiting[gang.seq]
+        gang.state = "running"
+        gang.blocked_since = None
+        gang.started_at = time.time()
+        gang.workers = sorted({ws.address for ws in workers})
+        scheduler.transitions(recs, stimulus_id=f"oxigdal-gang-{gang.name}-{next(self._seq)}")
+        missing = [ts.key for ts in members if ts.state != "processing"]
+        if missing:
+            # a pinned worker vanished in between: undo as a whole-gang restart
+            self.partial_starts += 1
+            gang.state = "restarting"
+            self.restart_gang(gang, reason="launch-failed")
+            return
+        self.started += 1
+        ext.emit(
+            "gang-started",
+            gang=gang.name,
+            k=gang.k,
+            tenant=gang.tenant,
+            workers=gang.workers,
+            waited=gang.started_at - gang.submitted,
+            restarts=gang.restarts,
+        )
+
+    def _quota(self) -> Any:
+        for policy in self.extension._active():
+            if getattr(policy, "name", "") == "Quota" and getattr(policy, "_enabled", False):
+                return policy
+        return None
+
+    # --------------------------------------------------------------- restart
+    def restart_gang(self, gang: _Gang, reason: str = "member-lost") -> None:
+        """Hold every unfinished member again and release it from its worker.
+
+        Parameters
+        ----------
+        gang : _Gang
+        reason : str
+        """
+        ext = self.extension
+        scheduler = ext.scheduler
+        if gang.state != "restarting":
+            return
+        gang.restarts += 1
+        self.restarts += 1
+        if gang.restarts > self.max_restarts:
+            self.failed += 1
+            self._refuse(
+                gang,
+                GangError(
+                    f"gang {gang.name!r} lost a member {gang.restarts} times; "
+                    f"oxigdal.gang.max-restarts={self.max_restarts} exhausted"
+                ),
+            )
+            return
+        recs = {}
+        for key in gang.keys:
+            if key in gang.done:
+                continue
+            ts = scheduler.tasks.get(key)
+            info = ext.info.get(key)
+            if ts is None or info is None:
+                continue
+            ext.hold(ts, info, self.name)
+            if ts.state in ("processing", "queued"):
+                recs[key] = "released"
+        gang.state = "waiting"
+        gang.blocked_since = None
+        self.waiting[gang.seq] = gang
+        if recs:
+            # processing -> released -> waiting -> no-worker (held again)
+            scheduler.transitions(recs, stimulus_id=f"oxigdal-gang-restart-{next(self._seq)}")
+        ext.emit(
+            "gang-restarted",
+            gang=gang.name,
+            k=gang.k,
+            restarts=gang.restarts,
+            reason=reason,
+            workers=gang.workers,
+        )
+        self._schedule()
+
+    # -------------------------------------------------------------- periodic
+    def periodic(self) -> None:
+        """Err gangs still too big after the timeout; retry releases (workers joined)."""
+        if not self.waiting:
+            return
+        total = self.extension.scheduler.total_nthreads
+        now = time.time()
+        for gang in list(self.waiting.values()):
+            if gang.k > total:
+                if gang.expires is None:
+                    # accepted when the cluster was big enough: workers left since
+                    gang.expires = now + max(self.timeout, self.shrink_wait)
+                if now >= gang.expires:
+                    self._refuse(gang, self._too_large(gang, total))
+            else:
+                gang.expires = None
+        self._schedule()
+
+    def add_worker(self, address: str) -> None:
+        """New slots: try to start waiting gangs."""
+        if self.waiting:
+            self._schedule()
+
+    def restart(self) -> None:
+        """Every task was forgotten."""
+        self.gangs.clear()
+        self.waiting.clear()
+        self.reserving = None
+        self.reserved.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters and the live gangs."""
+        running = sum(1 for g in self.gangs.values() if g.state == "running")
+        return {
+            "placement": self.placement,
+            "waiting": len(self.waiting),
+            "running": running,
+            "started": self.started,
+            "completed": self.completed,
+            "restarts": self.restarts,
+            "refused": self.refused,
+            "failed": self.failed,
+            "reservations": self.reservations,
+            "reserving": self.reserving.name if self.reserving is not None else None,
+            "reserved_tasks": len(self.reserved),
+            "partial_starts": self.partial_starts,
+            "gangs": {
+                g.name: {
+                    "k": g.k,
+                    "state": g.state,
+                    "tenant": g.tenant,
+                    "queue": g.queue,
+                    "restarts": g.restarts,
+                    "workers": g.workers,
+                }
+                for g in self.gangs.values()
+            },
+        }
+
+
+def _seconds(name: str, value: Any) -> float:
+    try:
+        seconds = parse_timedelta(value)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ConfigError(
+            f"{name}={value!r} is not a duration (give seconds or a string like '30s')"
+        ) from e
+    if seconds is None or not seconds >= 0:
+        raise ConfigError(f"{name}={value!r} must be a duration >= 0")
+    return float(seconds)

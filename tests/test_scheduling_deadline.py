@@ -1,0 +1,213 @@
+"""Deadline scheduling on real clusters: EDF order, admission control, miss events.
+
+No wall-clock assertions: order is observed on a saturated one-thread
+worker, infeasibility comes from a configured per-prefix duration estimate
+(``distributed.scheduler.default-task-durations``), and misses from tasks
+that block on an ``Event`` past their deadline.
+"""
+
+from __future__ import annotations
+
+# Import dask_oxigdal before distributed.utils_test (see test_scheduling_extension.py).
+import dask_oxigdal  # noqa: F401
+
+# isort: split
+import asyncio
+import time
+
+import pytest
+from distributed import Event, wait
+from distributed.utils_test import gen_cluster
+
+from dask_oxigdal.annotations import annotate
+from dask_oxigdal.exceptions import ConfigError, DeadlineInfeasible, DeadlineMissed
+from dask_oxigdal.scheduling.deadline import EDF_BASE, Deadline
+from dask_oxigdal.scheduling.extension import NAME, register, status
+
+FAIRSHARE = {"class": "dask_oxigdal.scheduling.fairshare.FairShare"}
+
+
+def deadline_policy(**kwargs):
+    return {"class": "dask_oxigdal.scheduling.deadline.Deadline", **kwargs}
+
+
+def stamp(x):
+    return x, time.time()
+
+
+def block(x, ev):
+    ev.wait(120)
+    return x
+
+
+def hour_long(x):  # its duration estimate is configured to 1h below; it really is instant
+    return x
+
+
+async def _until(predicate, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+# worker-saturation inf: every task goes to the worker, which runs its ready tasks by
+# priority (with the default 1.1 the later ones wait in scheduler.queued, same order)
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)],
+    timeout=60,
+    config={"distributed.scheduler.worker-saturation": float("inf")},
+)
+async def test_edf_order_on_a_saturated_worker(c, s, a):
+    await register(c, tenants={"a": 1, "b": 1}, policies=[FAIRSHARE, deadline_policy()])
+    ev = Event("edf-go")
+    blocker = c.submit(block, -1, ev=ev, key="blocker")
+    await _until(lambda: a.state.executing_count == 1)
+    # submitted latest deadline first; ordinary work first of all
+    plain = c.submit(stamp, "plain", key="plain")
+    futs = {}
+    for minutes, tenant in ((40, "a"), (10, "b"), (30, "a"), (20, "b")):
+        with annotate(tenant=tenant, deadline=f"{minutes}min"):
+            futs[minutes] = c.submit(stamp, minutes, key=f"d-{minutes}")
+    await _until(lambda: len(a.state.ready) == 5)
+    await ev.set()
+    rows = await c.gather([plain, *futs.values()])
+    await blocker
+    order = [x for x, _ in sorted(rows, key=lambda r: r[1])]
+    assert order == [10, 20, 30, 40, "plain"]
+    ts = s.tasks["d-10"]
+    # (queue rank, EDF key, Dask's priority...): the EDF key replaces the fair-share tag
+    assert ts.priority[0] == s.tasks["plain"].priority[0]
+    assert ts.priority[1] < 0 and ts.priority[1] + EDF_BASE == pytest.approx(
+        ts.annotations["oxigdal_deadline"]
+    )
+    snap = (await status(c))["policies"]["Deadline"]
+    assert snap["met"] == {"a": {"batch": 2}, "b": {"batch": 2}}
+    assert snap["missed"] == {} and snap["rejected"] == 0 and snap["warned"] == 0
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
+async def test_edf_does_not_cross_queues(c, s, a):
+    await register(c, policies=[FAIRSHARE, deadline_policy()])
+    ev = Event("queues-go")
+    blocker = c.submit(block, -1, ev=ev, key="blocker")
+    await _until(lambda: a.state.executing_count == 1)
+    with annotate(queue="background", deadline="10min"):
+        urgent_bg = c.submit(stamp, "background-10min", key="bg")
+    with annotate(queue="interactive"):
+        inter = c.submit(stamp, "interactive", key="inter")
+    await _until(lambda: len(a.state.ready) == 2)
+    await ev.set()
+    rows = await c.gather([urgent_bg, inter])
+    await blocker
+    assert [x for x, _ in sorted(rows, key=lambda r: r[1])] == ["interactive", "background-10min"]
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)],
+    timeout=60,
+    config={"distributed.scheduler.default-task-durations": {"hour_long": "1h"}},
+)
+async def test_infeasible_deadline_is_rejected_with_the_estimate(c, s, a):
+    await register(c, policies=[FAIRSHARE, deadline_policy(infeasible="reject")])
+    with annotate(tenant="default", deadline="1min"):
+        futs = c.map(hour_long, range(3), key=[f"hour_long-{i}" for i in range(3)])
+    with pytest.raises(
+        DeadlineInfeasible, match=r"cannot be met: 3 task\(s\) .* estimated to finish"
+    ):
+        await futs[0]
+    await wait(futs)
+    assert all(f.status == "error" for f in futs)
+    # a feasible deadline next to it is accepted and met
+    with annotate(deadline="10min"):
+        assert await c.submit(stamp, 1, key="feasible") is not None
+    snap = (await status(c))["policies"]["Deadline"]
+    assert snap["rejected"] == 1 and snap["met"] == {"default": {"batch": 1}}
+    events = [e for _, e in await c.get_events(NAME) if e.get("kind") == "deadline-rejected"]
+    assert events and events[0]["tasks"] == 3 and events[0]["estimate"] > events[0]["deadline"]
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)],
+    timeout=60,
+    config={"distributed.scheduler.default-task-durations": {"hour_long": "1h"}},
+)
+async def test_infeasible_deadline_is_warned_and_accepted(c, s, a):
+    await register(c, policies=[FAIRSHARE, deadline_policy(infeasible="warn")])
+    alerts = []
+    c.subscribe_topic(NAME, lambda event: alerts.append(event[1]))
+    with annotate(deadline="1min"):
+        assert await c.submit(hour_long, 7, key="hour_long-7") == 7
+    await _until(lambda: any(e.get("alert") == "deadline-infeasible" for e in alerts))
+    alert = next(e for e in alerts if e.get("alert") == "deadline-infeasible")
+    assert alert["kind"] == "alert" and "estimated to finish" in alert["message"]
+    snap = (await status(c))["policies"]["Deadline"]
+    assert snap["warned"] == 1 and snap["rejected"] == 0
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
+async def test_missed_deadline_reaches_a_subscribed_client_and_work_continues(c, s, a):
+    await register(c, tenants={"t": 1}, policies=[FAIRSHARE, deadline_policy(infeasible="accept")])
+    received = []
+    c.subscribe_topic(NAME, lambda event: received.append(event[1]))
+    ev = Event("miss-go")
+    with annotate(tenant="t", queue="interactive", deadline="1s"):
+        fut = c.submit(block, 5, ev=ev, key="late")
+    await _until(lambda: any(e.get("kind") == "deadline-missed" for e in received))
+    missed = next(e for e in received if e["kind"] == "deadline-missed")
+    assert missed["tenant"] == "t" and missed["queue"] == "interactive"
+    assert missed["unfinished"] == 1 and missed["on_miss"] == "continue"
+    # the work keeps running by default
+    assert s.tasks["late"].state == "processing"
+    await ev.set()
+    assert await fut == 5
+    snap = (await status(c))["policies"]["Deadline"]
+    assert snap["missed"] == {"t": {"interactive": 1}} and snap["met"] == {}
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
+async def test_on_miss_cancel_errs_the_unfinished_work(c, s, a):
+    await register(c, policies=[FAIRSHARE, deadline_policy(infeasible="accept", on_miss="cancel")])
+    ev = Event("cancel-go")
+    blocker = c.submit(block, -1, ev=ev, key="blocker")
+    await _until(lambda: a.state.executing_count == 1)
+    with annotate(deadline="1s"):
+        futs = c.map(block, range(2), ev=ev, key=["c-0", "c-1"])
+    with pytest.raises(DeadlineMissed, match=r"passed; oxigdal\.deadline\.on-miss=cancel"):
+        await futs[0]
+    await wait(futs)
+    assert all(f.status == "error" for f in futs)
+    await ev.set()
+    assert await blocker == -1
+    snap = (await status(c))["policies"]["Deadline"]
+    assert snap["cancelled"] == 2 and snap["missed"] == {"default": {"batch": 1}}
+
+
+def test_bad_deadline_options_are_rejected():
+    with pytest.raises(ConfigError, match=r"infeasible='drop' .* reject, warn, accept"):
+        Deadline(infeasible="drop")
+    with pytest.raises(ConfigError, match=r"on-miss='kill' .* continue, cancel"):
+        Deadline(on_miss="kill")
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_deadline_must_follow_fairshare(c, s, a):
+    with pytest.raises(ConfigError, match="Deadline must come after FairShare"):
+        await register(c, policies=[deadline_policy(), FAIRSHARE])
+
+
+# ----------------------------------------------- distributed internals we use
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)])
+async def test_guard_deadline_estimate_internals(c, s, a):
+    """Occupancy, unknown-task duration and the loop timers the Deadline policy uses."""
+    assert isinstance(s.total_occupancy, (int, float)) and s.total_occupancy >= 0
+    assert isinstance(s.UNKNOWN_TASK_DURATION, (int, float)) and s.UNKNOWN_TASK_DURATION > 0
+    handle = s.loop.call_later(3600, lambda: None)
+    s.loop.remove_timeout(handle)
+    # Dask's priority: element 1 (generation) is >= 0, so a negative EDF key sorts first
+    fut = c.submit(stamp, 1, key="gen")
+    await fut
+    assert s.tasks["gen"].priority[1] >= 0

@@ -1,0 +1,449 @@
+"""Gang (all-or-nothing) admission on real clusters.
+
+Gang members rendezvous at a barrier built from ``distributed.Event``: each
+member sets its own "arrived" event, then waits (with a timeout) for every
+other member's. A member that starts while another member of its gang cannot
+run times out. A recorder plugin checks every transition: the members of a
+gang enter ``processing`` in one ``Scheduler.transitions`` call (one
+stimulus), each on a worker with an idle thread. No wall-clock assertions.
+"""
+
+from __future__ import annotations
+
+# Import dask_oxigdal before distributed.utils_test (see test_scheduling_extension.py).
+import dask_oxigdal  # noqa: F401
+
+# isort: split
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+from distributed import Client, Event, LocalCluster, Queue, Worker, get_worker, wait
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.scheduler import Scheduler, WorkerState
+from distributed.utils_test import gen_cluster
+
+from dask_oxigdal.annotations import annotate
+from dask_oxigdal.exceptions import ConfigError, DeadlineInfeasible, GangError, GangTooLarge
+from dask_oxigdal.scheduling.extension import NAME, register, status
+from dask_oxigdal.scheduling.gang import Gang
+
+NTHREADS = [("127.0.0.1", 2), ("127.0.0.1", 2)]  # 4 slots
+FAIRSHARE = {"class": "dask_oxigdal.scheduling.fairshare.FairShare"}
+QUOTA = {"class": "dask_oxigdal.scheduling.quota.Quota"}
+
+
+def gang_policy(**kwargs):
+    return {"class": "dask_oxigdal.scheduling.gang.Gang", **kwargs}
+
+
+def member(i, gang, k, timeout, hold=None):
+    """A gang member: rendezvous with the other ``k - 1`` members, then return."""
+    start = time.time()
+    Queue(f"{gang}-starts").put(i)
+    Event(f"{gang}-arrived-{i}").set()
+    for j in range(k):
+        if not Event(f"{gang}-arrived-{j}").wait(timeout):
+            raise TimeoutError(f"gang {gang}: member {i} waited {timeout}s for member {j}")
+    if hold is not None:
+        Event(hold).wait(120)
+    return gang, i, get_worker().address, start, time.time()
+
+
+def background(i, ev):
+    ev.wait(120)
+    return i
+
+
+def slowinc(x, delay=0.02):
+    time.sleep(delay)
+    return x + 1
+
+
+class GangRecorder(SchedulerPlugin):
+    """Every entry of a gang member into ``processing``: stimulus, worker load."""
+
+    name = "test-gang-recorder"
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.entries: dict[str, list[tuple[str, str, int, int]]] = {}
+
+    def transition(self, key, start, finish, *args, stimulus_id=None, **kwargs):
+        if finish != "processing":
+            return
+        ts = self.scheduler.tasks[key]
+        gang = (ts.annotations or {}).get("oxigdal_gang")
+        if gang is None:
+            return
+        ws = ts.processing_on
+        busy = len(ws.processing) - len(ws.long_running)  # includes this task
+        self.entries.setdefault(gang, []).append((stimulus_id, ws.address, busy, ws.nthreads))
+
+
+async def _until(predicate, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+def _held(s, futs):
+    return all(f.key in s.tasks and s.tasks[f.key].state == "no-worker" for f in futs)
+
+
+def _gang_snapshot(s):
+    return s.plugins[NAME].get_policy("Gang").snapshot()
+
+
+async def _submit_gangs_under_load(c, s, timeout):
+    """Two ordinary tasks block 2 of the 4 slots; 40 small tasks queue; two gangs of 3."""
+    bg_go = Event("bg-go")
+    bg = c.map(background, range(2), ev=bg_go, key=["bg-0", "bg-1"])
+    await _until(lambda: sum(len(ws.executing) for ws in s.workers.values()) == 2)
+    small = c.map(slowinc, range(40), key=[f"small-{i}" for i in range(40)])
+    gangs = {}
+    for name in ("A", "B"):
+        with annotate(gang=name):
+            gangs[name] = c.map(
+                member,
+                range(3),
+                gang=name,
+                k=3,
+                timeout=timeout,
+                key=[f"{name}-{i}" for i in range(3)],
+            )
+    return bg_go, bg, small, gangs
+
+
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
+async def test_gangs_complete_atomically_under_load(c, s, a, b):
+    # no slot reservation here: the small ordinary tasks run while the gangs wait
+    await register(c, policies=[FAIRSHARE, QUOTA, gang_policy(reserve_wait="0s")])
+    recorder = GangRecorder(s)
+    s.add_plugin(recorder)
+    bg_go, bg, small, gangs = await _submit_gangs_under_load(c, s, timeout=90)
+    # only 2 slots can free up while the background runs: no member may start
+    await _until(lambda: _gang_snapshot(s)["waiting"] == 2)
+    await wait(small)
+    assert not recorder.entries
+    assert all(s.tasks[f"{g}-{i}"].state == "no-worker" for g in "AB" for i in range(3))
+    await bg_go.set()
+    results = {name: await c.gather(futs) for name, futs in gangs.items()}
+    await wait(bg)
+
+    for name, rows in results.items():
+        assert sorted(r[1] for r in rows) == [0, 1, 2]
+        # worker-side: every member started before any member of its gang finished
+        assert max(r[3] for r in rows) <= min(r[4] for r in rows)
+        entries = recorder.entries[name]
+        assert len(entries) == 3
+        # one Scheduler.transitions call released the whole gang ...
+        assert len({stim for stim, *_ in entries}) == 1, entries
+        # ... each member onto an idle thread of its worker
+        assert all(busy <= nthreads for _, _, busy, nthreads in entries), entries
+        # spread (the default): 3 members on 2 workers of 2 threads -> both workers
+        assert len({addr for _, addr, _, _ in entries}) == 2
+    # two gangs of 3 on 4 slots: one after the other, never interleaved
+    stims = [recorder.entries[g][0][0] for g in "AB"]
+    assert stims[0] != stims[1]
+    snap = (await status(c))["policies"]["Gang"]
+    assert snap["started"] == 2 and snap["completed"] == 2
+    assert snap["partial_starts"] == 0 and snap["waiting"] == 0 and snap["running"] == 0
+    assert snap["refused"] == 0 and snap["restarts"] == 0
+
+
+class PendingAtGangStart(SchedulerPlugin):
+    """How many background tasks were not finished when the gang's first member started."""
+
+    name = "test-pending-at-gang-start"
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.pending: int | None = None
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish != "processing" or self.pending is not None:
+            return
+        ts = self.scheduler.tasks[key]
+        if (ts.annotations or {}).get("oxigdal_gang") is not None:
+            self.pending = sum(
+                1
+                for t in self.scheduler.tasks.values()
+                if str(t.key).startswith("bg-") and t.state != "memory"
+            )
+
+
+@pytest.mark.parametrize("reserve_wait", ["0s", "120s"])
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
+async def test_head_gang_reserves_freed_slots(c, s, a, b, reserve_wait):
+    """With a reserve wait, freed slots go to the head gang, not to queued small tasks."""
+    await register(c, policies=[FAIRSHARE, QUOTA, gang_policy(reserve_wait=reserve_wait)])
+    probe = PendingAtGangStart(s)
+    s.add_plugin(probe)
+    bg = c.map(slowinc, range(300), delay=0.005, key=[f"bg-{i}" for i in range(300)])
+    await _until(lambda: len(s.queued) > 100)
+    with annotate(gang="R"):
+        futs = c.map(member, range(3), gang="R", k=3, timeout=60, key=[f"R-{i}" for i in range(3)])
+    rows = await c.gather(futs)
+    assert len(rows) == 3
+    await wait(bg)
+    snap = (await status(c))["policies"]["Gang"]
+    assert snap["reserved_tasks"] == 0 and snap["reserving"] is None
+    if reserve_wait == "0s":
+        # Dask refills a freed thread from its queue at once: the gang gets 3 idle
+        # threads only when the queue is empty (at most the in-flight tasks left)
+        assert probe.pending <= 6 and snap["reservations"] == 0
+    else:
+        # the queued small tasks were held back until the gang had its slots
+        assert probe.pending > 100 and snap["reservations"] == 1
+
+
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
+async def test_reservation_takes_turns_so_ordinary_tasks_progress(c, s, a, b):
+    """A gang that cannot fit reserves for reserve-wait, then lets ordinary tasks run."""
+    await register(
+        c, policies=[FAIRSHARE, QUOTA, gang_policy(reserve_wait="0.3s")], interval="50ms"
+    )
+    ev = Event("turns-go")
+    hold = c.map(background, range(2), ev=ev, key=["bg-hold-0", "bg-hold-1"])
+    await _until(lambda: sum(len(ws.executing) for ws in s.workers.values()) == 2)
+    with annotate(gang="T"):  # needs 3 idle threads: cannot start while 2 are held
+        futs = c.map(member, range(3), gang="T", k=3, timeout=60, key=[f"T-{i}" for i in range(3)])
+    await _until(lambda: _held(s, futs))
+    small = c.map(slowinc, range(100), delay=0.001, key=[f"small-{i}" for i in range(100)])
+    # the ordinary tasks finish although the gang keeps waiting
+    await wait(small)
+    snap = _gang_snapshot(s)
+    assert snap["waiting"] == 1 and snap["started"] == 0
+    assert snap["reservations"] >= 1
+    await ev.set()
+    assert len(await c.gather(futs)) == 3
+    await wait(hold)
+
+
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
+async def test_vanilla_dask_times_out_on_the_same_workload(c, s, a, b):
+    """Without the extension the members of a gang start in whatever slots are free."""
+    recorder = GangRecorder(s)
+    s.add_plugin(recorder)
+    bg_go, bg, small, gangs = await _submit_gangs_under_load(c, s, timeout=2)
+    with pytest.raises(TimeoutError, match="waited 2s"):
+        await c.gather(gangs["A"] + gangs["B"])
+    # members were sent to workers whose threads were all busy (they queued there)
+    entries = [e for g in recorder.entries.values() for e in g]
+    assert len(entries) == 6
+    assert any(busy > nthreads for _, _, busy, nthreads in entries), entries
+    await bg_go.set()
+    await wait(bg + small + gangs["A"] + gangs["B"])
+
+
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=60)
+async def test_pack_placement_fills_one_worker(c, s, a, b):
+    await register(c, policies=[gang_policy(placement="pack")])
+    with annotate(gang="P"):
+        futs = c.map(member, range(2), gang="P", k=2, timeout=60, key=["P-0", "P-1"])
+    rows = await c.gather(futs)
+    assert len({r[2] for r in rows}) == 1
+
+
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=60)
+async def test_gang_too_big_is_refused_at_once(c, s, a, b):
+    await register(c)  # the default policies include Gang
+    with annotate(gang="huge"):
+        futs = c.map(
+            member, range(5), gang="huge", k=5, timeout=60, key=[f"h-{i}" for i in range(5)]
+        )
+    with pytest.raises(GangTooLarge, match=r"'huge' needs 5 worker slots .* the cluster has 4"):
+        await futs[0]
+    await wait(futs)
+    assert all(f.status == "error" for f in futs)
+    snap = (await status(c))["policies"]["Gang"]
+    assert snap["refused"] == 1 and snap["started"] == 0
+    # the cluster is fine afterwards
+    with annotate(gang="ok"):
+        rows = await c.gather(c.map(member, range(4), gang="ok", k=4, timeout=60))
+    assert len(rows) == 4
+
+
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=90)
+async def test_gang_too_big_waits_for_the_cluster_to_grow(c, s, a, b):
+    await register(c, policies=[gang_policy(timeout="60s")])
+    with annotate(gang="grow"):
+        futs = c.map(
+            member, range(5), gang="grow", k=5, timeout=60, key=[f"g-{i}" for i in range(5)]
+        )
+    await _until(lambda: _held(s, futs))
+    async with Worker(s.address, nthreads=1):
+        rows = await c.gather(futs)
+    assert sorted(r[1] for r in rows) == list(range(5))
+    snap = (await status(c))["policies"]["Gang"]
+    assert snap["refused"] == 0 and snap["started"] == 1
+
+
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=60)
+async def test_gang_too_big_errs_after_the_timeout(c, s, a, b):
+    await register(c, policies=[gang_policy(timeout="0.5s")], interval="100ms")
+    with annotate(gang="never"):
+        futs = c.map(
+            member, range(6), gang="never", k=6, timeout=60, key=[f"n-{i}" for i in range(6)]
+        )
+    with pytest.raises(GangTooLarge, match=r"waited oxigdal\.gang\.timeout=0\.5s"):
+        await futs[0]
+
+
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=60)
+async def test_malformed_gangs_are_refused_with_a_clear_error(c, s, a, b):
+    await register(c)
+    ev = Event("hold-live")
+    with annotate(gang="dup"):
+        live = c.map(
+            member, range(2), gang="dup", k=2, timeout=60, hold="hold-live", key=["d-0", "d-1"]
+        )
+    await _until(lambda: _gang_snapshot(s)["running"] == 1)
+    with annotate(gang="dup"):
+        again = c.submit(member, 0, gang="dup2", k=1, timeout=60, key="d-again")
+    with pytest.raises(GangError, match="'dup' is already live"):
+        await again
+    with annotate(gang="pinned"):
+        pinned = c.submit(member, 0, gang="pinned", k=1, timeout=60, workers=[a.address])
+    with pytest.raises(GangError, match="restrictions"):
+        await pinned
+    await ev.set()
+    assert len(await c.gather(live)) == 2
+
+
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=60)
+async def test_gang_counts_against_its_tenants_quota(c, s, a, b):
+    # tenant "t" may run 3 tasks at once: with one running, a gang of 3 must wait
+    await register(
+        c,
+        tenants={"t": {"weight": 1, "max-tasks": 3}},
+        policies=[FAIRSHARE, QUOTA, gang_policy()],
+    )
+    ev = Event("quota-hold")
+    with annotate(tenant="t"):
+        one = c.submit(background, 0, ev=ev, key="t-one")
+    await _until(lambda: "t-one" in s.tasks and s.tasks["t-one"].state == "processing")
+    with annotate(tenant="t", gang="q"):
+        futs = c.map(member, range(3), gang="q", k=3, timeout=60, key=[f"q-{i}" for i in range(3)])
+    await _until(lambda: _held(s, futs))
+    # 3 free slots on the cluster, but only 2 left in the tenant's quota
+    s.plugins[NAME].get_policy("Gang").release()
+    assert all(s.tasks[f.key].state == "no-worker" for f in futs)
+    await ev.set()
+    await one
+    rows = await c.gather(futs)
+    assert len(rows) == 3
+    quota = (await status(c))["policies"]["Quota"]
+    assert quota["max_admitted"]["t"] == 3
+
+
+def hour_long(x):  # its duration estimate is configured to 1h below; it really is instant
+    return x
+
+
+@gen_cluster(
+    client=True,
+    nthreads=NTHREADS,
+    timeout=60,
+    config={"distributed.scheduler.default-task-durations": {"hour_long": "1h"}},
+)
+async def test_gang_members_rejected_by_another_policy_never_start(c, s, a, b):
+    """A gang held by Gang and failed by Deadline (infeasible): errs, never starts, is dropped."""
+    deadline = {"class": "dask_oxigdal.scheduling.deadline.Deadline", "infeasible": "reject"}
+    await register(c, policies=[FAIRSHARE, QUOTA, gang_policy(), deadline])
+    with annotate(gang="dl", deadline="1min"):
+        futs = c.map(hour_long, range(2), key=["hour_long-0", "hour_long-1"])
+    with pytest.raises(DeadlineInfeasible, match="cannot be met"):
+        await futs[0]
+    await wait(futs)
+    await _until(lambda: _gang_snapshot(s)["waiting"] == 0)
+    snap = _gang_snapshot(s)
+    assert snap["started"] == 0 and snap["partial_starts"] == 0 and snap["gangs"] == {}
+
+
+def test_bad_gang_options_are_rejected():
+    with pytest.raises(ConfigError, match=r"placement='scatter' .* spread, pack"):
+        Gang(placement="scatter")
+    with pytest.raises(ConfigError, match="max-restarts=-1"):
+        Gang(max_restarts=-1)
+    with pytest.raises(ConfigError, match="timeout='soon'"):
+        Gang(timeout="soon")
+
+
+def _member_worker(dask_scheduler, key):
+    ts = dask_scheduler.tasks.get(key)
+    return ts.processing_on.address if ts is not None and ts.processing_on else None
+
+
+def test_whole_gang_restarts_when_a_worker_is_killed():
+    """SIGKILL of a nanny'd worker running a member: the whole gang restarts, once."""
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            host="127.0.0.1",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        register(client)
+        with annotate(gang="K"):
+            futs = client.map(
+                member, range(2), gang="K", k=2, timeout=120, hold="K-go", key=["K-0", "K-1"]
+            )
+        deadline = time.monotonic() + 120
+        while status(client)["policies"]["Gang"]["running"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for i in range(2):
+            assert Event(f"K-arrived-{i}", client=client).wait(120)
+        victim = client.run_on_scheduler(_member_worker, key="K-0")
+        pid = client.run(os.getpid, workers=[victim])[victim]
+        os.kill(pid, signal.SIGKILL)
+        while status(client)["policies"]["Gang"]["restarts"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        Event("K-go", client=client).set()
+        rows = client.gather(futs)
+        assert sorted(r[1] for r in rows) == [0, 1]
+        # every member ran again (the survivor too), none kept running alone
+        starts = Queue("K-starts", client=client)
+        seen = [starts.get() for _ in range(starts.qsize())]
+        assert sorted(seen) == [0, 0, 1, 1]
+        snap = status(client)["policies"]["Gang"]
+        assert snap["restarts"] == 1 and snap["started"] == 2 and snap["partial_starts"] == 0
+        events = [e for _, e in client.get_events(NAME) if e.get("kind") == "gang-restarted"]
+        assert events and events[0]["gang"] == "K"
+
+
+# ----------------------------------------------- distributed internals we use
+@gen_cluster(client=True, nthreads=NTHREADS)
+async def test_guard_gang_release_internals(c, s, a, b):
+    """What a gang release relies on: running workers, slots, pinned no-worker -> processing."""
+    assert isinstance(s.running, set) and all(isinstance(ws, WorkerState) for ws in s.running)
+    for attr in ("processing", "long_running", "nthreads", "address", "executing"):
+        assert hasattr(WorkerState, attr) or attr in WorkerState.__slots__, attr
+    # work stealing never moves a task pinned (loose_restrictions=False) to one worker
+    import inspect
+
+    from distributed.stealing import WorkStealing
+
+    src = inspect.getsource(WorkStealing._get_thief)
+    assert "valid_workers(ts)" in src and "not ts.loose_restrictions" in src
+    assert ("no-worker", "processing") in Scheduler._TRANSITIONS_TABLE
+    assert ("processing", "released") in Scheduler._TRANSITIONS_TABLE
+    # a held task pinned to a worker and transitioned goes to that worker at once
+    from dask_oxigdal.scheduling.extension import HOLD_ADDRESS
+
+    fut = c.submit(slowinc, 1, key="pin-me", workers=[HOLD_ADDRESS], allow_other_workers=False)
+    await _until(lambda: "pin-me" in s.tasks and s.tasks["pin-me"].state == "no-worker")
+    ts = s.tasks["pin-me"]
+    ts.worker_restrictions = {b.address}
+    s.transitions({"pin-me": "processing"}, stimulus_id="guard")
+    assert ts.state == "processing" and ts.processing_on.address == b.address
+    assert await fut == 2
