@@ -165,16 +165,14 @@ class Locality(SchedulingPolicy):
     # ------------------------------------------------------------------ hooks
     def update_graph(self, new: list[tuple[TaskState, TaskInfo]]) -> None:
         """Hold the new tasks that carry a ``locality`` annotation."""
-        from dask_oxigdal.scheduling.extension import HOLD_ADDRESS
-
+        ext = self.extension
         for ts, info in new:
             lkey = info.annotations.locality
             if lkey is None:
                 continue
             if ts.worker_restrictions or ts.host_restrictions or ts.resource_restrictions:
                 continue  # held or constrained by someone else: they decide
-            ts.worker_restrictions = {HOLD_ADDRESS}
-            ts.loose_restrictions = False
+            ext.hold(ts, info, self.name)
             self.held[ts.key] = lkey
             if not self.wants_transitions:
                 self.wants_transitions = True
@@ -283,6 +281,9 @@ class Locality(SchedulingPolicy):
                 if free[target] <= 0:
                     del free[target]
             ts = tasks[key]
+            info = self.extension.info.get(key)
+            if info is not None:
+                self.extension.unhold(ts, info, self.name)
             ts.worker_restrictions = {target}
             ts.loose_restrictions = True
             recs[key] = "waiting"
