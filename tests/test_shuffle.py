@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib
 import itertools
 import re
 
@@ -667,7 +668,7 @@ def test_string_column_beyond_32bit_offsets_gets_a_chunk_per_part(monkeypatch):
     A real case needs > 2 GiB of chunked strings; lowering the module's limit runs the
     same code on a small table.
     """
-    from dask_oxigdal import shuffle as shuffle_module
+    shuffle_module = importlib.import_module("dask_oxigdal.shuffle")  # dox.shuffle shadows it
 
     monkeypatch.setattr(shuffle_module, "_INT32_OFFSETS_MAX", 100)
     words = [f"word-{i}" * (i % 3) for i in range(200)]
