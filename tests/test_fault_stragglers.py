@@ -99,7 +99,7 @@ async def test_detect_mode_reports_without_moving(c, s, a, tmp_path):
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=120)
 async def test_bad_straggler_settings_name_the_value(c, s, a):
-    with pytest.raises(ConfigError, match="'speculate'.*detect, reschedule"):
+    with pytest.raises(ConfigError, match=r"'speculate'.*detect, reschedule"):
         await register(c, policies=[stragglers(action="speculate")], replace=True)
     with pytest.raises(ConfigError, match="quantile"):
         await register(c, policies=[stragglers(quantile=1.5)], replace=True)
