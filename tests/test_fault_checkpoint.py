@@ -33,6 +33,10 @@ def counted(name, runs, value, *deps):
     return value + sum(deps)
 
 
+def _scheduler_keys(dask_scheduler):
+    return [str(k) for k in dask_scheduler.tasks]
+
+
 def _runs(runs):
     out = {}
     for n in os.listdir(runs):
@@ -87,6 +91,11 @@ def test_resume_after_killed_cluster_runs_checkpointed_tasks_once(tmp_path):
         assert c.compute(total, sync=True) == expected
         snap = status(c)["policies"]["Checkpoint"]
         assert snap["loaded"] == n and snap["saved"] == 1 and snap["corrupt"] == 0
+        # the cut-off upstream tasks are forgotten, not left behind in the scheduler
+        deadline = time.monotonic() + 60
+        while any(k.startswith("load_") for k in c.run_on_scheduler(_scheduler_keys)):
+            assert time.monotonic() < deadline, "upstream tasks left in the scheduler"
+            time.sleep(0.05)
     counts = _runs(runs)
     # checkpointed tasks ran exactly once across both runs; upstream loads were not re-run
     assert counts == {

@@ -20,7 +20,8 @@ rewritten:
 - a key the store has: its ``run_spec`` becomes a loader task with no
   dependencies, and its dependency edges are cut, so Dask never walks to the
   upstream tasks and they are not run. The original run_spec and
-  dependencies are kept; Dask's ``retries`` of the task get one extra retry:
+  dependencies are kept until the load succeeded (then the upstream tasks
+  nobody else needs are forgotten); Dask's ``retries`` of the task get one extra retry:
   when the loader fails (corrupt or missing file), the transition hook
   restores the original run_spec and dependencies before Dask re-queues the
   task, and the task is recomputed from its inputs (and written again). A
@@ -288,7 +289,9 @@ class Checkpoint(SchedulingPolicy):
         """Count saves and loads; restore the original task when a load failed."""
         if start != "processing":
             if finish == "forgotten":
-                self.loading.pop(key, None)
+                loaded = self.loading.pop(key, None)
+                if loaded is not None:
+                    self._forget_later(loaded.dependencies)
                 self.saving.discard(key)
             return
         if finish == "memory":
@@ -298,8 +301,11 @@ class Checkpoint(SchedulingPolicy):
                 name = self.store.filename(key)
                 self.known.add(name)
                 self._coordinate(key, name, kwargs)
-            elif self.loading.pop(key, None) is not None:
-                self.loaded += 1
+            else:
+                loaded = self.loading.pop(key, None)
+                if loaded is not None:
+                    self.loaded += 1
+                    self._forget_later(loaded.dependencies)
         elif key in self.loading and finish in ("released", "erred"):
             ts = self.extension.scheduler.tasks[key]
             loaded = self.loading.pop(key)
@@ -316,6 +322,37 @@ class Checkpoint(SchedulingPolicy):
                     dts.dependents.add(ts)
                 self.saving.add(key)
             # else: an input was forgotten meanwhile; the retry loads again and errs
+
+    def _forget_later(self, dependencies: set) -> None:
+        if dependencies:
+            ext = self.extension
+            ext.scheduler.loop.add_callback(ext.run_policy, self, "forget_unneeded", dependencies)
+
+    def forget_unneeded(self, dependencies: set) -> int:
+        """Forget cut-off upstream tasks nobody needs (kept until the load succeeded).
+
+        Parameters
+        ----------
+        dependencies : set of TaskState
+            The original dependencies of a task that was loaded from the store.
+
+        Returns
+        -------
+        int
+            Tasks sent to ``forgotten`` (Dask follows on to their own inputs).
+        """
+        scheduler = self.extension.scheduler
+        recs = {
+            dts.key: "forgotten"
+            for dts in dependencies
+            if scheduler.tasks.get(dts.key) is dts
+            and dts.state == "released"
+            and not dts.dependents
+            and not dts.who_wants
+        }
+        if recs:
+            scheduler.transitions(recs, stimulus_id=f"oxigdal-checkpoint-forget-{time()}")
+        return len(recs)
 
     def _coordinate(self, key: Any, name: str, kwargs: dict[str, Any]) -> None:
         # -- coordinator (issue 6): record the manifest entry, when enabled -----
