@@ -109,14 +109,19 @@ class CheckpointStore:
         return f"{self.root.rstrip('/')}/{self.filename(key)}"
 
     @staticmethod
-    def encode(value: Any) -> bytes:
-        """Header + pickled value."""
+    def _parts(value: Any) -> tuple[bytes, bytes]:
         payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         digest = hashlib.sha256(payload).hexdigest()
-        return MAGIC + f" {digest} {len(payload)}\n".encode() + payload
+        return MAGIC + f" {digest} {len(payload)}\n".encode(), payload
+
+    @classmethod
+    def encode(cls, value: Any) -> bytes:
+        """Header + pickled value (the bytes of a checkpoint file)."""
+        header, payload = cls._parts(value)
+        return header + payload
 
     @staticmethod
-    def decode(data: bytes, where: str = "checkpoint") -> Any:
+    def decode(data: bytes | memoryview, where: str = "checkpoint") -> Any:
         """Check and unpickle a checkpoint file's bytes.
 
         Raises
@@ -124,14 +129,16 @@ class CheckpointStore:
         CheckpointCorrupt
             Bad magic, header, length or checksum.
         """
-        head, sep, payload = data.partition(b"\n")
-        parts = head.split(b" ")
-        if not sep or len(parts) != 3 or parts[0] != MAGIC:
+        view = memoryview(data)
+        end = bytes(view[:200]).find(b"\n")
+        parts = bytes(view[:end]).split(b" ") if end >= 0 else []
+        if len(parts) != 3 or parts[0] != MAGIC:
             raise CheckpointCorrupt(f"{where}: bad header (not an oxigdal checkpoint)")
         try:
             digest, nbytes = parts[1].decode("ascii"), int(parts[2])
         except (UnicodeDecodeError, ValueError):
-            raise CheckpointCorrupt(f"{where}: bad header {head[:80]!r}") from None
+            raise CheckpointCorrupt(f"{where}: bad header {bytes(view[:end])[:80]!r}") from None
+        payload = view[end + 1 :]
         if len(payload) != nbytes:
             raise CheckpointCorrupt(
                 f"{where}: truncated or padded: {len(payload)} bytes, header says {nbytes}"
@@ -142,20 +149,23 @@ class CheckpointStore:
 
     def save(self, key: Any, value: Any) -> dict[str, Any]:
         """Write ``value`` atomically; return its manifest entry."""
-        data = self.encode(value)
+        header, payload = self._parts(value)
         path = self.path(key)
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         if self.local:
             with open(tmp, "wb") as f:
-                f.write(data)
+                f.write(header)
+                f.write(payload)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         else:
             with self.fs.open(tmp, "wb") as f:
-                f.write(data)
+                f.write(header)
+                f.write(payload)
             self.fs.mv(tmp, path)
-        return {"path": path, "nbytes": len(data), "sha256": data[6:70].decode(), "at": time()}
+        nbytes = len(header) + len(payload)
+        return {"path": path, "nbytes": nbytes, "sha256": header[6:70].decode(), "at": time()}
 
     def load(self, key: Any) -> Any:
         """Read, check and return ``key``'s value.
@@ -167,8 +177,12 @@ class CheckpointStore:
         """
         path = self.path(key)
         try:
-            with self.fs.open(path, "rb") as f:
-                data = f.read()
+            if self.local:
+                with open(path, "rb") as f:
+                    data = f.read()
+            else:
+                with self.fs.open(path, "rb") as f:
+                    data = f.read()
         except FileNotFoundError:
             raise CheckpointCorrupt(f"checkpoint of {key!r} is missing ({path})") from None
         return self.decode(data, f"checkpoint of {key!r} ({path})")
