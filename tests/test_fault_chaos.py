@@ -31,7 +31,9 @@ def combine(x, y):
 def tree(n=60):
     level = [delayed(leaf, pure=True)(i) for i in range(n)]
     while len(level) > 1:
-        nxt = [delayed(combine, pure=True)(a, b) for a, b in zip(level[::2], level[1::2], strict=False)]
+        nxt = [
+            delayed(combine, pure=True)(a, b) for a, b in zip(level[::2], level[1::2], strict=False)
+        ]
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt
