@@ -106,3 +106,23 @@ async def test_bad_settings_fail_registration_naming_the_value(c, s, a):
         with pytest.raises(ConfigError, match=match):
             await register(c, policies=[{**RETRIES, **bad}], replace=True)
     assert await c.submit(lambda: 1) == 1  # the scheduler is fine
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1), ("127.0.0.1", 1)], timeout=120)
+async def test_retries_compose_with_quota_holds(c, s, a, b, tmp_path):
+    # tenant "a" may run one task at a time (Quota holds the rest in no-worker);
+    # a failed attempt waits out its backoff, then runs, and the held tasks follow
+    await register(
+        c,
+        tenants={"a": {"weight": 1, "max-tasks": 1}},
+        policies=[{"class": "dask_oxigdal.scheduling.quota.Quota"}, {**RETRIES, "backoff": 0.1}],
+    )
+    path = str(tmp_path / "attempts")
+    with annotate(tenant="a", retries=2):
+        flaky_fut = c.submit(flaky, path, 1, pure=False)
+        others = c.map(lambda x: x + 1, range(5))
+    assert await flaky_fut == 2
+    assert await c.gather(others) == [1, 2, 3, 4, 5]
+    snap = (await status(c))["policies"]
+    assert snap["Quota"]["max_admitted"]["a"] == 1
+    assert snap["Retries"]["retried"] == 1 and snap["Retries"]["held"] == 0

@@ -136,7 +136,7 @@ class Quarantine(SchedulingPolicy):
         address = worker if isinstance(worker, str) else getattr(worker, "address", worker)
         b = self.breakers.get(address)
         name = status if isinstance(status, str) else status.name
-        if b is not None and b.state != "closed" and self.extension.run_policy(self, "_ok"):
+        if b is not None and b.state != "closed" and self._in_charge():
             b.reported = name
             if name == "running":
                 # keep it out of `running`: forward as paused
@@ -144,8 +144,14 @@ class Quarantine(SchedulingPolicy):
                 return
         self._original_handler(status, worker, stimulus_id)
 
-    def _ok(self) -> bool:
-        return True
+    def _in_charge(self) -> bool:
+        """Whether this policy is enabled and its extension is still the installed one."""
+        ext = self.extension
+        return (
+            ext.scheduler is not None
+            and ext.scheduler.plugins.get(ext.name) is ext
+            and ext._policy_name(self) not in ext.disabled
+        )
 
     # ---------------------------------------------------------- transitions
     def transition(
