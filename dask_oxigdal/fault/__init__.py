@@ -8,14 +8,16 @@
   rescheduling away from the slow worker;
 - :class:`~dask_oxigdal.fault.checkpoint.Checkpoint`: checkpoint/resume of
   tasks annotated ``checkpoint=True`` in an fsspec store
-  (:class:`~dask_oxigdal.fault.checkpoint.CheckpointStore`).
+  (:class:`~dask_oxigdal.fault.checkpoint.CheckpointStore`);
+- :func:`~dask_oxigdal.fault.hedge.hedge` (``dox.hedge``): a hedged copy of a
+  leaf task, decided on the client.
 
 See docs/fault-tolerance.md.
 """
 
 from __future__ import annotations
 
-__all__ = ["Checkpoint", "CheckpointStore", "Quarantine", "Retries", "Stragglers"]
+__all__ = ["Checkpoint", "CheckpointStore", "Quarantine", "Retries", "Stragglers", "hedge"]
 
 
 def __getattr__(name: str):
@@ -32,6 +34,10 @@ def __getattr__(name: str):
         from dask_oxigdal.fault.straggler import Stragglers
 
         return Stragglers
+    if name == "hedge":
+        from dask_oxigdal.fault.hedge import hedge
+
+        return hedge
     if name in ("Checkpoint", "CheckpointStore"):
         from dask_oxigdal.fault import checkpoint
 

@@ -13,8 +13,8 @@ makes exactly ``retries + 1`` attempts and then errs as usual) and changes
   restriction: the failed worker is still used when no other one is
   running).
 
-``retries`` comes from ``dox.annotate(retries=...)`` (or Dask's own
-``retries=``); the backoff from ``dox.annotate(backoff=...)`` or
+``retries`` comes from ``dox.annotate(retries=...)`` or Dask's own
+``retries=`` (the larger wins); the backoff from ``dox.annotate(backoff=...)`` or
 ``oxigdal.retries.backoff``.
 
 How a task waits: when Dask re-queues a failed task (``processing ->
@@ -169,7 +169,8 @@ class Retries(SchedulingPolicy):
         for ts, info in new:
             ann = info.annotations
             if ann.retries is not None:
-                ts.retries = ann.retries
+                # the larger of Dask's own ``retries=`` and ours (Checkpoint may add one)
+                ts.retries = max(ts.retries, ann.retries)
             if ts.retries > 0:
                 backoff = ann.backoff if ann.backoff is not None else self.backoff
                 self.tasks[ts.key] = _Retry(ts.retries, backoff)
