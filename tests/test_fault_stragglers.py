@@ -61,12 +61,16 @@ async def test_stalled_first_attempts_are_rescheduled(c, s, a, b, tmp_path):
     # correct results: every key's value comes from a normal (second) attempt
     assert await c.gather(futs) == list(range(40))
     snap = (await status(c))["policies"]["Stragglers"]
-    assert snap["backups"] == 2
-    assert {r["key"] for r in snap["recent"]} == {futs[i].key for i in stalled}
+    moved = {r["key"] for r in snap["recent"]}
+    # both stalled tasks were moved; on a loaded machine a normal task may also
+    # overrun the threshold and be moved (once)
+    assert {futs[i].key for i in stalled} <= moved
+    assert snap["backups"] == len(moved) >= 2
     attempts = sorted(int(n.split("-")[0]) for n in os.listdir(runs))
-    assert attempts == sorted([*range(40), *stalled])  # one extra run per stalled task only
+    extra = sorted(i for i in range(40) if futs[i].key in moved)
+    assert attempts == sorted([*range(40), *extra])  # one extra run per moved task only
     events = [e for _, e in await c.get_events("oxigdal") if e.get("kind") == "straggler-backup"]
-    assert len(events) == 2 and all(e["to"] != e["worker"] for e in events)
+    assert len(events) == len(moved) and all(e["to"] != e["worker"] for e in events)
 
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1), ("127.0.0.1", 1)], timeout=120)
@@ -93,7 +97,8 @@ async def test_detect_mode_reports_without_moving(c, s, a, tmp_path):
     results = await c.gather(futs)
     assert results[2] == ("stalled", 2)  # nothing moved: the stalled attempt's value stands
     snap = (await status(c))["policies"]["Stragglers"]
-    assert snap["backups"] == 0 and snap["detected"] == 1
+    assert snap["backups"] == 0 and snap["detected"] >= 1
+    assert futs[2].key in {r["key"] for r in snap["recent"]}
     assert s.plugins[NAME].get_policy("Stragglers").action == "detect"
 
 
