@@ -11,7 +11,9 @@ tasks) and ``half-open`` (one probe task is let through).
   (``WorkerState.last_seen``) is older than ``heartbeat-timeout`` (a hung or
   SIGSTOPped process) is quarantined within seconds, long before Dask's
   ``worker-ttl``; the tasks it was processing are rescheduled on other
-  workers (a stopped process cannot finish them).
+  workers (a stopped process cannot finish them). Silence is only judged
+  when the scheduler's own event loop was responsive since the previous
+  check (a stalled scheduler has not read the heartbeats yet).
 - **Enacting**: an open worker is set to ``Status.paused`` on the scheduler
   (``Scheduler.handle_worker_status_change``), which is how Dask itself keeps
   a paused worker out of ``running``, ``idle`` and ``saturated``: it gets no
@@ -101,6 +103,7 @@ class Quarantine(SchedulingPolicy):
         self.failures_seen = 0
         self.history: deque[dict[str, Any]] = deque(maxlen=100)
         self._original_handler: Any = None
+        self._last_tick = time()
 
     # ----------------------------------------------------------------- setup
     def start(self, extension: Any) -> None:
@@ -112,6 +115,7 @@ class Quarantine(SchedulingPolicy):
         self.cooldown = duration(SECTION, "cooldown", cooldown)
         self.heartbeat_timeout = duration(SECTION, "heartbeat-timeout", heartbeat_timeout)
         scheduler = extension.scheduler
+        self._last_tick = time()
         original = scheduler.stream_handlers[STATUS_OP]
         # unwrap a handler left by a previous (replaced) extension
         original = getattr(original, "_oxigdal_original", original)
@@ -320,11 +324,19 @@ class Quarantine(SchedulingPolicy):
         """Quarantine silent workers; move open workers to half-open after the cooldown."""
         scheduler = self.extension.scheduler
         now = time()
+        # If the scheduler's own event loop was stalled, heartbeats may be waiting
+        # unread in its sockets: judge silence only after a responsive tick.
+        gap, self._last_tick = now - self._last_tick, now
+        responsive = gap < max(self.heartbeat_timeout / 2, 2 * self.extension.interval)
         for address, b in list(self.breakers.items()):
             ws: WorkerState | None = scheduler.workers.get(address)
             if ws is None:
                 continue
-            silent = self.heartbeat_timeout > 0 and now - ws.last_seen > self.heartbeat_timeout
+            silent = (
+                responsive
+                and self.heartbeat_timeout > 0
+                and now - ws.last_seen > self.heartbeat_timeout
+            )
             if b.state == "closed":
                 if silent and self._open(address, f"no heartbeat for {now - ws.last_seen:.1f}s"):
                     self._reschedule_all(ws)
