@@ -12,7 +12,7 @@ import signal
 import time
 
 import pytest
-from distributed import Client, LocalCluster, get_worker, wait
+from distributed import Client, LocalCluster, WorkerPlugin, get_worker, wait
 from distributed.core import Status
 from distributed.utils_test import gen_cluster
 
@@ -35,6 +35,22 @@ def work(x):
     return x + 1
 
 
+class BreakWorker(WorkerPlugin):
+    """Marks one worker as lacking a module; removing the plugin fixes it."""
+
+    name = "oxigdal-test-break-worker"
+
+    def __init__(self, address):
+        self.address = address
+
+    def setup(self, worker):
+        if worker.address == self.address:
+            worker.oxigdal_test_broken = True
+
+    def teardown(self, worker):
+        worker.oxigdal_test_broken = False
+
+
 async def _until(predicate, timeout=60.0, what="condition"):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -53,7 +69,8 @@ def _kinds(events, worker):
 
 @gen_cluster(client=True, nthreads=TWO, timeout=120)
 async def test_broken_worker_is_quarantined_probed_and_readmitted(c, s, a, b):
-    b.oxigdal_test_broken = True
+    await c.register_plugin(BreakWorker(b.address))
+    assert b.oxigdal_test_broken and not getattr(a, "oxigdal_test_broken", False)
     # vanilla Dask: the same job (its oxigdal annotations mean nothing to Dask) fails
     with annotate(retries=3):
         futs = c.map(work, range(20), key=[f"vanilla-{i}" for i in range(20)])
@@ -70,7 +87,8 @@ async def test_broken_worker_is_quarantined_probed_and_readmitted(c, s, a, b):
     assert a.address not in snap["quarantined"]
 
     # fixed: after the cooldown one probe task runs on b and b is readmitted
-    b.oxigdal_test_broken = False
+    await c.unregister_worker_plugin(BreakWorker.name)
+    assert not b.oxigdal_test_broken
     i = 0
 
     async def probe_until_readmitted():
