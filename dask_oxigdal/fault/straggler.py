@@ -172,6 +172,15 @@ class Stragglers(SchedulingPolicy):
             if seconds is not None:
                 p.durations.append(seconds)
                 p.median = None
+        elif finish == "erred" or (finish == "forgotten" and not info.done):
+            # an erred task counts as finished; a cancelled one no longer counts
+            ts = self.extension.scheduler.tasks.get(key)
+            p = self.prefixes.get(ts.prefix.name) if ts is not None else None
+            if p is not None:
+                if finish == "erred":
+                    p.done += 1
+                else:
+                    p.total -= 1
         if finish == "forgotten" and self.flagged:
             self.flagged.discard(key)
 
