@@ -19,7 +19,7 @@ from dask_oxigdal.scheduling.extension import register, status
 
 
 def leaf(i):
-    time.sleep(0.05)
+    time.sleep(0.1)
     return i * i
 
 
