@@ -142,7 +142,9 @@ class Quarantine(SchedulingPolicy):
         name = status if isinstance(status, str) else status.name
         if b is not None and b.state != "closed" and self._in_charge():
             b.reported = name
-            if name == "running":
+            if name == "running" and b.state == "half-open" and b.probe is None:
+                pass  # waiting for its probe: let the worker run again
+            elif name == "running":
                 # keep it out of `running`: forward as paused
                 self._original_handler(Status.paused, address, stimulus_id)
                 return

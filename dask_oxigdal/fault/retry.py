@@ -193,7 +193,8 @@ class Retries(SchedulingPolicy):
         elif finish == "erred" and start == "processing":
             self.exhausted += 1
         elif finish == "forgotten":
-            del self.tasks[key]
+            if self.tasks.pop(key).held:
+                self.held -= 1
 
     def _hold(self, ts: TaskState, r: _Retry) -> None:
         from dask_oxigdal.scheduling.extension import HOLD_ADDRESS
