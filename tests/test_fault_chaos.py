@@ -84,4 +84,9 @@ def test_tree_reduction_survives_repeated_sigkill():
                 t.join(60)
             assert result == expected
             assert len(killed) >= 2, killed
-            assert status(c)["installed"]
+            snap = status(c)
+            # the default fault policies ran through the chaos without being disabled
+            assert snap["disabled"] == {}
+            assert snap["policies"]["Quarantine"]["enabled"]
+            assert snap["policies"]["Stragglers"]["enabled"]
+            assert snap["policies"]["Stragglers"]["action"] == "detect"
