@@ -4,6 +4,7 @@ from dask_oxigdal import config as _config  # noqa: F401  (registers the oxigdal
 from dask_oxigdal._version import __version__
 from dask_oxigdal.annotations import annotate
 from dask_oxigdal.cache import cached
+from dask_oxigdal.fault.hedge import hedge
 from dask_oxigdal.knn import knn
 from dask_oxigdal.scheduling import register, status
 from dask_oxigdal.spectral import INDICES, ndvi, spectral_index
@@ -14,6 +15,7 @@ __all__ = [
     "__version__",
     "annotate",
     "cached",
+    "hedge",
     "knn",
     "ndvi",
     "register",

@@ -1,0 +1,394 @@
+"""Checkpoint / resume of tasks annotated ``checkpoint=True``.
+
+**Store** (:class:`CheckpointStore`): any fsspec URL (default a local
+directory ``.oxigdal/checkpoints``). One file per key, named by the SHA-256
+of the key's string form. A file is a header line ``OXCK1 <sha256 hex>
+<nbytes>\\n`` followed by the pickled result. Writes are atomic: the file is
+written under a temporary name, then moved into place (``os.replace`` for
+local paths, ``fs.mv`` otherwise). Reads check the magic, the length and the
+SHA-256 before unpickling: a flipped byte or a truncated file raises
+:class:`CheckpointCorrupt` and is never returned.
+
+**Policy** (:class:`Checkpoint`): in ``update_graph`` (before Dask
+transitions the new tasks) each new task annotated ``checkpoint=True`` is
+rewritten:
+
+- a key the store does not have: its ``run_spec`` becomes
+  ``Task(key, save, store_url, key_name, <original task>)``: the original
+  task runs nested inside it on the worker, and its result is written to the
+  store before it is returned;
+- a key the store has: its ``run_spec`` becomes a loader task with no
+  dependencies, and its dependency edges are cut, so Dask never walks to the
+  upstream tasks and they are not run. The original run_spec and
+  dependencies are kept until the load succeeded (then the upstream tasks
+  nobody else needs are forgotten); Dask's ``retries`` of the task get one extra retry:
+  when the loader fails (corrupt or missing file), the transition hook
+  restores the original run_spec and dependencies before Dask re-queues the
+  task, and the task is recomputed from its inputs (and written again). A
+  ``checkpoint-corrupt`` event reports it.
+
+Which keys the store has is known from a listing of the store taken when the
+policy starts (in a thread, not on the event loop) plus every checkpoint
+written since; a file deleted behind the scheduler's back is handled like a
+corrupt one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+from dask._task_spec import Task
+from distributed.metrics import time
+
+from dask_oxigdal.exceptions import OxigdalError
+from dask_oxigdal.fault._common import option
+from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
+
+if TYPE_CHECKING:
+    from distributed.scheduler import TaskState
+
+__all__ = ["MAGIC", "Checkpoint", "CheckpointCorrupt", "CheckpointStore"]
+
+SECTION = "checkpoint"
+#: First bytes of every checkpoint file.
+MAGIC = b"OXCK1"
+_SUFFIX = ".ckpt"
+
+
+class CheckpointCorrupt(OxigdalError):
+    """A checkpoint file failed its magic, length or SHA-256 check (or is missing)."""
+
+
+def _key_name(key: Any) -> str:
+    return str(key)
+
+
+class CheckpointStore:
+    """Checkpoint files in an fsspec filesystem.
+
+    Parameters
+    ----------
+    url : str, optional
+        fsspec URL or local path (``oxigdal.checkpoint.store``).
+    storage_options : dict, optional
+        Passed to ``fsspec.core.url_to_fs``.
+    """
+
+    def __init__(self, url: str | None = None, storage_options: dict | None = None) -> None:
+        url = option(SECTION, "store", url)
+        if not isinstance(url, str) or not url:
+            raise ValueError(
+                f"checkpoint store {url!r} is not valid: give a local path or fsspec URL"
+            )
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(url, **self.storage_options)
+        self.local = "file" in (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
+        self.fs.makedirs(self.root, exist_ok=True)
+
+    def __reduce__(self) -> tuple:
+        return (CheckpointStore, (self.url, self.storage_options))
+
+    def __repr__(self) -> str:
+        return f"CheckpointStore({self.url!r})"
+
+    @staticmethod
+    def filename(key: Any) -> str:
+        """File name of ``key``'s checkpoint (SHA-256 of its string form)."""
+        return hashlib.sha256(_key_name(key).encode()).hexdigest() + _SUFFIX
+
+    def path(self, key: Any) -> str:
+        """Full path of ``key``'s checkpoint in the store."""
+        return f"{self.root.rstrip('/')}/{self.filename(key)}"
+
+    @staticmethod
+    def _parts(value: Any) -> tuple[bytes, bytes]:
+        payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        digest = hashlib.sha256(payload).hexdigest()
+        return MAGIC + f" {digest} {len(payload)}\n".encode(), payload
+
+    @classmethod
+    def encode(cls, value: Any) -> bytes:
+        """Header + pickled value (the bytes of a checkpoint file)."""
+        header, payload = cls._parts(value)
+        return header + payload
+
+    @staticmethod
+    def decode(data: bytes | memoryview, where: str = "checkpoint") -> Any:
+        """Check and unpickle a checkpoint file's bytes.
+
+        Raises
+        ------
+        CheckpointCorrupt
+            Bad magic, header, length or checksum.
+        """
+        view = memoryview(data)
+        end = bytes(view[:200]).find(b"\n")
+        parts = bytes(view[:end]).split(b" ") if end >= 0 else []
+        if len(parts) != 3 or parts[0] != MAGIC:
+            raise CheckpointCorrupt(f"{where}: bad header (not an oxigdal checkpoint)")
+        try:
+            digest, nbytes = parts[1].decode("ascii"), int(parts[2])
+        except (UnicodeDecodeError, ValueError):
+            raise CheckpointCorrupt(f"{where}: bad header {bytes(view[:end])[:80]!r}") from None
+        payload = view[end + 1 :]
+        if len(payload) != nbytes:
+            raise CheckpointCorrupt(
+                f"{where}: truncated or padded: {len(payload)} bytes, header says {nbytes}"
+            )
+        if hashlib.sha256(payload).hexdigest() != digest:
+            raise CheckpointCorrupt(f"{where}: SHA-256 mismatch (corrupted content)")
+        return pickle.loads(payload)
+
+    def save(self, key: Any, value: Any) -> dict[str, Any]:
+        """Write ``value`` atomically; return its manifest entry."""
+        header, payload = self._parts(value)
+        path = self.path(key)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        if self.local:
+            with open(tmp, "wb") as f:
+                f.write(header)
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            with self.fs.open(tmp, "wb") as f:
+                f.write(header)
+                f.write(payload)
+            self.fs.mv(tmp, path)
+        nbytes = len(header) + len(payload)
+        return {"path": path, "nbytes": nbytes, "sha256": header[6:70].decode(), "at": time()}
+
+    def load(self, key: Any) -> Any:
+        """Read, check and return ``key``'s value.
+
+        Raises
+        ------
+        CheckpointCorrupt
+            Missing, truncated or corrupted file.
+        """
+        path = self.path(key)
+        try:
+            if self.local:
+                with open(path, "rb") as f:
+                    data = f.read()
+            else:
+                with self.fs.open(path, "rb") as f:
+                    data = f.read()
+        except FileNotFoundError:
+            raise CheckpointCorrupt(f"checkpoint of {key!r} is missing ({path})") from None
+        return self.decode(data, f"checkpoint of {key!r} ({path})")
+
+    def exists(self, key: Any) -> bool:
+        """Whether ``key`` has a checkpoint file."""
+        return self.fs.exists(self.path(key))
+
+    def names(self) -> set[str]:
+        """File names of every checkpoint in the store."""
+        try:
+            entries = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return set()
+        return {e.rsplit("/", 1)[-1] for e in entries if e.endswith(_SUFFIX)}
+
+    def delete(self, key: Any) -> None:
+        """Remove ``key``'s checkpoint if present."""
+        try:
+            self.fs.rm(self.path(key))
+        except FileNotFoundError:
+            pass
+
+
+def save_result(store: CheckpointStore, key: Any, value: Any) -> Any:
+    """Worker side: write ``value`` as ``key``'s checkpoint and return it (task function)."""
+    store.save(key, value)
+    return value
+
+
+def load_result(store: CheckpointStore, key: Any) -> Any:
+    """Worker side: load ``key``'s checkpoint (task function); raise if corrupt."""
+    return store.load(key)
+
+
+class _Loaded:
+    __slots__ = ("dependencies", "run_spec")
+
+    def __init__(self, run_spec: Any, dependencies: set) -> None:
+        self.run_spec = run_spec
+        self.dependencies = dependencies
+
+
+class Checkpoint(SchedulingPolicy):
+    """Persist results of ``checkpoint=True`` tasks; load them instead of recomputing.
+
+    Parameters
+    ----------
+    store : str, optional
+        fsspec URL or local path (``oxigdal.checkpoint.store``).
+    storage_options : dict, optional
+        fsspec options (``oxigdal.checkpoint.storage-options``).
+    """
+
+    name = "Checkpoint"
+
+    def __init__(self, *, store: str | None = None, storage_options: dict | None = None) -> None:
+        super().__init__()
+        self._options = (store, storage_options)
+        self.known: set[str] = set()
+        self.loading: dict[Any, _Loaded] = {}
+        self.saving: set[Any] = set()
+        self.saved = 0
+        self.loaded = 0
+        self.corrupt = 0
+        self.listed = False
+
+    def start(self, extension: Any) -> None:
+        """Open the store and list it (in a thread)."""
+        super().start(extension)
+        url, storage_options = self._options
+        storage_options = option(SECTION, "storage-options", storage_options)
+        self.store = CheckpointStore(option(SECTION, "store", url), storage_options)
+        # -- coordinator (issue 6): restore the manifest, when enabled ---------
+        coordinator = getattr(extension, "coordinator", None)
+        if coordinator is not None:
+            self.known.update(
+                e["path"].rsplit("/", 1)[-1] for e in coordinator.state.manifest.values()
+            )
+        # -- end coordinator ------------------------------------------------------
+        if self.store.local:
+            self.known |= self.store.names()  # a local listing is quick
+            self.listed = True
+        else:
+            loop = extension.scheduler.loop.asyncio_loop
+            fut = loop.run_in_executor(None, self.store.names)
+            fut.add_done_callback(self._listed)
+
+    def _listed(self, fut: Any) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self.known |= fut.result()
+        self.listed = True
+
+    def update_graph(self, new: list[tuple[TaskState, TaskInfo]]) -> None:
+        """Rewrite checkpointed tasks: to a loader if stored, else to compute-and-save."""
+        store = self.store
+        for ts, info in new:
+            if not info.annotations.checkpoint or not isinstance(ts.run_spec, Task):
+                continue
+            name = store.filename(ts.key)
+            if name in self.known:
+                self.loading[ts.key] = _Loaded(ts.run_spec, set(ts.dependencies))
+                for dts in ts.dependencies:
+                    dts.dependents.discard(ts)
+                    if dts.waiters:
+                        dts.waiters.discard(ts)
+                ts.dependencies = set()
+                ts.waiting_on = None
+                ts.run_spec = Task(ts.key, load_result, store, _key_name(ts.key))
+                ts.retries += 1  # a failed load re-queues; the hook restores the original
+            else:
+                ts.run_spec = Task(ts.key, save_result, store, _key_name(ts.key), ts.run_spec)
+                self.saving.add(ts.key)
+
+    def transition(
+        self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
+    ) -> None:
+        """Count saves and loads; restore the original task when a load failed."""
+        if start != "processing":
+            if finish == "forgotten":
+                loaded = self.loading.pop(key, None)
+                if loaded is not None:
+                    self._forget_later(loaded.dependencies)
+                self.saving.discard(key)
+            return
+        if finish == "memory":
+            if key in self.saving:
+                self.saving.discard(key)
+                self.saved += 1
+                name = self.store.filename(key)
+                self.known.add(name)
+                self._coordinate(key, name, kwargs)
+            else:
+                loaded = self.loading.pop(key, None)
+                if loaded is not None:
+                    self.loaded += 1
+                    self._forget_later(loaded.dependencies)
+        elif key in self.loading and finish in ("released", "erred"):
+            ts = self.extension.scheduler.tasks[key]
+            loaded = self.loading.pop(key)
+            self.known.discard(self.store.filename(key))
+            if finish == "erred":
+                return
+            self.corrupt += 1
+            self.extension.emit("checkpoint-corrupt", key=str(key), path=self.store.path(key))
+            alive = self.extension.scheduler.tasks
+            if all(alive.get(d.key) is d for d in loaded.dependencies):
+                ts.run_spec = Task(key, save_result, self.store, _key_name(key), loaded.run_spec)
+                ts.dependencies = set(loaded.dependencies)
+                for dts in loaded.dependencies:
+                    dts.dependents.add(ts)
+                self.saving.add(key)
+            # else: an input was forgotten meanwhile; the retry loads again and errs
+
+    def _forget_later(self, dependencies: set) -> None:
+        if dependencies:
+            ext = self.extension
+            ext.scheduler.loop.add_callback(ext.run_policy, self, "forget_unneeded", dependencies)
+
+    def forget_unneeded(self, dependencies: set) -> int:
+        """Forget cut-off upstream tasks nobody needs (kept until the load succeeded).
+
+        Parameters
+        ----------
+        dependencies : set of TaskState
+            The original dependencies of a task that was loaded from the store.
+
+        Returns
+        -------
+        int
+            Tasks sent to ``forgotten`` (Dask follows on to their own inputs).
+        """
+        scheduler = self.extension.scheduler
+        recs = {
+            dts.key: "forgotten"
+            for dts in dependencies
+            if scheduler.tasks.get(dts.key) is dts
+            and dts.state == "released"
+            and not dts.dependents
+            and not dts.who_wants
+        }
+        if recs:
+            scheduler.transitions(recs, stimulus_id=f"oxigdal-checkpoint-forget-{time()}")
+        return len(recs)
+
+    def _coordinate(self, key: Any, name: str, kwargs: dict[str, Any]) -> None:
+        # -- coordinator (issue 6): record the manifest entry, when enabled -----
+        coordinator = getattr(self.extension, "coordinator", None)
+        if coordinator is not None:
+            coordinator.manifest_put(
+                str(key), {"path": self.store.path(key), "nbytes": kwargs.get("nbytes")}
+            )
+        # -- end coordinator ------------------------------------------------------
+
+    def restart(self) -> None:
+        """Every task was forgotten."""
+        self.loading.clear()
+        self.saving.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        """``saved``, ``loaded``, ``corrupt``, the store and the known checkpoints."""
+        return {
+            "saved": self.saved,
+            "loaded": self.loaded,
+            "corrupt": self.corrupt,
+            "store": self.store.url if hasattr(self, "store") else None,
+            "known": len(self.known),
+            "listed": self.listed,
+        }
