@@ -91,7 +91,9 @@ class CheckpointStore:
         self.local = "file" in (
             self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         )
-        self.fs.makedirs(self.root, exist_ok=True)
+        # the directory is created by the first save: a store that is only
+        # configured (the policy is on by default) writes nothing
+        self._made = False
 
     def __reduce__(self) -> tuple:
         return (CheckpointStore, (self.url, self.storage_options))
@@ -151,6 +153,9 @@ class CheckpointStore:
         """Write ``value`` atomically; return its manifest entry."""
         header, payload = self._parts(value)
         path = self.path(key)
+        if not self._made:
+            self.fs.makedirs(self.root, exist_ok=True)
+            self._made = True
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         if self.local:
             with open(tmp, "wb") as f:
