@@ -81,3 +81,81 @@ class Proc:
 
 
 PYTHON = sys.executable
+
+
+class Group:
+    """A group of coordinator nodes, each a separate process on 127.0.0.1 (stopped by pid)."""
+
+    def __init__(self, tmp_path, n: int = 3, extra: list[str] | None = None):
+        self.tmp = tmp_path
+        self.ports = [free_port() for _ in range(n)]
+        self.addresses = [f"127.0.0.1:{p}" for p in self.ports]
+        self.extra = list(extra or [])
+        self.procs: list[Proc | None] = [None] * n
+        self.starts = 0
+
+    def data_dir(self, i: int) -> str:
+        return str(self.tmp / f"node{i}")
+
+    def state_file(self, i: int) -> str:
+        return str(self.tmp / f"node{i}.state.json")
+
+    def start(self, i: int) -> Proc:
+        self.starts += 1
+        args = [PYTHON, "-m", "dask_oxigdal.coordination", "--self", self.addresses[i]]
+        for j, a in enumerate(self.addresses):
+            if j != i:
+                args += ["--partner", a]
+        ready = self.ready_file(i)
+        if os.path.exists(ready):
+            os.unlink(ready)
+        args += ["--data-dir", self.data_dir(i), "--state-file", self.state_file(i)]
+        args += ["--ready-file", ready, *self.extra]
+        proc = Proc(args, log=str(self.tmp / f"node{i}.log"))
+        self.procs[i] = proc
+        return proc
+
+    def ready_file(self, i: int) -> str:
+        return str(self.tmp / f"node{i}.ready")
+
+    def start_all(self) -> None:
+        for i in range(len(self.addresses)):
+            self.start(i)
+
+    def index(self, address: str | None) -> int | None:
+        return self.addresses.index(address) if address in self.addresses else None
+
+    def kill(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc is not None:
+            proc.kill()
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc is not None:
+                proc.kill()
+
+    def states(self, timeout: float = 60) -> list[dict]:
+        """Each live node's replica (SIGUSR1 -> JSON file), once all report the same position."""
+        import json
+
+        deadline = time.monotonic() + timeout
+        while True:
+            out = []
+            for i, proc in enumerate(self.procs):
+                if proc is None or not proc.alive():
+                    continue
+                # SIGUSR1 before the node installed its handler would kill it
+                wait_for(lambda i=i: os.path.exists(self.ready_file(i)), 60, f"node {i} ready")
+                path = self.state_file(i)
+                if os.path.exists(path):
+                    os.unlink(path)
+                os.kill(proc.pid, signal.SIGUSR1)
+                wait_for(lambda path=path: os.path.exists(path), 30, f"state of node {i}")
+                with open(path) as f:
+                    out.append(json.load(f))
+            if len({s["applied"] for s in out}) == 1 and len({s["commit_index"] for s in out}) == 1:
+                return out
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nodes did not converge: {[s['applied'] for s in out]}")
+            time.sleep(0.2)

@@ -1,6 +1,6 @@
 """Coordinator settings, pysyncobj configuration, security checks and the node runner.
 
-``python -m dask_oxigdal.coordination.node --self HOST:PORT --partner HOST:PORT
+``python -m dask_oxigdal.coordination --self HOST:PORT --partner HOST:PORT
 ... --data-dir DIR`` runs one voting node in the foreground until SIGTERM or
 SIGINT (``dask oxigdal coordinator`` is the same command). The tests spawn it
 with ``subprocess`` and stop it by pid.
@@ -303,7 +303,9 @@ def start_state(settings: CoordinatorSettings, self_address: str | None, **conf_
     )
 
 
-def run_node(settings: CoordinatorSettings, *, ready_file: str | None = None) -> int:
+def run_node(
+    settings: CoordinatorSettings, *, ready_file: str | None = None, state_file: str | None = None
+) -> int:
     """Run one voting node until SIGTERM/SIGINT.
 
     Parameters
@@ -312,6 +314,8 @@ def run_node(settings: CoordinatorSettings, *, ready_file: str | None = None) ->
         ``self_address`` is required.
     ready_file : str, optional
         Written (``"ok"``) once the node is bound, for scripts and tests.
+    state_file : str, optional
+        On SIGUSR1 the node writes its replica and Raft position there (JSON).
 
     Returns
     -------
@@ -322,32 +326,63 @@ def run_node(settings: CoordinatorSettings, *, ready_file: str | None = None) ->
         raise ConfigError("a coordinator node needs --self HOST:PORT")
     node = start_state(settings, settings.self_address)
     stop = threading.Event()
+    dump_requested = threading.Event()
 
     def _stop(signum: int, frame: Any) -> None:
         stop.set()
 
+    def _dump(signum: int, frame: Any) -> None:
+        dump_requested.set()
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if state_file:
+        signal.signal(signal.SIGUSR1, _dump)
     if ready_file:
         with open(ready_file, "w") as f:
             f.write("ok")
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(0.05):
+            if dump_requested.is_set():
+                dump_requested.clear()
+                _write_state(node, state_file)
     finally:
         node.destroy()
     return 0
 
 
+def _write_state(node: Any, path: str) -> None:
+    """Write the node's replica and Raft position as JSON (on SIGUSR1, for checks)."""
+    import json
+
+    view = node.view()
+    out = {
+        "applied": node.raftLastApplied,
+        "commit_index": node.raftCommitIndex,
+        "term": node.raftCurrentTerm,
+        "leader": str(node._getLeader()) if node._getLeader() is not None else None,
+        "is_leader": node._isLeader(),
+        "state": view,
+    }
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(out, f, sort_keys=True)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``python -m dask_oxigdal.coordination.node``)."""
-    p = argparse.ArgumentParser(prog="python -m dask_oxigdal.coordination.node")
+    """Command-line entry point (``python -m dask_oxigdal.coordination``)."""
+    p = argparse.ArgumentParser(prog="python -m dask_oxigdal.coordination")
     p.add_argument("--self", dest="self_address", required=True)
     p.add_argument("--partner", dest="partners", action="append", default=[])
     p.add_argument("--data-dir", required=True)
     p.add_argument("--password", default=None)
     p.add_argument("--insecure", action="store_true")
     p.add_argument("--ready-file", default=None)
+    p.add_argument("--state-file", default=None)
+    p.add_argument("--election-timeout-min", default=None)
+    p.add_argument("--election-timeout-max", default=None)
+    p.add_argument("--heartbeat", default=None)
     args = p.parse_args(argv)
     try:
         settings = CoordinatorSettings.from_config(
@@ -356,12 +391,11 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=args.data_dir,
             password=args.password,
             insecure=args.insecure or None,
+            election_timeout_min=args.election_timeout_min,
+            election_timeout_max=args.election_timeout_max,
+            heartbeat=args.heartbeat,
         )
-        return run_node(settings, ready_file=args.ready_file)
+        return run_node(settings, ready_file=args.ready_file, state_file=args.state_file)
     except (ConfigError, _journal.CorruptJournalError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
