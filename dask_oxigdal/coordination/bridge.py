@@ -31,7 +31,12 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON
 
-from dask_oxigdal.coordination.node import CoordinatorSettings, free_port, start_state
+from dask_oxigdal.coordination.node import (
+    CoordinatorSettings,
+    free_port,
+    start_state,
+    stop_state,
+)
 from dask_oxigdal.coordination.state import SECTIONS, empty_state, make_command
 
 __all__ = ["Coordinator", "StateView"]
@@ -151,7 +156,7 @@ class Coordinator:
             await asyncio.sleep(0.02)
         node, self.node = self.node, None
         self.role = "stopped"
-        await asyncio.get_running_loop().run_in_executor(None, node.destroy)
+        await asyncio.get_running_loop().run_in_executor(None, stop_state, node)
 
     # ------------------------------------------------------------ callbacks (pysyncobj thread)
     def _on_state_changed(self, old: int, new: int) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON
 
-from dask_oxigdal.coordination.node import CoordinatorSettings, start_state
+from dask_oxigdal.coordination.node import CoordinatorSettings, start_state, stop_state
 from dask_oxigdal.coordination.state import make_command
 
 __all__ = ["CallResult", "GroupClient", "NotAcknowledged"]
@@ -72,7 +72,7 @@ class GroupClient:
 
     def close(self) -> None:
         """Stop the observer node."""
-        self.node.destroy()
+        stop_state(self.node)
 
     def __enter__(self) -> GroupClient:
         return self

@@ -32,6 +32,7 @@ __all__ = [
     "node_files",
     "run_node",
     "start_state",
+    "stop_state",
 ]
 
 MODES = ("embedded", "observer")
@@ -293,14 +294,31 @@ def start_state(settings: CoordinatorSettings, self_address: str | None, **conf_
         name = self_address if settings.partners else "embedded"
         journal, dump = node_files(settings.data_dir, name)
         _journal.verify_data_dir(journal, dump)
+    else:
+        # an observer keeps no journal, but a snapshot sent by the leader arrives in
+        # our checksummed dump format: give it a private scratch file to land in
+        import tempfile
+
+        dump = os.path.join(tempfile.mkdtemp(prefix="oxigdal-observer-"), "observer.dump")
     conf = make_conf(settings, journal=journal, dump=dump, **conf_kwargs)
-    return OxigdalState(
+    node = OxigdalState(
         self_address,
         [p for p in settings.partners if p != self_address],
         conf,
         dedupe_window=settings.dedupe_window,
         audit_max=settings.audit_max,
     )
+    node.scratch_dir = os.path.dirname(dump) if self_address is None else None
+    return node
+
+
+def stop_state(node: Any) -> None:
+    """Stop a node started by :func:`start_state` (waits for its thread; removes scratch files)."""
+    import shutil
+
+    node.destroy_synchronous()
+    if getattr(node, "scratch_dir", None):
+        shutil.rmtree(node.scratch_dir, ignore_errors=True)
 
 
 def run_node(
@@ -347,7 +365,8 @@ def run_node(
                 dump_requested.clear()
                 _write_state(node, state_file)
     finally:
-        node.destroy()
+        # synchronous: the journal's metadata is written before the process exits
+        stop_state(node)
     return 0
 
 
