@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import threading
 import uuid
 from collections import OrderedDict
@@ -429,6 +430,8 @@ class OxigdalState(SyncObj):
         _journal.write_dump(filename, {"state": state, "raft": raft}, fsync=self._fsync)
 
     def _deserialize_dump(self, filename: str) -> Any:
+        # a snapshot received from the leader was written by pysyncobj with the umask's mode
+        os.chmod(filename, _journal.FILE_MODE)
         payload = _journal.read_dump(filename)
         state = payload["state"]
         with self._lock:
