@@ -40,11 +40,11 @@ async def test_coordinator_is_off_by_default(c, s, a, b):
     }
 
 
-async def _until(predicate, timeout=120, what="a condition"):
+async def _until(predicate, timeout=120, what="a condition", info=None):
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}: {info() if info else ''}")
         await asyncio.sleep(0.05)
 
 
@@ -68,7 +68,11 @@ def test_no_leader_keeps_scheduling_queues_bounded_writes_and_alerts(tmp_path):
         assert coord.ready and coord.snapshot()["role"] == "observer"
         with annotate(tenant="t1"):
             await c.gather(c.map(time.sleep, [0.01] * 10, key=[f"x-{i}" for i in range(10)]))
-        await _until(lambda: coord.state.usage.get("t1", {}).get("completed") == 10, what="t1")
+        await _until(
+            lambda: coord.state.usage.get("t1", {}).get("completed") == 10,
+            what="t1",
+            info=lambda: (coord.snapshot(), dict(coord.state.usage), coord.node.view()),
+        )
         for proc in group.procs:
             proc.stop()  # SIGSTOP every node: no leader
         try:

@@ -178,12 +178,12 @@ class Coordinator:
         """The local read view (possibly stale; refreshed after each applied batch)."""
         return self._view
 
-    def _enqueue(self, op: str, **args: Any) -> str:
+    def _enqueue(self, op: str, **args: Any) -> str | None:
         command = make_command(op, **args)
         if len(self._queue) >= self.settings.queue_size:
             self.counters["dropped"] += 1
             self._alert("coordinator-queue-full", f"write queue full ({self.settings.queue_size})")
-            return command[0]
+            return None
         self._queue.append(command)
         if len(self._queue) >= self.settings.batch_size and self._in_flight is None:
             self.loop.add_callback(self.flush)
@@ -266,9 +266,13 @@ class Coordinator:
         )
 
     # ------------------------------------------------------------ typed writes
-    def usage_add(self, tenant: str, worker_seconds: float, **fields: Any) -> str:
+    def usage_add(self, tenant: str, worker_seconds: float, **fields: Any) -> str | None:
         """Add to a tenant's usage ledger (``completed``, ``erred``, ``submitted`` counts too;
-        ``recent``/``recent_at`` set the decayed recent usage). Returns the request id."""
+        ``recent``/``recent_at`` set the decayed recent usage).
+
+        Every write method returns the command's request id, or ``None`` when the
+        bounded queue was full and the write was dropped (counted in ``dropped``).
+        """
         return self._enqueue("usage_add", tenant=tenant, worker_seconds=worker_seconds, **fields)
 
     def tenant_set(
@@ -277,7 +281,7 @@ class Coordinator:
         weight: float | None = None,
         max_tasks: int | None = None,
         guaranteed_slots: int | None = None,
-    ) -> str:
+    ) -> str | None:
         """Record a tenant's weight and quotas (``None`` keeps the recorded value)."""
         return self._enqueue(
             "tenant_set",
@@ -287,33 +291,33 @@ class Coordinator:
             guaranteed_slots=guaranteed_slots,
         )
 
-    def quarantine_set(self, worker: str, state: str, reason: str = "") -> str:
+    def quarantine_set(self, worker: str, state: str, reason: str = "") -> str | None:
         """Record a worker's quarantine state (``open``, ``half-open`` or ``closed``)."""
         return self._enqueue(
             "quarantine_set", worker=worker, state=state, reason=reason, at=time.time()
         )
 
-    def quarantine_clear(self, worker: str) -> str:
+    def quarantine_clear(self, worker: str) -> str | None:
         """Remove a worker from the quarantine list."""
         return self._enqueue("quarantine_clear", worker=worker)
 
-    def manifest_put(self, key: str, entry: dict) -> str:
+    def manifest_put(self, key: str, entry: dict) -> str | None:
         """Record a checkpoint: ``key -> {path, sha256, nbytes, ...}`` (plain data)."""
         return self._enqueue("manifest_put", key=key, entry=entry)
 
-    def manifest_delete(self, key: str) -> str:
+    def manifest_delete(self, key: str) -> str | None:
         """Forget a checkpoint."""
         return self._enqueue("manifest_delete", key=key)
 
-    def lease_occupy(self, worker: str, holder: str) -> str:
+    def lease_occupy(self, worker: str, holder: str) -> str | None:
         """Occupy ``worker`` for ``holder`` (a gang or job) unless another holder has it."""
         return self._enqueue("lease_occupy", worker=worker, holder=holder)
 
-    def lease_vacate(self, worker: str, holder: str) -> str:
+    def lease_vacate(self, worker: str, holder: str) -> str | None:
         """Vacate ``worker`` if ``holder`` holds it."""
         return self._enqueue("lease_vacate", worker=worker, holder=holder)
 
-    def audit(self, event: dict) -> str:
+    def audit(self, event: dict) -> str | None:
         """Append ``event`` (plain data) to the audit log."""
         return self._enqueue("audit", event=event)
 

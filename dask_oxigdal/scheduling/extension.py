@@ -720,7 +720,7 @@ class OxigdalScheduling(SchedulerPlugin):
         for tenant, u in self.usage.items():
             ws, done, erred = u.synced
             if u.worker_seconds != ws or u.completed != done or u.erred != erred:
-                coord.usage_add(
+                rid = coord.usage_add(
                     tenant,
                     u.worker_seconds - ws,
                     completed=u.completed - done,
@@ -728,7 +728,8 @@ class OxigdalScheduling(SchedulerPlugin):
                     recent=u.recent,
                     recent_at=u.recent_at,
                 )
-                u.synced = (u.worker_seconds, u.completed, u.erred)
+                if rid is not None:  # queue full: the delta goes with the next tick
+                    u.synced = (u.worker_seconds, u.completed, u.erred)
         coord.flush()
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
