@@ -98,6 +98,9 @@ class CoordinatorSettings:
     dedupe_window: int = 100_000
     audit_max: int = 10_000
     dynamic_membership: bool = True
+    #: pysyncobj compacts its log into the dump after this many entries (not a config
+    #: key: tests lower it to exercise the dump)
+    log_compaction_entries: int = 5000
 
     @classmethod
     def from_config(cls, **overrides: Any) -> CoordinatorSettings:
@@ -269,6 +272,7 @@ def make_conf(
         journalFile=_journal.checksummed_path(journal, fsync=settings.fsync) if journal else None,
         fullDumpFile=dump,
         dynamicMembershipChange=settings.dynamic_membership,
+        logCompactionMinEntries=settings.log_compaction_entries,
         onStateChanged=on_state_changed,
         bindRetryTime=0.2,
         maxBindRetries=50,
@@ -402,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--election-timeout-min", default=None)
     p.add_argument("--election-timeout-max", default=None)
     p.add_argument("--heartbeat", default=None)
+    p.add_argument("--log-compaction-entries", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
         settings = CoordinatorSettings.from_config(
@@ -414,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             election_timeout_max=args.election_timeout_max,
             heartbeat=args.heartbeat,
         )
+        if args.log_compaction_entries:
+            settings.log_compaction_entries = args.log_compaction_entries
         return run_node(settings, ready_file=args.ready_file, state_file=args.state_file)
     except (ConfigError, _journal.CorruptJournalError) as e:
         print(f"error: {e}", file=sys.stderr)
