@@ -131,3 +131,31 @@ def test_guard_pysyncobj_internals():
 
     assert tuple(int(x) for x in VERSION.split(".")[:3]) >= (0, 3, 17)
     assert dask.config.get("oxigdal.coordinator.enabled") is False
+
+
+def test_corrupt_journal_fails_the_extension_start_loudly(tmp_path):
+    data_dir = tmp_path / "coord"
+    config = {
+        "oxigdal.coordinator.enabled": True,
+        "oxigdal.coordinator.data-dir": str(data_dir),
+    }
+
+    @gen_cluster(client=True, config=config)
+    async def first(c, s, a, b):
+        await register(c, tenants={"t1": 2})
+        coord = _ext(s).coordinator
+        assert (await status(c))["coordinator"]["role"] == "leader"
+        await _until(lambda: "t1" in coord.state.tenants, what="the recorded tenant")
+
+    @gen_cluster(client=True, config=config)
+    async def second(c, s, a, b):
+        with pytest.raises(Exception, match="checksum mismatch"):
+            await register(c)
+        assert "oxigdal" not in s.plugins or _ext(s).coordinator is None
+
+    first()
+    journal = data_dir / "embedded.journal"
+    raw = bytearray(journal.read_bytes())
+    raw[-3] ^= 0xFF
+    journal.write_bytes(bytes(raw))
+    second()
