@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench bench-quick lint format clean venv
+.PHONY: demo test bench bench-quick lint format clean venv chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(VENV)/.stamp-all
 	$(BIN)/ruff format --check .
 	$(BIN)/python benchmarks/bench_kernels.py --quick
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the coordinator's full chaos runs: 10 runs x 1,000 acknowledged writes per test (CI runs 2 x 300)
+chaos: $(VENV)/.stamp-all
+	OXIGDAL_CHAOS_RUNS=10 OXIGDAL_CHAOS_WRITES=1000 $(BIN)/python -m pytest \
+		tests/test_coordination_chaos.py -p no:cacheprovider --timeout=3600 -v
 
 bench: $(VENV)/.stamp-all
 	$(BIN)/python benchmarks/bench_kernels.py

@@ -70,3 +70,110 @@ def config_reference() -> None:
     from dask_oxigdal.config import render_reference
 
     click.echo(render_reference(), nl=False)
+
+
+@oxigdal.command()
+@click.option("--self", "self_address", required=True, metavar="HOST:PORT", help="This node.")
+@click.option(
+    "--partner",
+    "partners",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Another voting node of the group (repeat for each).",
+)
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Journal and dump directory (created with mode 0700).",
+)
+@click.option(
+    "--password",
+    default=None,
+    envvar="DASK_OXIGDAL_COORDINATOR_PASSWORD",
+    help="Group password (oxigdal.coordinator.password); also read from "
+    "$DASK_OXIGDAL_COORDINATOR_PASSWORD.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=None,
+    help="Allow a password-less group on non-loopback addresses (remote code execution risk).",
+)
+@click.option("--ready-file", default=None, hidden=True)
+@click.option("--state-file", default=None, hidden=True)
+def coordinator(
+    self_address: str,
+    partners: tuple[str, ...],
+    data_dir: str,
+    password: str | None,
+    insecure: bool | None,
+    ready_file: str | None,
+    state_file: str | None,
+) -> None:
+    """Run one voting node of a coordinator group (replicated policy state) until SIGTERM."""
+    from dask_oxigdal.coordination.journal import CorruptJournalError
+    from dask_oxigdal.coordination.node import CoordinatorSettings, run_node
+    from dask_oxigdal.exceptions import ConfigError
+
+    try:
+        settings = CoordinatorSettings.from_config(
+            self=self_address,
+            partners=list(partners),
+            data_dir=data_dir,
+            password=password,
+            insecure=insecure,
+        )
+        sys.exit(run_node(settings, ready_file=ready_file, state_file=state_file))
+    except (ConfigError, CorruptJournalError) as e:
+        raise click.ClickException(str(e)) from e
+
+
+@oxigdal.command()
+@click.argument("action", type=click.Choice(["add", "remove", "status"]))
+@click.argument("node", required=False, metavar="[HOST:PORT]")
+@click.option(
+    "--connect",
+    required=True,
+    metavar="HOST:PORT",
+    help="A running node of the group (the leader forwards nothing: any member works).",
+)
+@click.option(
+    "--password",
+    default=None,
+    envvar="DASK_OXIGDAL_COORDINATOR_PASSWORD",
+    help="Group password.",
+)
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds.")
+def membership(
+    action: str, node: str | None, connect: str, password: str | None, timeout: float
+) -> None:
+    """Add or remove ONE coordinator node, or print a node's Raft status.
+
+    Add: start the new node first, with every current member as --partner,
+    then run ``membership add NEW --connect MEMBER``. Remove: run
+    ``membership remove OLD --connect MEMBER``, then stop the old node.
+    Change one node at a time and wait for each change to finish.
+    """
+    from pysyncobj.utility import TcpUtility, UtilityException
+
+    if action != "status" and not node:
+        raise click.UsageError(f"membership {action} needs the node's HOST:PORT")
+    for value in (connect, node):
+        if value is not None:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise click.BadParameter(f"{value!r}: expected HOST:PORT")
+    message = ["status"] if action == "status" else [action, node]
+    try:
+        result = TcpUtility(password, timeout=timeout).executeCommand(connect, message)
+    except UtilityException as e:
+        raise click.ClickException(f"membership {action} via {connect}: {e}") from e
+    if isinstance(result, dict):
+        click.echo(
+            json.dumps({str(k): str(v) for k, v in result.items()}, indent=2, sort_keys=True)
+        )
+    else:
+        click.echo(str(result))
+        if action != "status" and not str(result).startswith("SUCCESS"):
+            raise click.ClickException(f"membership {action} {node}: {result}")

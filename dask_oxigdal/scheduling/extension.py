@@ -98,6 +98,24 @@ def _parse_tenants(tenants: Mapping[str, Any] | None) -> dict[str, float]:
     return weights
 
 
+def _recorded_tenants(coordinator: Any) -> dict[str, Any]:
+    """Tenant settings recorded by the coordinator, as ``oxigdal.tenants`` mappings."""
+    if coordinator is None or not coordinator.ready:
+        return {}
+    out: dict[str, Any] = {}
+    for tenant, rec in coordinator.state.tenants.items():
+        entry = {}
+        for key, name in (
+            ("weight", "weight"),
+            ("max_tasks", "max-tasks"),
+            ("guaranteed_slots", "guaranteed-slots"),
+        ):
+            if rec.get(key) is not None:
+                entry[name] = rec[key]
+        out[str(tenant)] = entry
+    return out
+
+
 class _TenantUsage:
     """Per-tenant counters (plain attributes, read by ``snapshot``)."""
 
@@ -111,6 +129,7 @@ class _TenantUsage:
         "recent_at",
         "running",
         "submitted",
+        "synced",
         "worker_seconds",
     )
 
@@ -125,6 +144,8 @@ class _TenantUsage:
         self.bytes_in_memory = 0
         self.recent = 0.0
         self.recent_at = time.time()
+        # (worker_seconds, completed, erred) already written to the coordinator
+        self.synced = (0.0, 0, 0)
 
 
 def _compute_seconds(kwargs: Mapping[str, Any]) -> float:
@@ -206,6 +227,10 @@ class OxigdalScheduling(SchedulerPlugin):
         self._transition_policies: list[SchedulingPolicy] = []
         self._parse_cache: dict[Any, Any] = {}
         self.started_at = 0.0
+        #: the replicated-state handle (dask_oxigdal.coordination.Coordinator), or None
+        #: when ``oxigdal.coordinator.enabled`` is off
+        self.coordinator: Any = None
+        self._restored = False
 
     # ------------------------------------------------------------------ setup
     def _configure(self) -> None:
@@ -214,8 +239,15 @@ class OxigdalScheduling(SchedulerPlugin):
         def cfg(key: str) -> Any:
             return setting(key.removeprefix("oxigdal."))
 
-        tenants = dict(cfg("oxigdal.tenants") or {})
-        tenants.update(o["tenants"] or {})
+        tenants = _recorded_tenants(self.coordinator)
+        for name, value in {**(cfg("oxigdal.tenants") or {}), **(o["tenants"] or {})}.items():
+            # configured settings win over the recorded ones they name
+            recorded = tenants.get(str(name), {})
+            tenants[str(name)] = (
+                {**recorded, **value}
+                if isinstance(value, Mapping)
+                else ({**recorded, "weight": value} if recorded else value)
+            )
         self.weights = _parse_tenants(tenants)
         #: the raw per-tenant settings (weight or mapping), for policies such as Quota
         self.tenant_options = {
@@ -273,6 +305,20 @@ class OxigdalScheduling(SchedulerPlugin):
         """
         if self.scheduler is not None:
             return
+        if self.coordinator is None and setting("coordinator.enabled"):
+            from dask_oxigdal.coordination import Coordinator
+
+            self.coordinator = Coordinator(emit=self.emit)
+            self.scheduler = scheduler  # for emit() while the coordinator starts
+            try:
+                await self.coordinator.start(scheduler.loop)
+            except BaseException:
+                # a corrupt journal or bad settings fail the start, loudly
+                coordinator, self.coordinator = self.coordinator, None
+                await coordinator.close(timeout=0)
+                raise
+            finally:
+                self.scheduler = None
         self._configure()
         self.scheduler = scheduler
         self.started_at = time.time()
@@ -286,6 +332,7 @@ class OxigdalScheduling(SchedulerPlugin):
             except Exception as e:
                 self._disable(policy, "start", e)
         self._refresh_transition_policies()
+        self._coordinator_restore()
         scheduler.handlers[STATUS_HANDLER] = self.status_handler
         old = scheduler.periodic_callbacks.pop(NAME, None)
         if old is not None:  # left by an extension that was unregistered (replace=True)
@@ -303,6 +350,9 @@ class OxigdalScheduling(SchedulerPlugin):
         if pc is not None:
             pc.stop()
         self.scheduler.handlers.pop(STATUS_HANDLER, None)
+        if self.coordinator is not None:
+            self._coordinator_sync()
+            await self.coordinator.close()
 
     def policy_names(self) -> list[str]:
         """Names of the configured policies, in order."""
@@ -728,6 +778,75 @@ class OxigdalScheduling(SchedulerPlugin):
     def _periodic(self) -> None:
         for policy in self._active():
             self._call(policy, "periodic")
+        if self.coordinator is not None:
+            self._coordinator_sync()
+
+    # ------------------------------------------------------------ coordinator
+    def _coordinator_restore(self) -> None:
+        """Restore the usage ledgers recorded by the coordinator; record the tenants' settings."""
+        coord = self.coordinator
+        if coord is None or self._restored or not coord.ready:
+            return
+        self._restored = True
+        state = coord.state
+        for tenant, rec in state.usage.items():
+            u = self.usage.get(tenant)
+            if u is None:
+                u = self.usage[tenant] = _TenantUsage()
+            ws, done, erred = (
+                rec.get("worker_seconds", 0.0),
+                rec.get("completed", 0),
+                rec.get("erred", 0),
+            )
+            u.worker_seconds += ws
+            u.completed += done
+            u.erred += erred
+            u.submitted += done + erred
+            u.synced = (u.synced[0] + ws, u.synced[1] + done, u.synced[2] + erred)
+            if "recent" in rec:
+                u.recent = (
+                    rec["recent"]
+                    * 0.5 ** (max(u.recent_at - rec["recent_at"], 0.0) / self.usage_half_life)
+                    + u.recent
+                )
+        for tenant, options in self.tenant_options.items():
+            settings = {
+                "weight": self.weights.get(tenant),
+                "max_tasks": options.get("max-tasks", options.get("max_tasks")),
+                "guaranteed_slots": options.get(
+                    "guaranteed-slots", options.get("guaranteed_slots")
+                ),
+            }
+            recorded = state.tenants.get(tenant, {})
+            if any(v is not None and recorded.get(k) != v for k, v in settings.items()):
+                coord.tenant_set(tenant, **settings)
+        self.emit(
+            "coordinator-restored",
+            tenants=sorted(state.tenants),
+            usage={t: r.get("worker_seconds", 0.0) for t, r in state.usage.items()},
+            quarantine=len(state.quarantine),
+            manifest=len(state.manifest),
+        )
+
+    def _coordinator_sync(self) -> None:
+        """Write each tenant's usage since the last tick (one command per tenant), then flush."""
+        coord = self.coordinator
+        if not self._restored:
+            self._coordinator_restore()
+        for tenant, u in self.usage.items():
+            ws, done, erred = u.synced
+            if u.worker_seconds != ws or u.completed != done or u.erred != erred:
+                rid = coord.usage_add(
+                    tenant,
+                    u.worker_seconds - ws,
+                    completed=u.completed - done,
+                    erred=u.erred - erred,
+                    recent=u.recent,
+                    recent_at=u.recent_at,
+                )
+                if rid is not None:  # queue full: the delta goes with the next tick
+                    u.synced = (u.worker_seconds, u.completed, u.erred)
+        coord.flush()
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
         """Tell the policies that a worker joined."""
@@ -829,6 +948,11 @@ class OxigdalScheduling(SchedulerPlugin):
             "strict": self.strict,
             "tasks_tracked": len(self.info),
             "malformed_tasks": self.malformed_tasks,
+            "coordinator": (
+                self.coordinator.snapshot()
+                if self.coordinator is not None
+                else {"role": "disabled", "leader": None, "commit_index": 0, "queued_writes": 0}
+            ),
         }
 
     def status_handler(self) -> dict[str, Any]:

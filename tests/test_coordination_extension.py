@@ -1,0 +1,161 @@
+"""The scheduler extension with the coordinator: off by default, writes batched, no-leader behaviour.
+
+Also guards the pysyncobj internals the coordinator relies on.
+"""
+
+from __future__ import annotations
+
+import dask_oxigdal  # noqa: F401  (registers the oxigdal.* defaults before utils_test)
+
+# isort: split
+import asyncio
+import inspect
+import time
+
+import dask
+import pysyncobj
+import pysyncobj.syncobj
+import pytest
+from _coord_procs import Group
+from distributed.utils_test import gen_cluster
+
+from dask_oxigdal.annotations import annotate
+from dask_oxigdal.scheduling.extension import register, status
+
+
+def _ext(s):
+    return s.plugins["oxigdal"]
+
+
+@gen_cluster(client=True)
+async def test_coordinator_is_off_by_default(c, s, a, b):
+    await register(c)
+    assert _ext(s).coordinator is None
+    snap = await status(c)
+    assert snap["coordinator"] == {
+        "role": "disabled",
+        "leader": None,
+        "commit_index": 0,
+        "queued_writes": 0,
+    }
+
+
+async def _until(predicate, timeout=120, what="a condition", info=None):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {info() if info else ''}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_no_leader_keeps_scheduling_queues_bounded_writes_and_alerts(tmp_path):
+    group = Group(tmp_path)
+    group.start_all()
+    config = {
+        "oxigdal.coordinator.enabled": True,
+        "oxigdal.coordinator.mode": "observer",
+        "oxigdal.coordinator.partners": group.addresses,
+        "oxigdal.coordinator.queue-size": 2,
+        "oxigdal.coordinator.commit-timeout": "1s",
+        "oxigdal.scheduling.interval": "100ms",
+    }
+
+    @gen_cluster(client=True, config=config, timeout=240)
+    async def run(c, s, a, b):
+        await register(c, tenants={"t1": 1, "t2": 1, "t3": 1})
+        coord = _ext(s).coordinator
+        assert coord.ready and coord.snapshot()["role"] == "observer"
+        with annotate(tenant="t1"):
+            await c.gather(c.map(time.sleep, [0.01] * 10, key=[f"x-{i}" for i in range(10)]))
+        await _until(
+            lambda: coord.state.usage.get("t1", {}).get("completed") == 10,
+            what="t1",
+            info=lambda: (coord.snapshot(), dict(coord.state.usage), coord.node.view()),
+        )
+        for proc in group.procs:
+            proc.stop()  # SIGSTOP every node: no leader
+        try:
+            # scheduling goes on from the last known state; writes queue up to the bound
+            for tenant in ("t1", "t2", "t3"):
+                with annotate(tenant=tenant):
+                    futs = c.map(time.sleep, [0.01] * 5, key=[f"{tenant}-{i}" for i in range(5)])
+                    await c.gather(futs)
+            await _until(lambda: coord.counters["dropped"] > 0, what="a dropped write")
+            snap = (await status(c))["coordinator"]
+            assert snap["queued_writes"] == snap["queue_bound"] == 2
+            await _until(
+                lambda: any(
+                    e.get("alert") in ("coordinator-no-leader", "coordinator-queue-full")
+                    for _, e in s.get_events("oxigdal")
+                ),
+                what="an alert",
+            )
+            alerts = [e for _, e in s.get_events("oxigdal") if e.get("kind") == "alert"]
+            assert alerts[0]["queue_bound"] == 2
+        finally:
+            for proc in group.procs:
+                proc.cont()
+        # the group heals: the queue drains
+        await _until(lambda: coord.queued_writes == 0 and coord._in_flight is None, what="drain")
+        assert coord.state.usage["t1"]["completed"] >= 10
+
+    try:
+        run()
+    finally:
+        group.stop_all()
+
+
+# ------------------------------------------------------ pysyncobj internals we rely on
+def test_guard_pysyncobj_internals():
+    """Fails loudly if a pysyncobj release changes what the coordinator relies on."""
+    # the journal is created through this module-level name (journal.install wraps it)
+    assert callable(pysyncobj.syncobj.createJournal)
+    src = inspect.getsource(pysyncobj.syncobj.SyncObj.__init__)
+    assert "createJournal(self.__conf.journalFile)" in src
+    # a custom serializer gets (filename, data[1:]); the deserializer returns data[1:]
+    ser = inspect.getsource(pysyncobj.serializer.Serializer)
+    assert "self.__serializer(tmpFile, data[1:])" in ser
+    assert "return (None,) + self.__deserializer(self.__fileName)" in ser
+    # observers, leaders, positions
+    for name in ("_getLeader", "_isLeader", "isReady", "destroy_synchronous", "addNodeToCluster"):
+        assert callable(getattr(pysyncobj.SyncObj, name)), name
+    for prop in ("raftCommitIndex", "raftLastApplied", "raftCurrentTerm"):
+        assert isinstance(getattr(pysyncobj.SyncObj, prop), property), prop
+    assert pysyncobj.FAIL_REASON.SUCCESS == 0
+    conf = pysyncobj.SyncObjConf()
+    for attr in ("serializer", "deserializer", "onStateChanged", "dynamicMembershipChange"):
+        assert hasattr(conf, attr), attr
+    # pinned: earlier releases lost committed data after simultaneous restarts
+    from pysyncobj.version import VERSION
+
+    assert tuple(int(x) for x in VERSION.split(".")[:3]) >= (0, 3, 17)
+    assert dask.config.get("oxigdal.coordinator.enabled") is False
+
+
+def test_corrupt_journal_fails_the_extension_start_loudly(tmp_path):
+    data_dir = tmp_path / "coord"
+    config = {
+        "oxigdal.coordinator.enabled": True,
+        "oxigdal.coordinator.data-dir": str(data_dir),
+    }
+
+    @gen_cluster(client=True, config=config)
+    async def first(c, s, a, b):
+        await register(c, tenants={"t1": 2})
+        coord = _ext(s).coordinator
+        assert (await status(c))["coordinator"]["role"] == "leader"
+        await _until(lambda: "t1" in coord.state.tenants, what="the recorded tenant")
+
+    @gen_cluster(client=True, config=config)
+    async def second(c, s, a, b):
+        with pytest.raises(Exception, match="checksum mismatch"):
+            await register(c)
+        assert "oxigdal" not in s.plugins or _ext(s).coordinator is None
+
+    first()
+    journal = data_dir / "embedded.journal"
+    raw = bytearray(journal.read_bytes())
+    raw[-3] ^= 0xFF
+    journal.write_bytes(bytes(raw))
+    second()

@@ -1,0 +1,179 @@
+"""Scheduler restart recovery, end to end.
+
+A ``dask scheduler --preload dask_oxigdal.preload`` process with the embedded
+coordinator runs a two-tenant workload; the test SIGKILLs it in the middle,
+starts a new scheduler with the same coordinator configuration (and no tenant
+settings of its own) and checks that usage ledgers, quotas, the quarantine
+list and the checkpoint manifest come back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import cloudpickle
+import pytest
+import yaml
+from _coord_procs import PYTHON, Proc, free_port, wait_for
+from distributed import Client
+
+import dask_oxigdal as dox
+from dask_oxigdal.annotations import annotate
+
+# the scheduler cannot import this module: ship the run_on_scheduler functions by value
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _coordinator_state(dask_scheduler):
+    coord = dask_scheduler.plugins["oxigdal"].coordinator
+    st = coord.state
+    return {
+        "usage": dict(st.usage),
+        "tenants": dict(st.tenants),
+        "quarantine": dict(st.quarantine),
+        "manifest": dict(st.manifest),
+        "queued": coord.queued_writes,
+    }
+
+
+def _record_policy_state(dask_scheduler):
+    # the quarantine and checkpoint policies write through these calls
+    coord = dask_scheduler.plugins["oxigdal"].coordinator
+    coord.quarantine_set("tcp://10.1.2.3:4567", "open", "3 failures in 60s")
+    coord.manifest_put(
+        "ndvi-tile-7", {"path": "/tmp/ckpt/7.npy", "sha256": "ab" * 32, "nbytes": 42}
+    )
+
+
+def _start_scheduler(tmp_path, port, tenants, name):
+    conf_dir = tmp_path / f"config-{name}"
+    conf_dir.mkdir()
+    config = {
+        "oxigdal": {
+            "coordinator": {"enabled": True, "data-dir": str(tmp_path / "coord")},
+            "scheduling": {"interval": "100ms"},
+        },
+        "distributed": {"scheduler": {"work-stealing": False}},
+    }
+    if tenants:
+        config["oxigdal"]["tenants"] = tenants
+    (conf_dir / "dask.yaml").write_text(yaml.safe_dump(config))
+    return Proc(
+        [
+            PYTHON,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-address",
+            ":0",
+            "--preload",
+            "dask_oxigdal.preload",
+        ],
+        env={"DASK_CONFIG": str(conf_dir)},
+        log=str(tmp_path / f"{name}.log"),
+    )
+
+
+def _start_worker(tmp_path, address, name):
+    return Proc(
+        [
+            PYTHON,
+            "-m",
+            "distributed.cli.dask_worker",
+            address,
+            "--nthreads",
+            "2",
+            "--no-nanny",
+            "--host",
+            "127.0.0.1",
+            "--dashboard-address",
+            ":0",
+        ],
+        log=str(tmp_path / f"{name}.log"),
+    )
+
+
+def _connect(address, proc):
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return Client(address, timeout=10)
+        except OSError:
+            if not proc.alive() or time.monotonic() > deadline:
+                raise AssertionError(f"scheduler did not start:\n{proc.output()}") from None
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_scheduler_sigkill_restores_ledgers_quotas_quarantine_and_manifest(tmp_path):
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    tenants = {"team-a": {"weight": 3, "max-tasks": 2}, "team-b": 1}
+    procs = []
+    try:
+        s1 = _start_scheduler(tmp_path, port, tenants, "scheduler-1")
+        procs.append(s1)
+        w1 = _start_worker(tmp_path, address, "worker-1")
+        procs.append(w1)
+        with _connect(address, s1) as client:
+            client.wait_for_workers(1, timeout=120)
+            client.run_on_scheduler(_record_policy_state)
+            with annotate(tenant="team-a"):
+                fa = client.map(time.sleep, [0.02] * 30, key=[f"a-{i}" for i in range(30)])
+            with annotate(tenant="team-b"):
+                fb = client.map(time.sleep, [0.02] * 30, key=[f"b-{i}" for i in range(30)])
+            client.gather(fa + fb)
+            before = dox.status(client)
+            assert before["coordinator"]["role"] == "leader"
+            assert before["policies"]["Quota"]["limits"] == {"team-a": 2}
+
+            def recorded():
+                st = client.run_on_scheduler(_coordinator_state)
+                usage = st["usage"]
+                done = all(usage.get(t, {}).get("completed") == 30 for t in ("team-a", "team-b"))
+                return st if done and st["manifest"] and st["quarantine"] else None
+
+            rec = wait_for(recorded, 120, "the usage ledger to be recorded")
+            # more work is running when the scheduler is killed
+            with annotate(tenant="team-a"):
+                running = client.map(time.sleep, [0.5] * 20, key=[f"a2-{i}" for i in range(20)])
+            wait_for(
+                lambda: dox.status(client)["tenants"]["team-a"]["running"] > 0,
+                120,
+                "team-a to run",
+            )
+            del running
+            s1.kill()
+        w1.kill()
+
+        s2 = _start_scheduler(tmp_path, port, None, "scheduler-2")
+        procs.append(s2)
+        with _connect(address, s2) as client:
+            after = dox.status(client)
+            st = client.run_on_scheduler(_coordinator_state)
+        for tenant in ("team-a", "team-b"):
+            recorded_ws = rec["usage"][tenant]["worker_seconds"]
+            assert recorded_ws > 0
+            # fair share continues from the recorded usage, not from zero
+            assert after["tenants"][tenant]["worker_seconds"] >= recorded_ws
+            assert after["tenants"][tenant]["completed"] >= 30
+            assert after["tenants"][tenant]["lifetime_share"] > 0
+        # quotas and weights come back although scheduler-2 has no tenant settings
+        assert after["tenants"]["team-a"]["weight"] == 3
+        assert after["policies"]["Quota"]["limits"] == {"team-a": 2}
+        assert st["quarantine"]["tcp://10.1.2.3:4567"]["state"] == "open"
+        assert st["manifest"]["ndvi-tile-7"]["nbytes"] == 42
+        assert after["coordinator"]["role"] == "leader"
+        json.dumps(after)
+        # the journal is private to the scheduler's user
+        for name in os.listdir(tmp_path / "coord"):
+            assert os.stat(tmp_path / "coord" / name).st_mode & 0o077 == 0, name
+    finally:
+        for p in procs:
+            p.kill()
