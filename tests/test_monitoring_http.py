@@ -106,7 +106,7 @@ def test_progress_groups_by_tenant_on_distributeds_machinery():
         bar = dox.progress(fa, fb, group_by="queue", notebook=False, stream=out)
         assert bar.last["all"] == {"batch": 6, "interactive": 4}
 
-        with pytest.raises(ValueError, match="group_by='colour'.*'tenant'"):
+        with pytest.raises(ValueError, match=r"group_by='colour'.*'tenant'"):
             dox.progress(fa, group_by="colour", notebook=False)
 
 
