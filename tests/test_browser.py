@@ -121,15 +121,17 @@ def test_oxigdal_page_shows_live_numbers(browser, tmp_path):
         assert text("updated") != ticks_before
         # the share plot has one received and one entitled line per tenant
         lines = wait_until(
-            lambda: browser.execute_script(
-                "return [...document.querySelectorAll('#share-plot polyline')]"
-                ".map(e => e.getAttribute('data-tenant'))"
-            )
-            if browser.execute_script(
-                "return document.querySelectorAll('#share-plot polyline').length"
-            )
-            >= 4
-            else None,
+            lambda: (
+                browser.execute_script(
+                    "return [...document.querySelectorAll('#share-plot polyline')]"
+                    ".map(e => e.getAttribute('data-tenant'))"
+                )
+                if browser.execute_script(
+                    "return document.querySelectorAll('#share-plot polyline').length"
+                )
+                >= 4
+                else None
+            ),
             what="the share plot",
         )
         tenants = set(lines)

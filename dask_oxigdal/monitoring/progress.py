@@ -212,7 +212,8 @@ def progress(
 
     In a terminal this blocks until the work ends, drawing a text bar with one
     counter per group; in Jupyter it returns distributed's
-    ``MultiProgressWidget`` at once (put it last in the cell).
+    ``MultiProgressWidget`` at once (put it last in the cell). A kernel without
+    ``ipywidgets`` gets the text bar.
 
     Parameters
     ----------
@@ -255,6 +256,11 @@ def progress(
         group_by = KeyGroups({_tuplify(k): g for k, g in pairs})
     if notebook is None:
         notebook = is_kernel()
+    if notebook:
+        try:
+            import ipywidgets  # noqa: F401
+        except ImportError:  # a kernel without widgets: the text bar
+            notebook = False
     if notebook:
         return MultiProgressWidget(futs, group_by=group_by, complete=complete, interval=interval)
     return TextMultiProgressBar(
