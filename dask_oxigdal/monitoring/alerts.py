@@ -11,8 +11,10 @@ only after the condition cleared, or after ``oxigdal.monitoring.alert-cooldown``
 
 Anomalies: per task prefix, a window of recent compute durations; a new
 duration whose robust z-score ``(x - median) / (1.4826 * MAD)`` exceeds
-``anomaly.threshold`` and which is more than ``anomaly.min-ratio`` times the
-median raises ``task-duration-anomaly`` for that prefix.
+``anomaly.threshold``, which is more than ``anomaly.min-ratio`` times the
+median and at least ``anomaly.min-excess`` above it raises
+``task-duration-anomaly`` for that prefix (at most once per
+``alert-cooldown`` per prefix).
 """
 
 from __future__ import annotations
@@ -276,7 +278,10 @@ class DurationAnomalyDetector:
         Robust z-score above which a duration is anomalous.
     min_ratio : float
         ... and it must also exceed ``min_ratio`` times the median (so tiny
-        absolute jitter on very regular tasks raises nothing).
+        absolute jitter on very regular tasks raises nothing) ...
+    min_excess : float
+        ... and exceed the median by at least this many seconds (a 40 µs task
+        taking 400 µs is scheduling noise, not an anomaly).
     """
 
     def __init__(
@@ -285,6 +290,7 @@ class DurationAnomalyDetector:
         min_samples: int = 10,
         threshold: float = 5.0,
         min_ratio: float = 3.0,
+        min_excess: float = 0.05,
     ) -> None:
         if not (
             isinstance(window, int) and isinstance(min_samples, int) and 2 <= min_samples <= window
@@ -302,6 +308,9 @@ class DurationAnomalyDetector:
         self.min_samples = min_samples
         self.threshold = float(threshold)
         self.min_ratio = float(min_ratio)
+        if not min_excess >= 0:
+            raise ConfigError(f"oxigdal.monitoring.anomaly: min-excess={min_excess!r} must be >= 0")
+        self.min_excess = float(min_excess)
         self.baseline: dict[str, deque] = {}
         self.pending: dict[str, list[float]] = {}
 
@@ -337,7 +346,11 @@ class DurationAnomalyDetector:
                 scale = max(1.4826 * mad, 0.05 * median, 1e-6)
                 for x in values:
                     z = (x - median) / scale
-                    if z > self.threshold and x > self.min_ratio * median:
+                    if (
+                        z > self.threshold
+                        and x > self.min_ratio * median
+                        and x - median >= self.min_excess
+                    ):
                         count += 1
                         if worst is None or z > worst[1]:
                             worst = (x, z)

@@ -82,11 +82,12 @@ class Monitor(SchedulingPolicy):
             raise ConfigError(f"oxigdal.monitoring.recent-alerts={keep!r} must be an integer >= 1")
         a = dict(setting("monitoring.anomaly", None) or {})
         a.update(anomaly or {})
-        unknown = sorted(set(a) - {"enabled", "window", "min-samples", "threshold", "min-ratio"})
+        valid = {"enabled", "window", "min-samples", "threshold", "min-ratio", "min-excess"}
+        unknown = sorted(set(a) - valid)
         if unknown:
             raise ConfigError(
                 f"oxigdal.monitoring.anomaly: unknown key(s) {', '.join(unknown)}; valid keys: "
-                "enabled, window, min-samples, threshold, min-ratio"
+                f"{', '.join(sorted(valid))}"
             )
         self.anomaly_enabled = bool(a.get("enabled", True))
         self.detector = DurationAnomalyDetector(
@@ -94,7 +95,9 @@ class Monitor(SchedulingPolicy):
             min_samples=a.get("min-samples", 10),
             threshold=a.get("threshold", 5.0),
             min_ratio=a.get("min-ratio", 3.0),
+            min_excess=float(parse_timedelta(a.get("min-excess", "50ms"))),
         )
+        self._anomaly_at: dict[str, float] = {}  # prefix -> last anomaly alert
         self.history: deque = deque(maxlen=length)
         self.alerts: deque = deque(maxlen=keep)
         self.alerts_by_rule: dict[str, int] = {}
@@ -135,10 +138,13 @@ class Monitor(SchedulingPolicy):
                     if ss.get("action") == "compute":
                         seconds += ss["stop"] - ss["start"]
                 if seconds > 0:
-                    ext = self.extension
-                    ts = ext.scheduler.tasks.get(key) if ext and ext.scheduler else None
-                    if ts is not None:
-                        self.detector.observe(ts.prefix.name, seconds)
+                    prefix = info.prefix  # set by FairShare; else ask the scheduler
+                    if not prefix:
+                        ext = self.extension
+                        ts = ext.scheduler.tasks.get(key) if ext and ext.scheduler else None
+                        prefix = ts.prefix.name if ts is not None else ""
+                    if prefix:
+                        self.detector.observe(prefix, seconds)
         if finish in _DONE and key in self._open:
             self._open.discard(key)
             if start != "processing":
@@ -172,6 +178,10 @@ class Monitor(SchedulingPolicy):
                     self.raise_alert(alert)
         if self.anomaly_enabled:
             for f in self.detector.check():
+                last = self._anomaly_at.get(f["prefix"])
+                if last is not None and now - last < self.cooldown:
+                    continue
+                self._anomaly_at[f["prefix"]] = now
                 self.raise_alert(
                     {
                         "rule": "task-duration-anomaly",
