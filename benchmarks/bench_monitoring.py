@@ -85,10 +85,11 @@ def _map_run(variant: str, n: int) -> float:
 
 
 def bench_overhead(n: int, rounds: int) -> dict[str, list[float]]:
-    """Per-task seconds of each variant, rounds interleaved."""
+    """Per-task seconds of each variant, rounds interleaved, the order rotated every round."""
     out: dict[str, list[float]] = {"vanilla": [], "no-monitor": [], "monitor": []}
-    for _ in range(rounds):
-        for variant in out:
+    variants = list(out)
+    for r in range(rounds):
+        for variant in variants[r % 3 :] + variants[: r % 3]:
             out[variant].append(_map_run(variant, n))
     return out
 

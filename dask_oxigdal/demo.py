@@ -838,6 +838,8 @@ def run_demo(
         summary["kill"] = kill
         summary["policies"] = policy_counters(final)
         summary["policies_installed"] = sorted((final.get("policies") or {}).keys())
+        monitor = (final.get("policies") or {}).get("Monitor") or {}
+        summary["alerts"] = dict(monitor.get("alerts_by_rule") or {})
         client.cancel(every)
         if keep_alive and not scheduler_address:
             print(format_summary(summary), file=stream)
@@ -999,6 +1001,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(
             "policies           "
             + ", ".join(f"{name.replace('_', ' ')} {_na(value)}" for name, value in p.items())
+        )
+    alerts = summary.get("alerts")
+    if alerts is not None:
+        lines.append(
+            "alerts             "
+            + (", ".join(f"{rule}: {n}" for rule, n in sorted(alerts.items())) or "none")
         )
     lines.append(f"dashboard          {summary.get('dashboard', '-')}")
     urls = summary.get("urls") or {}

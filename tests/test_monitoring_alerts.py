@@ -163,3 +163,28 @@ def test_default_rules_parse():
         "worker-quarantined",
         "coordinator-without-leader",
     ]
+
+
+def test_one_slow_task_is_noise_a_slower_prefix_is_an_anomaly():
+    d = DurationAnomalyDetector(window=20, min_samples=10, threshold=5, min_ratio=3)
+    for _ in range(15):
+        d.observe("tile", 0.1)
+    assert d.check() == []
+    # a single 1 s task among normal ones: a GC pause or a busy host
+    for x in (0.1, 1.0, 0.1, 0.1):
+        d.observe("tile", x)
+    assert d.check() == []
+    # the prefix becomes 5x slower: two in a row, even across two checks
+    d.observe("tile", 0.5)
+    assert d.check() == []
+    d.observe("tile", 0.55)
+    (finding,) = d.check()
+    assert finding["prefix"] == "tile" and finding["value"] == 0.55 and finding["count"] == 2
+    assert finding["median"] == 0.1
+    # sub-millisecond jitter is never an anomaly (min-excess)
+    for _ in range(15):
+        d.observe("noop", 30e-6)
+    d.check()
+    for _ in range(5):
+        d.observe("noop", 400e-6)
+    assert d.check() == []

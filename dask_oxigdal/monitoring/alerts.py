@@ -12,7 +12,8 @@ only after the condition cleared, or after ``oxigdal.monitoring.alert-cooldown``
 Anomalies: per task prefix, a window of recent compute durations; a new
 duration whose robust z-score ``(x - median) / (1.4826 * MAD)`` exceeds
 ``anomaly.threshold``, which is more than ``anomaly.min-ratio`` times the
-median and at least ``anomaly.min-excess`` above it raises
+median and at least ``anomaly.min-excess`` above it is anomalous;
+``anomaly.min-consecutive`` anomalous durations in a row raise
 ``task-duration-anomaly`` for that prefix (at most once per
 ``alert-cooldown`` per prefix).
 """
@@ -282,6 +283,10 @@ class DurationAnomalyDetector:
     min_excess : float
         ... and exceed the median by at least this many seconds (a 40 µs task
         taking 400 µs is scheduling noise, not an anomaly).
+    min_consecutive : int
+        Anomalous durations in a row (in completion order) before the prefix
+        is reported: a single slow task among normal ones is noise (a garbage
+        collection, a busy host), a prefix that became slower stays slow.
     """
 
     def __init__(
@@ -291,6 +296,7 @@ class DurationAnomalyDetector:
         threshold: float = 5.0,
         min_ratio: float = 3.0,
         min_excess: float = 0.05,
+        min_consecutive: int = 2,
     ) -> None:
         if not (
             isinstance(window, int) and isinstance(min_samples, int) and 2 <= min_samples <= window
@@ -311,6 +317,17 @@ class DurationAnomalyDetector:
         if not min_excess >= 0:
             raise ConfigError(f"oxigdal.monitoring.anomaly: min-excess={min_excess!r} must be >= 0")
         self.min_excess = float(min_excess)
+        if (
+            isinstance(min_consecutive, bool)
+            or not isinstance(min_consecutive, int)
+            or min_consecutive < 1
+        ):
+            raise ConfigError(
+                f"oxigdal.monitoring.anomaly: min-consecutive={min_consecutive!r} must be an "
+                "integer >= 1"
+            )
+        self.min_consecutive = min_consecutive
+        self.streaks: dict[str, tuple[int, float, float]] = {}
         self.baseline: dict[str, deque] = {}
         self.pending: dict[str, list[float]] = {}
 
@@ -337,9 +354,10 @@ class DurationAnomalyDetector:
             base = self.baseline.get(prefix)
             if base is None:
                 base = self.baseline[prefix] = deque(maxlen=self.window)
-            worst = None
-            count = 0
-            median = mad = 0.0
+            # (consecutive anomalous durations, slowest of them, its z-score)
+            streak, worst_x, worst_z = self.streaks.get(prefix, (0, 0.0, 0.0))
+            fired = None
+            median = 0.0
             if len(base) >= self.min_samples:
                 median = statistics.median(base)
                 mad = statistics.median(abs(b - median) for b in base)
@@ -351,18 +369,24 @@ class DurationAnomalyDetector:
                         and x > self.min_ratio * median
                         and x - median >= self.min_excess
                     ):
-                        count += 1
-                        if worst is None or z > worst[1]:
-                            worst = (x, z)
-            base.extend(values)
-            if worst is not None:
+                        streak += 1
+                        if z > worst_z:
+                            worst_x, worst_z = x, z
+                        if streak >= self.min_consecutive:
+                            fired = (worst_x, worst_z, streak)
+                    else:  # one slow task among normal ones (GC, a busy host): noise
+                        streak, worst_x, worst_z = 0, 0.0, 0.0
+            if fired is not None:
+                streak, worst_x, worst_z = 0, 0.0, 0.0
                 findings.append(
                     {
                         "prefix": prefix,
-                        "value": worst[0],
+                        "value": fired[0],
                         "median": median,
-                        "zscore": worst[1],
-                        "count": count,
+                        "zscore": fired[1],
+                        "count": fired[2],
                     }
                 )
+            self.streaks[prefix] = (streak, worst_x, worst_z)
+            base.extend(values)
         return findings

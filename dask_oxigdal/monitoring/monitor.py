@@ -82,7 +82,15 @@ class Monitor(SchedulingPolicy):
             raise ConfigError(f"oxigdal.monitoring.recent-alerts={keep!r} must be an integer >= 1")
         a = dict(setting("monitoring.anomaly", None) or {})
         a.update(anomaly or {})
-        valid = {"enabled", "window", "min-samples", "threshold", "min-ratio", "min-excess"}
+        valid = {
+            "enabled",
+            "window",
+            "min-samples",
+            "threshold",
+            "min-ratio",
+            "min-excess",
+            "min-consecutive",
+        }
         unknown = sorted(set(a) - valid)
         if unknown:
             raise ConfigError(
@@ -96,6 +104,7 @@ class Monitor(SchedulingPolicy):
             threshold=a.get("threshold", 5.0),
             min_ratio=a.get("min-ratio", 3.0),
             min_excess=float(parse_timedelta(a.get("min-excess", "50ms"))),
+            min_consecutive=a.get("min-consecutive", 2),
         )
         self._anomaly_at: dict[str, float] = {}  # prefix -> last anomaly alert
         self.history: deque = deque(maxlen=length)
