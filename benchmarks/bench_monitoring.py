@@ -10,6 +10,8 @@ thread, the scheduler in this process):
 - per-task cost of ``n`` no-op ``client.map`` tasks with vanilla Dask, with the
   extension without the Monitor policy (FairShare + Quota), and with it (the
   default policies); ratios against vanilla and Monitor on/off;
+- CPU time per task inside each policy hook (thread CPU time, robust to other
+  jobs on the machine);
 - wall time of one ``GET /metrics`` (distributed's own metrics, then with the
   dask_oxigdal collector registered, for ``--tenants`` tenants with work), best
   of ``--scrapes``.
@@ -94,6 +96,46 @@ def bench_overhead(n: int, rounds: int) -> dict[str, list[float]]:
     return out
 
 
+def bench_hooks(n: int) -> dict[str, float]:
+    """CPU seconds per task spent in each policy hook (thread CPU time, so other jobs
+    on the machine do not inflate it), for ``n`` no-op tasks with the default policies.
+
+    The scheduler runs in this process (LocalCluster), so the hooks of the live
+    extension are wrapped with ``time.thread_time`` counters.
+    """
+    cluster, client = _cluster()
+    try:
+        dask_oxigdal.register(client)
+        ext = cluster.scheduler.plugins["oxigdal"]
+        spent: dict[str, float] = {}
+
+        def wrap(obj, method: str, label: str) -> None:
+            fn = getattr(obj, method)
+
+            def timed(*args, **kwargs):
+                t0 = time.thread_time()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    spent[label] = spent.get(label, 0.0) + time.thread_time() - t0
+
+            setattr(obj, method, timed)
+
+        for policy in ext.policies:
+            for method in ("update_graph", "transition", "periodic"):
+                wrap(policy, method, f"{type(policy).__name__}.{method}")
+        wrap(ext, "transition", "extension.transition (all policies)")
+        client.gather(client.map(noop, range(50), key=[f"warm-{i}" for i in range(50)]))
+        spent.clear()
+        t0 = time.perf_counter()
+        wait(client.map(noop, range(n), key=[f"noop-{i}" for i in range(n)]))
+        spent["wall (not CPU)"] = time.perf_counter() - t0
+        return {k: v / n for k, v in spent.items()}
+    finally:
+        client.close()
+        cluster.close()
+
+
 def bench_scrape(tenants: int, scrapes: int) -> dict[str, float]:
     """Best ``GET /metrics`` wall time without and with the extension."""
     cluster, client = _cluster()
@@ -140,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{variant:<12} {value * 1e3:8.3f} ms/task   x{value / med['vanilla']:.3f} vs vanilla"
         )
     print(f"Monitor on / off: x{med['monitor'] / med['no-monitor']:.3f}")
+    print(f"\n== CPU time per task in the hooks, {n} no-op tasks, default policies ==")
+    for name, value in sorted(bench_hooks(n).items(), key=lambda kv: -kv[1]):
+        print(f"{name:<40} {value * 1e6:9.2f} us/task")
     print(f"\n== GET /metrics, best of {args.scrapes} ==")
     scrape = bench_scrape(args.tenants, args.scrapes)
     base = next(iter(scrape.values()))
