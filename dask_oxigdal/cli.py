@@ -72,7 +72,7 @@ def demo(
     )
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
-    else:
+    elif not (keep_alive and not scheduler_address):  # --keep-alive printed it already
         click.echo(format_summary(summary))
 
 

@@ -98,3 +98,46 @@ def test_policy_counters_read_defensively():
     assert c["gangs_started"] == 3
     assert c["retries"] is None and c["straggler_backups"] is None
     assert policy_counters({})["gangs_started"] is None
+
+
+def test_keep_alive_leaves_the_cluster_up_until_interrupted():
+    import re
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [
+            DASK,
+            "oxigdal",
+            "demo",
+            "--keep-alive",
+            "--no-kill-worker",
+            "--size",
+            "128",
+            "--tiles",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "cluster kept alive" in line:
+                break
+        out = "".join(lines)
+        assert "== dask-oxigdal demo: summary ==" in out
+        url = re.search(r"oxigdal page\s+(\S+)", out).group(1)
+        # the cluster is still up: the page's state shows the demo's tenants
+        state = json.loads(urllib.request.urlopen(url + "state.json", timeout=60).read())
+        assert state["installed"] and set(DEMO_TENANTS) <= set(state["snapshot"]["tenants"])
+        assert state["totals"]["completed"] >= 4
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+        proc.stdout.close()
