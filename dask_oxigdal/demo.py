@@ -533,7 +533,7 @@ class _Sampler:
         return st
 
     def _run(self) -> None:
-        while not self._stop.wait(0.25):
+        while not self._stop.wait(0.1):
             st = self.sample()
             if (
                 st is not None
