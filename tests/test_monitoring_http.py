@@ -124,3 +124,28 @@ async def test_guard_scheduler_http_application_accepts_routes_at_runtime(c, s):
     assert isinstance(s.plugins, dict)
     assert oxhttp.add_routes(s) is True
     assert (await fetch(s, "/oxigdal/state.json")).code == 200
+
+
+ROUTES = [
+    "distributed.http.scheduler.prometheus",
+    "distributed.http.health",
+    "dask_oxigdal.monitoring.http",
+]
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[],
+    scheduler_kwargs=SCHED,
+    config={"distributed.scheduler.http.routes": ROUTES},
+    timeout=60,
+)
+async def test_routes_through_distributeds_http_routes_setting(c, s):
+    # listed in distributed.scheduler.http.routes: served from start-up (the way to
+    # go with a dashboard prefix), and the extension does not add them a second time
+    state = json.loads((await fetch(s, "/oxigdal/state.json")).body)
+    assert state["installed"] is False
+    await register(c)
+    assert s.plugins["oxigdal"].monitoring == {"prometheus": True, "http": False}
+    state = json.loads((await fetch(s, "/oxigdal/state.json")).body)
+    assert state["installed"] is True
