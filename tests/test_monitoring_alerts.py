@@ -116,7 +116,7 @@ def test_builtin_rule_metrics():
     starved = AlertRule("starved", "tenant-share-ratio", below=0.5)
     snap = {
         "tenants": {
-            "a": {"entitled_share": 0.5, "current_share": 0.1, "pending": 5, "running": 1},
+            "a": {"entitled_share": 0.5, "current_share": 0.1, "pending": 5, "running": 0},
             "b": {"entitled_share": 0.5, "current_share": 0.9, "pending": 5, "running": 1},
             "idle": {"entitled_share": 0.0, "current_share": 0.0, "pending": 0, "running": 0},
         },
@@ -188,3 +188,17 @@ def test_one_slow_task_is_noise_a_slower_prefix_is_an_anomaly():
     for _ in range(5):
         d.observe("noop", 400e-6)
     assert d.check() == []
+
+
+def test_a_tenant_with_long_running_tasks_is_not_starved():
+    rule = AlertRule("starved", "tenant-share-ratio", below=0.5)
+    # b has run nothing to completion yet, but holds half of the running tasks
+    snap = {
+        "tenants": {
+            "a": {"entitled_share": 0.5, "current_share": 1.0, "pending": 9, "running": 2},
+            "b": {"entitled_share": 0.5, "current_share": 0.0, "pending": 9, "running": 2},
+        }
+    }
+    assert rule.evaluate(snap, 0.0, 60) == []
+    snap["tenants"]["b"]["running"] = 0
+    assert [a["subject"] for a in rule.evaluate(snap, 1.0, 60)] == ["b"]

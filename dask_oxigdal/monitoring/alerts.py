@@ -33,12 +33,18 @@ __all__ = ["RULE_METRICS", "AlertRule", "DurationAnomalyDetector", "parse_rules"
 
 
 def _tenant_share_ratio(s: dict[str, Any]) -> dict[str, float]:
+    # received / entitled share of tenants with work waiting (only they can be
+    # starved). "Received" is the larger of the recent worker-time share (which
+    # only moves when tasks finish) and the share of the running tasks (which
+    # counts a tenant whose long tasks are still running).
+    tenants = s.get("tenants") or {}
+    total_running = sum(t.get("running", 0) for t in tenants.values())
     out = {}
-    for tenant, t in (s.get("tenants") or {}).items():
+    for tenant, t in tenants.items():
         entitled = t.get("entitled_share", 0.0)
-        # only tenants with work waiting can be starved
         if entitled > 0 and t.get("pending", 0) > t.get("running", 0):
-            out[tenant] = t.get("current_share", 0.0) / entitled
+            running = t.get("running", 0) / total_running if total_running else 0.0
+            out[tenant] = max(t.get("current_share", 0.0), running) / entitled
     return out
 
 
