@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench bench-quick lint format clean venv chaos
+.PHONY: demo test bench bench-quick lint format clean venv chaos browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,16 @@ venv: $(VENV)/.stamp-all
 demo: $(VENV)/.stamp-all
 	$(BIN)/dask oxigdal demo $(DEMO_ARGS)
 
+# Headless Chromium for tests/test_browser.py, from Debian's packages (never a
+# downloaded browser build); installed only when missing, with sudo only if not root.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
+
 # pytest runs last so that its closing "N passed" line is the last thing CI prints.
-test: $(VENV)/.stamp-all
+test: $(VENV)/.stamp-all browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python benchmarks/bench_kernels.py --quick

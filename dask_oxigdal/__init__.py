@@ -6,6 +6,7 @@ from dask_oxigdal.annotations import annotate
 from dask_oxigdal.cache import cached
 from dask_oxigdal.fault.hedge import hedge
 from dask_oxigdal.knn import knn
+from dask_oxigdal.monitoring import progress
 from dask_oxigdal.scheduling import register, status
 from dask_oxigdal.spectral import INDICES, ndvi, spectral_index
 from dask_oxigdal.vector import shuffle, spatial_shuffle
@@ -18,6 +19,7 @@ __all__ = [
     "hedge",
     "knn",
     "ndvi",
+    "progress",
     "register",
     "shuffle",
     "spatial_shuffle",

@@ -31,6 +31,14 @@ def oxigdal() -> None:
     metavar="ADDRESS",
     help="Run against an existing scheduler instead of an embedded LocalCluster.",
 )
+@click.option(
+    "--deadline", default=None, metavar="DURATION", help="Deadline of the NDVI job, e.g. 90s."
+)
+@click.option(
+    "--kill-worker/--no-kill-worker",
+    default=None,
+    help="Kill one worker process mid-run to show recovery (oxigdal.demo.kill-worker).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option(
     "--keep-alive", is_flag=True, help="Leave the embedded cluster up until Ctrl-C, to explore."
@@ -42,10 +50,12 @@ def demo(
     tiles: int | None,
     seed: int | None,
     scheduler_address: str | None,
+    deadline: str | None,
+    kill_worker: bool | None,
     as_json: bool,
     keep_alive: bool,
 ) -> None:
-    """NDVI of a synthetic multi-band scene, one task per tile, on a Dask cluster."""
+    """The multi-tenant demo: NDVI tiles, a vector job, a gang and a killed worker."""
     from dask_oxigdal.demo import format_summary, run_demo
 
     summary = run_demo(
@@ -54,13 +64,15 @@ def demo(
         size=size,
         tiles=tiles,
         seed=seed,
+        deadline=deadline,
+        kill_worker=kill_worker,
         scheduler_address=scheduler_address,
         progress_stream=sys.stderr if as_json else sys.stdout,
         keep_alive=keep_alive,
     )
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
-    else:
+    elif not (keep_alive and not scheduler_address):  # --keep-alive printed it already
         click.echo(format_summary(summary))
 
 

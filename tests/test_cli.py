@@ -80,7 +80,8 @@ def test_demo_json_on_an_embedded_cluster():
     summary = json.loads(out.stdout)
     _check_summary(summary, size, tiles)
     assert "LocalCluster(2 workers" in summary["cluster"]
-    assert len(summary["tasks_per_worker"]) == 2
+    # the killed worker's results were recomputed: only live workers hold results
+    assert 1 <= len(summary["tasks_per_worker"]) <= 2
     assert "tiles done" in out.stderr  # progress goes to stderr in --json mode
 
 

@@ -38,6 +38,7 @@ from tornado.ioloop import PeriodicCallback
 from dask_oxigdal import config as _config  # noqa: F401  (registers the defaults)
 from dask_oxigdal.annotations import parse_annotations
 from dask_oxigdal.exceptions import ConfigError
+from dask_oxigdal.monitoring.status import Status
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 from dask_oxigdal.scheduling.settings import setting
 
@@ -231,6 +232,7 @@ class OxigdalScheduling(SchedulerPlugin):
         #: when ``oxigdal.coordinator.enabled`` is off
         self.coordinator: Any = None
         self._restored = False
+        self.monitoring: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ setup
     def _configure(self) -> None:
@@ -334,6 +336,10 @@ class OxigdalScheduling(SchedulerPlugin):
         self._refresh_transition_policies()
         self._coordinator_restore()
         scheduler.handlers[STATUS_HANDLER] = self.status_handler
+        # observability: Prometheus collector and the /oxigdal/ page (never raises)
+        from dask_oxigdal.monitoring.hooks import attach
+
+        self.monitoring = attach(self)
         old = scheduler.periodic_callbacks.pop(NAME, None)
         if old is not None:  # left by an extension that was unregistered (replace=True)
             old.stop()
@@ -1015,18 +1021,19 @@ def status(client: Client) -> Any:
 
     Returns
     -------
-    dict or awaitable
-        The snapshot (``{"installed": False}`` when the extension is not
+    Status or awaitable
+        The snapshot, a ``dict`` subclass with an HTML ``_repr_html_`` for
+        Jupyter (``{"installed": False}`` when the extension is not
         installed); an awaitable with an asynchronous client.
     """
 
     async def _status() -> dict[str, Any]:
         installed = await client.run_on_scheduler(_has_handler)
         if not installed:
-            return {"installed": False}
+            return Status({"installed": False})
         snap = await client.scheduler.oxigdal_status()
         # msgpack turns lists into tuples: hand back plain JSON types
-        return json.loads(json.dumps(snap))
+        return Status(json.loads(json.dumps(snap)))
 
     return client.sync(_status)
 

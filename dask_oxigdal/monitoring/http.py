@@ -1,0 +1,160 @@
+"""The ``/oxigdal/`` page and ``/oxigdal/state.json`` on the scheduler's HTTP server.
+
+Two ways in:
+
+- :func:`add_routes` (called by the extension when it starts) adds the routes
+  to the running scheduler's tornado application at runtime, at the root of
+  the server;
+- or list this module in ``distributed.scheduler.http.routes`` before the
+  scheduler starts (``dask scheduler`` reads it once, at start-up); that is
+  the way to go with ``--dashboard-prefix``, which the runtime path cannot
+  see.
+
+The page is one HTML file with inline JavaScript and SVG (no external CDN):
+it polls ``state.json`` and redraws.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from distributed.http.utils import RequestHandler
+
+if TYPE_CHECKING:
+    from distributed import Scheduler
+
+__all__ = ["OxigdalPage", "OxigdalState", "add_routes", "routes", "state"]
+
+logger = logging.getLogger(__name__)
+
+TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
+#: History samples sent to the page.
+HISTORY_POINTS = 300
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, tuples -> lists, unknown objects -> str."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_clean(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+def state(scheduler: Scheduler) -> dict[str, Any]:
+    """What ``/oxigdal/state.json`` returns.
+
+    Parameters
+    ----------
+    scheduler : distributed.Scheduler
+
+    Returns
+    -------
+    dict
+        ``installed``, ``time``, ``workers``, ``totals``, ``snapshot`` (the
+        extension's status), ``history`` (share samples), ``alerts``.
+    """
+    from dask_oxigdal.scheduling.extension import NAME
+
+    ext = scheduler.plugins.get(NAME)
+    now = time.time()
+    if ext is None or getattr(ext, "scheduler", None) is None:
+        return {"installed": False, "time": now, "workers": len(scheduler.workers)}
+    snap = ext.snapshot()
+    tenants = snap.get("tenants") or {}
+    totals = {
+        k: sum(t.get(k, 0) for t in tenants.values())
+        for k in ("submitted", "completed", "erred", "running", "pending", "worker_seconds")
+    }
+    history: list = []
+    alerts: list = []
+    try:
+        monitor = ext.get_policy("Monitor")
+    except KeyError:
+        monitor = None
+    if monitor is not None and monitor.name not in ext.disabled:
+        history = monitor.history_points(HISTORY_POINTS)
+        alerts = list(monitor.alerts)[-20:]
+    return _clean(
+        {
+            "installed": True,
+            "time": now,
+            "workers": len(scheduler.workers),
+            "totals": totals,
+            "snapshot": snap,
+            "history": history,
+            "alerts": alerts,
+        }
+    )
+
+
+class OxigdalState(RequestHandler):
+    """``GET /oxigdal/state.json``: :func:`state` as JSON."""
+
+    def get(self) -> None:
+        """Serve the state."""
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.write(json.dumps(state(self.server)))
+
+
+class OxigdalPage(RequestHandler):
+    """``GET /oxigdal/``: the live page (HTML with inline JavaScript and SVG)."""
+
+    def get(self) -> None:
+        """Serve the page."""
+        with open(os.path.join(TEMPLATES, "page.html"), encoding="utf-8") as f:
+            html = f.read()
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.write(html)
+
+
+class _Redirect(RequestHandler):
+    def get(self) -> None:
+        self.redirect(self.request.path + "/")
+
+
+#: Routes in the format of ``distributed.scheduler.http.routes`` modules.
+routes: list[tuple[str, type, dict]] = [
+    (r"/oxigdal/", OxigdalPage, {}),
+    (r"/oxigdal/state.json", OxigdalState, {}),
+    (r"/oxigdal", _Redirect, {}),
+]
+
+
+def add_routes(scheduler: Scheduler) -> bool:
+    """Add the routes to a running scheduler's HTTP server (once per scheduler).
+
+    Parameters
+    ----------
+    scheduler : distributed.Scheduler
+
+    Returns
+    -------
+    bool
+        Whether routes were added (``False``: no HTTP server, or already there
+        through ``distributed.scheduler.http.routes``).
+    """
+    import dask.config
+    from distributed.http.utils import get_handlers
+
+    app = getattr(scheduler, "http_application", None)
+    if app is None:
+        return False
+    if __name__ in (dask.config.get("distributed.scheduler.http.routes", None) or ()):
+        return False
+    if any(h is OxigdalPage for h in getattr(app, "_oxigdal_handlers", ())):
+        return False
+    handlers = get_handlers(server=scheduler, modules=[__name__], prefix="/")
+    app.add_handlers(r".*", handlers)
+    app._oxigdal_handlers = [cls for _, cls, _ in handlers]
+    return True

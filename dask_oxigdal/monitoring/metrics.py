@@ -1,0 +1,298 @@
+"""Metrics derived from the extension's status snapshot (plain dicts, no Prometheus needed).
+
+:func:`metric_families` turns one ``OxigdalScheduling.snapshot()`` (the same
+dict ``dox.status(client)`` returns) into metric families. The Prometheus
+collector, the ``/oxigdal/`` page and the alert rules all read these, so a
+number means the same thing everywhere.
+
+Policies that are not installed read as ``0`` for the gauges the issue lists
+(gangs, deadlines, quarantined workers, straggler backups), and
+``dask_oxigdal_policy_enabled`` tells which policies are present. Wiring a new
+policy counter is one row in :data:`POLICY_METRICS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["POLICY_METRICS", "TENANT_METRICS", "MetricFamily", "metric_families"]
+
+
+@dataclass
+class MetricFamily:
+    """One metric family: name (without the ``dask_oxigdal_`` prefix), type, help, samples.
+
+    Attributes
+    ----------
+    name : str
+        Short name; Prometheus adds ``dask_oxigdal_`` (and ``_total`` to counters).
+    kind : {"gauge", "counter"}
+    documentation : str
+    labels : tuple of str
+    samples : list of (tuple of str, float)
+    """
+
+    name: str
+    kind: str
+    documentation: str
+    labels: tuple[str, ...] = ()
+    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+
+
+#: Per-tenant metrics: (name, kind, help, function of the tenant's snapshot dict).
+TENANT_METRICS: tuple[tuple[str, str, str, Any], ...] = (
+    ("tenant_running", "gauge", "Tasks of the tenant running on workers", lambda t: t["running"]),
+    (
+        "tenant_queued",
+        "gauge",
+        "Tasks of the tenant submitted and not finished nor running",
+        lambda t: max(t["pending"] - t["running"], 0),
+    ),
+    (
+        "tenant_worker_seconds",
+        "counter",
+        "Compute seconds used by the tenant's finished tasks",
+        lambda t: t["worker_seconds"],
+    ),
+    (
+        "tenant_share",
+        "gauge",
+        "Tenant's share of recent worker-time (decaying average)",
+        lambda t: t["current_share"],
+    ),
+    (
+        "tenant_entitled_share",
+        "gauge",
+        "Share the tenant is entitled to (weight over the weights of tenants with work)",
+        lambda t: t["entitled_share"],
+    ),
+    ("tenant_weight", "gauge", "Fair-share weight of the tenant", lambda t: t["weight"]),
+    (
+        "tenant_tasks_completed",
+        "counter",
+        "Tasks of the tenant that finished",
+        lambda t: t["completed"],
+    ),
+    ("tenant_tasks_erred", "counter", "Tasks of the tenant that erred", lambda t: t["erred"]),
+)
+
+#: Policy metrics: (name, kind, help, policy, snapshot key, labels, default when absent).
+#: ``labels`` ``("tenant", "queue")`` reads a ``{tenant: {queue: n}}`` value; ``()`` a
+#: number, or a list (counted).
+POLICY_METRICS: tuple[tuple[str, str, str, str, str, tuple[str, ...], float | None], ...] = (
+    ("gangs_waiting", "gauge", "Gangs waiting to start", "Gang", "waiting", (), 0),
+    ("gangs_running", "gauge", "Gangs running", "Gang", "running", (), 0),
+    ("gangs_started", "counter", "Gangs started", "Gang", "started", (), 0),
+    (
+        "gang_restarts",
+        "counter",
+        "Gangs restarted after a member failed",
+        "Gang",
+        "restarts",
+        (),
+        0,
+    ),
+    (
+        "gangs_refused",
+        "counter",
+        "Gangs refused (larger than the cluster)",
+        "Gang",
+        "refused",
+        (),
+        0,
+    ),
+    (
+        "deadlines_met",
+        "counter",
+        "Tasks that finished before their deadline",
+        "Deadline",
+        "met",
+        ("tenant", "queue"),
+        None,
+    ),
+    (
+        "deadlines_missed",
+        "counter",
+        "Tasks that finished after their deadline",
+        "Deadline",
+        "missed",
+        ("tenant", "queue"),
+        None,
+    ),
+    (
+        "deadlines_rejected",
+        "counter",
+        "Submissions rejected as impossible",
+        "Deadline",
+        "rejected",
+        (),
+        0,
+    ),
+    (
+        "workers_quarantined",
+        "gauge",
+        "Workers in quarantine",
+        "Quarantine",
+        "quarantined",
+        (),
+        0,
+    ),
+    (
+        "straggler_backups",
+        "counter",
+        "Backup copies launched for stragglers",
+        "Stragglers",
+        "backups",
+        (),
+        0,
+    ),
+    ("retries", "counter", "Tasks retried with backoff", "Retries", "retried", (), None),
+    ("checkpoints_saved", "counter", "Checkpoints saved", "Checkpoint", "saved", (), None),
+    ("checkpoints_loaded", "counter", "Checkpoints loaded", "Checkpoint", "loaded", (), None),
+    ("checkpoints_corrupt", "counter", "Corrupt checkpoints", "Checkpoint", "corrupt", (), None),
+    (
+        "locality_hits",
+        "counter",
+        "Tasks placed on a worker with their data",
+        "Locality",
+        "hits",
+        (),
+        None,
+    ),
+    (
+        "locality_misses",
+        "counter",
+        "Tasks placed away from their data",
+        "Locality",
+        "misses",
+        (),
+        None,
+    ),
+)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, (list, tuple, set, dict)):
+        return float(len(value))
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def metric_families(snapshot: dict[str, Any]) -> list[MetricFamily]:
+    """The metric families of one status snapshot.
+
+    Parameters
+    ----------
+    snapshot : dict
+        ``OxigdalScheduling.snapshot()`` or ``dox.status(client)``.
+
+    Returns
+    -------
+    list of MetricFamily
+        Empty when the extension is not installed.
+    """
+    if not snapshot.get("installed"):
+        return []
+    out: list[MetricFamily] = []
+    tenants = snapshot.get("tenants") or {}
+    for name, kind, doc, fn in TENANT_METRICS:
+        fam = MetricFamily(name, kind, doc, ("tenant",))
+        for tenant, t in sorted(tenants.items()):
+            try:
+                fam.samples.append(((tenant,), float(fn(t))))
+            except (KeyError, TypeError, ValueError):
+                continue
+        out.append(fam)
+
+    policies = snapshot.get("policies") or {}
+    monitor = policies.get("Monitor") or {}
+    depth = MetricFamily(
+        "queue_depth", "gauge", "Tasks waiting in each priority queue (not running)", ("queue",)
+    )
+    running = MetricFamily("queue_running", "gauge", "Running tasks of each queue", ("queue",))
+    for queue in snapshot.get("queues") or ():
+        depth.samples.append(((queue,), _number((monitor.get("queue_depth") or {}).get(queue, 0))))
+        running.samples.append(
+            ((queue,), _number((monitor.get("queue_running") or {}).get(queue, 0)))
+        )
+    out += [depth, running]
+
+    for name, kind, doc, policy, key, labels, default in POLICY_METRICS:
+        fam = MetricFamily(name, kind, doc, labels)
+        value = (policies.get(policy) or {}).get(key)
+        if labels == ("tenant", "queue"):
+            for tenant, per_queue in sorted((value or {}).items()):
+                if isinstance(per_queue, dict):
+                    for queue, n in sorted(per_queue.items()):
+                        fam.samples.append(((str(tenant), str(queue)), _number(n)))
+                else:
+                    fam.samples.append(((str(tenant), ""), _number(per_queue)))
+        elif value is not None:
+            fam.samples.append(((), _number(value)))
+        elif default is not None:
+            fam.samples.append(((), float(default)))
+        out.append(fam)
+
+    enabled = MetricFamily(
+        "policy_enabled",
+        "gauge",
+        "1 for each installed policy that is enabled, else 0",
+        ("policy",),
+    )
+    for pname, p in sorted(policies.items()):
+        enabled.samples.append(((pname,), 1.0 if p.get("enabled", True) else 0.0))
+    out.append(enabled)
+
+    alerts = MetricFamily("alerts", "counter", "Alerts raised, per rule", ("rule",))
+    for rule, n in sorted((monitor.get("alerts_by_rule") or {}).items()):
+        alerts.samples.append(((rule,), _number(n)))
+    out.append(alerts)
+
+    out.append(
+        MetricFamily(
+            "tasks_tracked",
+            "gauge",
+            "Live tasks tracked by the extension",
+            (),
+            [((), _number(snapshot.get("tasks_tracked", 0)))],
+        )
+    )
+    out.append(
+        MetricFamily(
+            "malformed_tasks",
+            "counter",
+            "Tasks rejected for malformed oxigdal annotations",
+            (),
+            [((), _number(snapshot.get("malformed_tasks", 0)))],
+        )
+    )
+
+    coordinator = snapshot.get("coordinator")
+    if isinstance(coordinator, dict):
+        role = MetricFamily(
+            "coordinator_role", "gauge", "1 for this node's coordinator role", ("role",)
+        )
+        role.samples.append(((str(coordinator.get("role", "unknown")),), 1.0))
+        out.append(role)
+        out.append(
+            MetricFamily(
+                "coordinator_has_leader",
+                "gauge",
+                "1 when the coordinator knows a leader",
+                (),
+                [((), 1.0 if coordinator.get("leader") else 0.0)],
+            )
+        )
+        for key, doc in (
+            ("commit_index", "Raft commit index of the coordinator"),
+            ("queued_writes", "Writes waiting to be replicated"),
+        ):
+            out.append(
+                MetricFamily(
+                    f"coordinator_{key}", "gauge", doc, (), [((), _number(coordinator.get(key, 0)))]
+                )
+            )
+    return out

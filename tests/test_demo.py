@@ -1,0 +1,143 @@
+"""``dask oxigdal demo --json``: the multi-tenant scenario, run for real, figures checked."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import geopandas
+
+from dask_oxigdal.demo import DEMO_TENANTS, GANG_SIZE, countries_path, policy_counters
+
+DASK = os.path.join(os.path.dirname(sys.executable), "dask")
+
+
+def test_demo_json_figures_are_consistent():
+    size, tiles = 384, 4
+    out = subprocess.run(
+        [DASK, "oxigdal", "demo", "--json", "--size", str(size), "--tiles", str(tiles)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
+    s = json.loads(out.stdout)
+
+    # NDVI: every tile present, every valid tile's NDVI in [-1, 1]
+    per_tile = s["per_tile"]
+    assert sorted(t["tile"] for t in per_tile) == list(range(tiles * tiles))
+    assert sum(t["pixels"] for t in per_tile) == size * size
+    for t in per_tile:
+        assert t["valid"] + t["nodata"] == t["pixels"]
+        if t["valid"]:
+            assert -1.0 <= t["ndvi_min"] <= t["ndvi_mean"] <= t["ndvi_max"] <= 1.0
+        else:
+            assert t["ndvi_mean"] is None
+    assert sum(t["valid"] for t in per_tile) > 0.8 * size * size
+
+    # tenants: shares sum to 1, entitled shares follow the weights
+    tenants = s["tenants"]
+    assert set(tenants) == set(DEMO_TENANTS)
+    assert math.isclose(sum(t["share"] for t in tenants.values()), 1.0)
+    assert math.isclose(sum(t["entitled_share"] for t in tenants.values()), 1.0)
+    total_weight = sum(DEMO_TENANTS.values())
+    for name, t in tenants.items():
+        assert t["weight"] == DEMO_TENANTS[name]
+        assert math.isclose(t["entitled_share"], DEMO_TENANTS[name] / total_weight)
+        assert t["completed"] >= t["tasks"]  # recomputed tasks count again
+        assert t["worker_seconds"] > 0
+    contended = [t["contended_share"] for t in tenants.values()]
+    if s["contention_seconds"] > 0:
+        assert math.isclose(sum(contended), 1.0)
+
+    # the deadline verdict agrees with its figures
+    d = s["deadline"]
+    assert d["met"] == (d["finished_s"] <= d["deadline_s"])
+
+    # the gang rendezvoused (members secede while they wait: no deadlock possible)
+    assert s["gang"]["members"] == GANG_SIZE
+    assert s["gang"]["rendezvous"] is True
+
+    # vector: both partitionings cover every country exactly once
+    countries = geopandas.read_file(countries_path())
+    for scheme in ("hash", "hilbert"):
+        v = s["vector"][scheme]
+        assert v["countries"] == len(countries)
+        assert v["iso_a3"] == sorted(countries["iso_a3"])
+        assert math.isclose(v["population"], float(countries["pop_est"].sum()))
+    hilbert = s["vector"]["hilbert"]["countries_per_partition"]
+    assert max(hilbert) - min(hilbert) <= 1  # Hilbert cuts balance the rows
+
+    # a worker was killed mid-run and the run recovered
+    k = s["kill"]
+    assert k["done"] and k["died"] and k["recovered"], k
+    assert k["workers_after"] >= 2
+
+    # policy counters not installed on this branch read as None ("n/a")
+    for name, value in s["policies"].items():
+        assert value is None or value >= 0, name
+    assert s["urls"]["oxigdal"].endswith("/oxigdal/")
+    assert "tiles done" in out.stderr
+
+
+def test_policy_counters_read_defensively():
+    status = {
+        "policies": {
+            "Deadline": {"met": {"a": {"batch": 2}, "b": {"batch": 1}}, "missed": {}},
+            "Quarantine": {"quarantined": ["tcp://w1", "tcp://w2"]},
+            "Gang": {"started": 3},
+        }
+    }
+    c = policy_counters(status)
+    assert c["deadlines_met"] == 3
+    assert c["deadlines_missed"] == 0
+    assert c["quarantined_workers"] == 2
+    assert c["gangs_started"] == 3
+    assert c["retries"] is None and c["straggler_backups"] is None
+    assert policy_counters({})["gangs_started"] is None
+
+
+def test_keep_alive_leaves_the_cluster_up_until_interrupted():
+    import re
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [
+            DASK,
+            "oxigdal",
+            "demo",
+            "--keep-alive",
+            "--no-kill-worker",
+            "--size",
+            "128",
+            "--tiles",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "cluster kept alive" in line:
+                break
+        out = "".join(lines)
+        assert "== dask-oxigdal demo: summary ==" in out
+        url = re.search(r"oxigdal page\s+(\S+)", out).group(1)
+        # the cluster is still up: the page's state shows the demo's tenants
+        state = json.loads(urllib.request.urlopen(url + "state.json", timeout=60).read())
+        assert state["installed"] and set(DEMO_TENANTS) <= set(state["snapshot"]["tenants"])
+        assert state["totals"]["completed"] >= 4
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+        proc.stdout.close()
