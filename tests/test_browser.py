@@ -136,9 +136,12 @@ def test_oxigdal_page_shows_live_numbers(browser, tmp_path):
         )
         tenants = set(lines)
         assert {"team-a", "team-b"} <= tenants
-        # policies not on this branch read n/a, and nothing is loaded from outside
-        assert text("gangs-waiting") == "n/a"
-        assert text("deadlines-met") == "n/a"
+        # the default Gang, Deadline and Quarantine policies report numbers (this
+        # workload has no gangs, deadlines or quarantined workers); nothing is
+        # loaded from outside
+        assert text("gangs-waiting") == "0" and text("gangs-started") == "0"
+        assert text("deadlines-met") == "0" and text("deadlines-missed") == "0"
+        assert text("quarantined") == "none"
         external = browser.execute_script(
             "return [...document.querySelectorAll('script[src], link[href]')].length"
         )

@@ -39,10 +39,10 @@ def _coordinator_state(dask_scheduler):
     }
 
 
-def _record_policy_state(dask_scheduler):
+def _record_policy_state(quarantined, dask_scheduler=None):
     # the quarantine and checkpoint policies write through these calls
     coord = dask_scheduler.plugins["oxigdal"].coordinator
-    coord.quarantine_set("tcp://10.1.2.3:4567", "open", "3 failures in 60s")
+    coord.quarantine_set(quarantined, "open", "3 failures in 60s")
     coord.manifest_put(
         "ndvi-tile-7", {"path": "/tmp/ckpt/7.npy", "sha256": "ab" * 32, "nbytes": 42}
     )
@@ -80,13 +80,14 @@ def _start_scheduler(tmp_path, port, tenants, name):
     )
 
 
-def _start_worker(tmp_path, address, name):
+def _start_worker(tmp_path, address, name, port=None):
     return Proc(
         [
             PYTHON,
             "-m",
             "distributed.cli.dask_worker",
             address,
+            *(["--worker-port", str(port)] if port else []),
             "--nthreads",
             "2",
             "--no-nanny",
@@ -114,6 +115,8 @@ def _connect(address, proc):
 def test_scheduler_sigkill_restores_ledgers_quotas_quarantine_and_manifest(tmp_path):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
+    qport = free_port()
+    quarantined = f"tcp://127.0.0.1:{qport}"  # a worker address recorded as quarantined
     tenants = {"team-a": {"weight": 3, "max-tasks": 2}, "team-b": 1}
     procs = []
     try:
@@ -123,7 +126,7 @@ def test_scheduler_sigkill_restores_ledgers_quotas_quarantine_and_manifest(tmp_p
         procs.append(w1)
         with _connect(address, s1) as client:
             client.wait_for_workers(1, timeout=120)
-            client.run_on_scheduler(_record_policy_state)
+            client.run_on_scheduler(_record_policy_state, quarantined)
             with annotate(tenant="team-a"):
                 fa = client.map(time.sleep, [0.02] * 30, key=[f"a-{i}" for i in range(30)])
             with annotate(tenant="team-b"):
@@ -155,6 +158,20 @@ def test_scheduler_sigkill_restores_ledgers_quotas_quarantine_and_manifest(tmp_p
         s2 = _start_scheduler(tmp_path, port, None, "scheduler-2")
         procs.append(s2)
         with _connect(address, s2) as client:
+            # a healthy worker, then one at the address recorded as quarantined:
+            # the Quarantine policy opens its breaker again when it joins
+            procs.append(_start_worker(tmp_path, address, "worker-2"))
+            client.wait_for_workers(1, timeout=120)
+            procs.append(_start_worker(tmp_path, address, "worker-3", port=qport))
+            # (not wait_for_workers(2): it counts running workers, and this one is
+            # paused as soon as it joins)
+            wait_for(
+                lambda: (
+                    dox.status(client)["policies"]["Quarantine"]["quarantined"] == [quarantined]
+                ),
+                60,
+                "the restored quarantine to apply to the returning worker",
+            )
             after = dox.status(client)
             st = client.run_on_scheduler(_coordinator_state)
         for tenant in ("team-a", "team-b"):
@@ -167,8 +184,13 @@ def test_scheduler_sigkill_restores_ledgers_quotas_quarantine_and_manifest(tmp_p
         # quotas and weights come back although scheduler-2 has no tenant settings
         assert after["tenants"]["team-a"]["weight"] == 3
         assert after["policies"]["Quota"]["limits"] == {"team-a": 2}
-        assert st["quarantine"]["tcp://10.1.2.3:4567"]["state"] == "open"
+        assert st["quarantine"][quarantined]["state"] == "open"
         assert st["manifest"]["ndvi-tile-7"]["nbytes"] == 42
+        # the policies read the restored state: the breaker, and the manifest entry
+        # among the checkpoints the Checkpoint policy knows
+        breaker = after["policies"]["Quarantine"]["workers"][quarantined]
+        assert breaker["state"] == "open" and breaker["reason"].startswith("restored"), breaker
+        assert after["policies"]["Checkpoint"]["known"] >= 1
         assert after["coordinator"]["role"] == "leader"
         json.dumps(after)
         # the journal is private to the scheduler's user

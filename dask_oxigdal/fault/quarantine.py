@@ -96,6 +96,8 @@ class Quarantine(SchedulingPolicy):
         super().__init__()
         self._options = (failures, window, cooldown, heartbeat_timeout)
         self.breakers: dict[str, _Breaker] = {}
+        # quarantine recorded by the coordinator for workers not connected yet
+        self.restored: dict[str, str] = {}
         self.running: dict[Any, tuple[str, int]] = {}  # key -> (worker, retries at dispatch)
         self.prefix_failures: dict[str, dict[str, float]] = {}
         self.events = 0
@@ -129,11 +131,15 @@ class Quarantine(SchedulingPolicy):
         for address in scheduler.workers:
             self.breakers.setdefault(address, _Breaker())
         # -- coordinator (issue 6): restore quarantine state, when enabled -------
+        # A quarantined worker that is connected now is opened again; one that
+        # reconnects later (same address) is opened when it joins (add_worker).
         coordinator = getattr(extension, "coordinator", None)
         if coordinator is not None:
             for address, entry in dict(coordinator.state.quarantine).items():
-                if address in self.breakers and entry.get("state") in ("open", "half-open"):
-                    self._open(address, f"restored: {entry.get('reason', '')}", force=True)
+                if entry.get("state") in ("open", "half-open"):
+                    self.restored[address] = f"restored: {entry.get('reason', '')}"
+            for address in list(self.breakers):
+                self._reopen_restored(address)
         # -- end coordinator ------------------------------------------------------
 
     def _status_change(self, status: Any, worker: Any, stimulus_id: str) -> None:
@@ -364,8 +370,14 @@ class Quarantine(SchedulingPolicy):
 
     # --------------------------------------------------------------- workers
     def add_worker(self, address: str) -> None:
-        """A new worker starts closed."""
+        """A new worker starts closed, unless the coordinator recorded it quarantined."""
         self.breakers.setdefault(address, _Breaker())
+        self._reopen_restored(address)
+
+    def _reopen_restored(self, address: str) -> None:
+        reason = self.restored.pop(address, None)
+        if reason is not None:
+            self._open(address, reason, force=True)
 
     def remove_worker(self, address: str, stimulus_id: str) -> None:
         """Forget a worker that left."""
