@@ -33,9 +33,11 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import tempfile
 import time
 from typing import Any, TextIO
 
+import dask.config
 import numpy as np
 
 from dask_oxigdal import config
@@ -686,10 +688,22 @@ def run_demo(
     run_id = f"{time.time_ns():x}"[-8:]
 
     with contextlib.ExitStack() as stack:
+        coordinator_settings: dict[str, Any] = {}
         if scheduler_address:
             client = stack.enter_context(Client(scheduler_address))
             where = f"scheduler {scheduler_address}"
         else:
+            if not dask.config.get("oxigdal.coordinator.enabled", False):
+                # the embedded single-node coordinator keeps the policy state
+                # (usage ledgers, quotas, quarantine, checkpoint manifest) in a
+                # journal for the length of the run
+                data_dir = stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="oxigdal-demo-coordinator-")
+                )
+                coordinator_settings = {
+                    "oxigdal.coordinator.enabled": True,
+                    "oxigdal.coordinator.data-dir": data_dir,
+                }
             cluster = stack.enter_context(
                 LocalCluster(
                     n_workers=workers,
@@ -701,7 +715,8 @@ def run_demo(
             )
             client = stack.enter_context(Client(cluster))
             where = f"LocalCluster({workers} workers x {threads_per_worker} threads)"
-        extension = ensure_extension(client, DEMO_TENANTS)
+        with dask.config.set(coordinator_settings):
+            extension = ensure_extension(client, DEMO_TENANTS)
         n_workers = len(client.scheduler_info()["workers"])
         urls = _urls(client.dashboard_link)
         print(
@@ -760,12 +775,15 @@ def run_demo(
         submitted_at["research"] = time.perf_counter()
         gang = f"research-gang-{run_id}"
         with annotate(tenant="research", gang=gang):
-            gang_futures = [
-                client.submit(
-                    gang_member, gang, i, GANG_SIZE, GANG_TIMEOUT, key=f"gang-member-{i}-{run_id}"
-                )
-                for i in range(GANG_SIZE)
-            ]
+            # one submission: a gang is the tasks of one submission with the name
+            gang_futures = client.map(
+                gang_member,
+                [gang] * GANG_SIZE,
+                range(GANG_SIZE),
+                size=GANG_SIZE,
+                timeout=GANG_TIMEOUT,
+                key=[f"gang-member-{i}-{run_id}" for i in range(GANG_SIZE)],
+            )
         with annotate(tenant="research"):
             sim_futures = [
                 client.submit(simulate, seed + i, tile_pixels, 12, key=f"simulate-{i}-{run_id}")
@@ -838,6 +856,7 @@ def run_demo(
         summary["kill"] = kill
         summary["policies"] = policy_counters(final)
         summary["policies_installed"] = sorted((final.get("policies") or {}).keys())
+        summary["coordinator"] = dict(final.get("coordinator") or {"role": "disabled"})
         monitor = (final.get("policies") or {}).get("Monitor") or {}
         summary["alerts"] = dict(monitor.get("alerts_by_rule") or {})
         client.cancel(every)
@@ -1002,6 +1021,16 @@ def format_summary(summary: dict[str, Any]) -> str:
             "policies           "
             + ", ".join(f"{name.replace('_', ' ')} {_na(value)}" for name, value in p.items())
         )
+    coordinator = summary.get("coordinator")
+    if coordinator:
+        if coordinator.get("role") == "disabled":
+            lines.append("coordinator        disabled")
+        else:
+            lines.append(
+                f"coordinator        {coordinator.get('role')}, commit index "
+                f"{coordinator.get('commit_index')}, queued writes "
+                f"{coordinator.get('queued_writes')}"
+            )
     alerts = summary.get("alerts")
     if alerts is not None:
         lines.append(

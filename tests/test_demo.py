@@ -76,9 +76,17 @@ def test_demo_json_figures_are_consistent():
     assert k["done"] and k["died"] and k["recovered"], k
     assert k["workers_after"] >= 2
 
-    # policy counters not installed on this branch read as None ("n/a")
-    for name, value in s["policies"].items():
-        assert value is None or value >= 0, name
+    # every default policy reports: the gang started through the Gang policy, the
+    # NDVI job's deadline was counted (met or missed) by the Deadline policy
+    p = s["policies"]
+    for name, value in p.items():
+        assert value is not None and value >= 0, name
+    assert p["gangs_started"] >= 1
+    assert p["deadlines_met" if d["met"] else "deadlines_missed"] >= 1
+
+    # the embedded coordinator kept the policy state in its journal
+    coordinator = s["coordinator"]
+    assert coordinator["role"] == "leader" and coordinator["commit_index"] > 0, coordinator
     assert s["urls"]["oxigdal"].endswith("/oxigdal/")
     assert "tiles done" in out.stderr
 

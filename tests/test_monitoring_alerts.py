@@ -202,3 +202,17 @@ def test_a_tenant_with_long_running_tasks_is_not_starved():
     assert rule.evaluate(snap, 0.0, 60) == []
     snap["tenants"]["b"]["running"] = 0
     assert [a["subject"] for a in rule.evaluate(snap, 1.0, 60)] == ["b"]
+
+
+def test_disabled_coordinator_raises_no_leader_alert():
+    """The extension reports ``{"role": "disabled"}`` when the coordinator is off:
+    that must not read as a coordinator without a leader."""
+    from dask_oxigdal.monitoring.alerts import RULE_METRICS
+
+    metric = RULE_METRICS["coordinator-has-leader"]
+    assert metric({"coordinator": {"role": "disabled"}}) == {}
+    assert metric({}) == {}
+    assert metric({"coordinator": {"role": "follower", "leader": None}}) == {"coordinator": 0.0}
+    assert metric({"coordinator": {"role": "leader", "leader": "127.0.0.1:1"}}) == {
+        "coordinator": 1.0
+    }

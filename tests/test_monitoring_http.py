@@ -73,7 +73,9 @@ async def test_status_is_json_with_html(c, s, a):
     html = st._repr_html_()
     assert "team-a" in html and "team-b" in html
     assert "<table>" in html and "FairShare" in html
-    assert "n/a" in html  # gangs / deadlines / quarantine not installed here
+    # the default Gang / Deadline / Quarantine policies report; a disabled
+    # coordinator is not shown
+    assert "quarantined workers: 0" in html and "coordinator" not in html
 
 
 def test_progress_groups_by_tenant_on_distributeds_machinery():

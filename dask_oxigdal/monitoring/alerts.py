@@ -28,6 +28,7 @@ from typing import Any
 from dask.utils import parse_timedelta
 
 from dask_oxigdal.exceptions import ConfigError
+from dask_oxigdal.monitoring.metrics import active_coordinator
 
 __all__ = ["RULE_METRICS", "AlertRule", "DurationAnomalyDetector", "parse_rules"]
 
@@ -68,8 +69,8 @@ def _quarantined(s: dict[str, Any]) -> dict[str, float]:
 
 
 def _coordinator_has_leader(s: dict[str, Any]) -> dict[str, float]:
-    c = s.get("coordinator")
-    if not isinstance(c, Mapping):
+    c = active_coordinator(s)
+    if c is None:
         return {}
     return {"coordinator": 1.0 if c.get("leader") else 0.0}
 

@@ -13,6 +13,7 @@ policy counter is one row in :data:`POLICY_METRICS`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,8 +271,8 @@ def metric_families(snapshot: dict[str, Any]) -> list[MetricFamily]:
         )
     )
 
-    coordinator = snapshot.get("coordinator")
-    if isinstance(coordinator, dict):
+    coordinator = active_coordinator(snapshot)
+    if coordinator is not None:
         role = MetricFamily(
             "coordinator_role", "gauge", "1 for this node's coordinator role", ("role",)
         )
@@ -296,3 +297,25 @@ def metric_families(snapshot: dict[str, Any]) -> list[MetricFamily]:
                 )
             )
     return out
+
+
+def active_coordinator(snapshot: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``coordinator`` part of a status snapshot, or ``None`` when it is off.
+
+    The extension always reports the key (``{"role": "disabled"}`` when
+    ``oxigdal.coordinator.enabled`` is off); metrics, alerts and the status
+    widget only show an enabled coordinator.
+
+    Parameters
+    ----------
+    snapshot : mapping
+        ``dox.status(client)`` or the extension's snapshot.
+
+    Returns
+    -------
+    mapping or None
+    """
+    coordinator = snapshot.get("coordinator")
+    if not isinstance(coordinator, Mapping) or coordinator.get("role") == "disabled":
+        return None
+    return coordinator

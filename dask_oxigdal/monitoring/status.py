@@ -11,6 +11,8 @@ import functools
 import os
 from typing import Any
 
+from dask_oxigdal.monitoring.metrics import active_coordinator
+
 __all__ = ["Status", "render_status_html"]
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
@@ -65,7 +67,7 @@ def render_status_html(snapshot: dict[str, Any]) -> str:
             gang=policies.get("Gang"),
             deadline=policies.get("Deadline"),
             quarantine=policies.get("Quarantine"),
-            coordinator=snapshot.get("coordinator"),
+            coordinator=active_coordinator(snapshot),
             alerts=list(reversed(monitor.get("recent_alerts") or [])),
         )
     )
