@@ -189,7 +189,8 @@ async def test_compute_time_form_reaches_the_scheduler(c, s, a, b):
 
 @gen_cluster(client=True)
 async def test_graph_construction_form_reaches_the_scheduler(c, s, a, b):
-    da = pytest.importorskip("dask.array")
+    import dask.array as da
+
     with annotate(tenant="t-delayed"):
         x = dask.delayed(inc)(1, dask_key_name="graph-delayed")
     with annotate(tenant="t-array", queue="interactive"):

@@ -15,6 +15,26 @@ from dask_oxigdal.demo import DEMO_TENANTS, GANG_SIZE, countries_path, policy_co
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")
 
 
+def _check_ndvi_summary(summary: dict, size: int, tiles: int) -> None:
+    assert summary["tiles"] == tiles * tiles
+    assert summary["pixels"] == size * size
+    assert summary["valid_pixels"] + summary["nodata_pixels"] == size * size
+    assert 0 < summary["nodata_pixels"] < size * size  # the swath-edge triangle
+    per_tile = summary["per_tile"]
+    assert sorted(t["tile"] for t in per_tile) == list(range(tiles * tiles))
+    for t in per_tile:
+        if t["valid"]:
+            assert -1.0 <= t["ndvi_min"] <= t["ndvi_mean"] <= t["ndvi_max"] <= 1.0
+        else:
+            assert t["ndvi_mean"] is None
+        assert t["water"] + t["vegetation"] + t["bare"] == t["valid"]
+    cover = summary["land_cover"]
+    assert math.isclose(cover["water"] + cover["vegetation"] + cover["bare"], 1.0)
+    # the synthetic scene has all three covers
+    assert min(cover.values()) > 0.01
+    assert sum(summary["tasks_per_worker"].values()) == tiles * tiles
+
+
 def test_demo_json_figures_are_consistent():
     size, tiles = 384, 4
     out = subprocess.run(
@@ -25,6 +45,10 @@ def test_demo_json_figures_are_consistent():
         check=True,
     )
     s = json.loads(out.stdout)
+    _check_ndvi_summary(s, size, tiles)
+    assert "LocalCluster(2 workers" in s["cluster"]
+    # the killed worker's results were recomputed: only live workers hold results
+    assert 1 <= len(s["tasks_per_worker"]) <= 2
 
     # NDVI: every tile present, every valid tile's NDVI in [-1, 1]
     per_tile = s["per_tile"]

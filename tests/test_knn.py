@@ -6,17 +6,16 @@ from pathlib import Path
 
 import dask
 import dask.dataframe as dd
+import dask_geopandas
 import geopandas
 import numpy as np
 import pandas as pd
 import pyogrio
 import pytest
 import shapely
+from scipy.spatial import cKDTree
 
 import dask_oxigdal as dox
-
-dask_geopandas = pytest.importorskip("dask_geopandas")
-cKDTree = pytest.importorskip("scipy.spatial").cKDTree
 
 FIXTURES = Path(pyogrio.__file__).parent / "tests" / "fixtures"
 

@@ -157,7 +157,8 @@ class TestSpatialExtent:
             SpatialExtent.from_geometries(np.zeros(3))
 
     def test_from_geometries_refuses_dask(self):
-        dask_geopandas = pytest.importorskip("dask_geopandas")
+        import dask_geopandas
+
         gs = gpd.GeoSeries([shapely.Point(0, 0), shapely.Point(1, 1)])
         with pytest.raises(TypeError, match="Dask collection"):
             SpatialExtent.from_geometries(dask_geopandas.from_geopandas(gs, npartitions=1))

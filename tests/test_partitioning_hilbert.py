@@ -5,19 +5,18 @@ from __future__ import annotations
 import os
 
 import dask.config
+import dask_geopandas
 import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
+from dask_geopandas.hilbert_distance import _hilbert_distance as dgpd_hilbert
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dask_oxigdal.kernels import hilbert as khilbert
 from dask_oxigdal.kernels import tiles as ktiles
 from dask_oxigdal.partitioning import HilbertPartitioner, SpatialExtent
-
-dask_geopandas = pytest.importorskip("dask_geopandas")
-from dask_geopandas.hilbert_distance import _hilbert_distance as dgpd_hilbert  # noqa: E402
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -28,8 +27,7 @@ def natural_earth() -> gpd.GeoDataFrame:
     path = os.path.join(
         os.path.dirname(pyogrio.__file__), "tests", "fixtures", "naturalearth_lowres"
     )
-    if not os.path.exists(path):
-        pytest.skip("pyogrio's Natural Earth fixture is not installed")
+    assert os.path.exists(path), f"pyogrio's Natural Earth test fixture is missing: {path}"
     return gpd.read_file(path)
 
 

@@ -754,8 +754,9 @@ def test_pandas_range_and_duplicate_labels():
 
 
 def test_geodataframe_keeps_geometry_and_crs():
-    gpd = pytest.importorskip("geopandas")
-    shapely = pytest.importorskip("shapely")
+    import geopandas as gpd
+    import shapely
+
     rng = np.random.default_rng(13)
     n = 300
     gdf = gpd.GeoDataFrame(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dask
 import dask.dataframe as dd
+import dask_geopandas
 import geopandas
 import numpy as np
 import pandas as pd
@@ -18,8 +19,6 @@ import pyogrio
 import pytest
 
 import dask_oxigdal as dox
-
-dask_geopandas = pytest.importorskip("dask_geopandas")
 
 FIXTURES = Path(pyogrio.__file__).parent / "tests" / "fixtures"
 

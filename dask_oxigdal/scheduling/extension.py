@@ -645,16 +645,7 @@ class OxigdalScheduling(SchedulerPlugin):
             if ts.state != "no-worker":
                 continue
             del self._rejected[key]
-            recs.update(
-                scheduler.transition(
-                    key,
-                    "erred",
-                    stimulus_id=stimulus_id,
-                    exception=pickle.dumps(exc),
-                    exception_text=f"{type(exc).__name__}: {exc}",
-                    cause=key,
-                )
-            )
+            recs.update(self._erred(key, exc, f"{type(exc).__name__}: {exc}", stimulus_id))
         if release:
             # processing/queued -> released -> waiting -> no-worker (held) -> erred
             scheduler.transitions(release, stimulus_id)
@@ -739,6 +730,18 @@ class OxigdalScheduling(SchedulerPlugin):
             self.malformed.pop(key, None)
             self._to_fail.discard(key)
 
+    def _erred(self, key: Any, exc: BaseException, text: str, stimulus_id: str) -> dict:
+        """Transition a ``no-worker`` task to ``erred`` with ``exc``; the follow-up recs."""
+        assert self.scheduler is not None
+        return self.scheduler.transition(
+            key,
+            "erred",
+            stimulus_id=stimulus_id,
+            exception=pickle.dumps(exc),
+            exception_text=text,
+            cause=key,
+        )
+
     def _fail_malformed(self) -> None:
         self._fail_scheduled = False
         scheduler = self.scheduler
@@ -753,16 +756,7 @@ class OxigdalScheduling(SchedulerPlugin):
             if ts is None or message is None or ts.state != "no-worker":
                 continue
             exc = ValueError(f"task {key!r} rejected by dask-oxigdal: {message}")
-            recs.update(
-                scheduler.transition(
-                    key,
-                    "erred",
-                    stimulus_id=stimulus_id,
-                    exception=pickle.dumps(exc),
-                    exception_text=str(exc),
-                    cause=key,
-                )
-            )
+            recs.update(self._erred(key, exc, str(exc), stimulus_id))
             scheduler.log_event(
                 NAME, {"action": "malformed-annotations", "key": str(key), "error": message}
             )
