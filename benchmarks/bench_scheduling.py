@@ -10,7 +10,7 @@ Two parts:
 no-ops built as a raw graph) on ``LocalCluster(n_workers=2,
 threads_per_worker=1, processes=True)``, each run on a fresh cluster, with
 and without the extension (``dask_oxigdal.register(client)`` with the default
-policies, FairShare and Quota), runs alternated (vanilla, oxigdal, vanilla,
+policies, ``oxigdal.scheduling.policies``), runs alternated (vanilla, oxigdal, vanilla,
 ...), median of the rounds; with root-task queuing on (Dask's default
 ``worker-saturation: 1.1``) and off (``inf``). Ratio = oxigdal / vanilla;
 target <= 1.10.
