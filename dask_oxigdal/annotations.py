@@ -244,11 +244,14 @@ def annotate(
         client's clock now, or an absolute ``datetime`` (naive = local time).
         Stored as an absolute UNIX timestamp.
     locality : str, optional
-        Data-locality hint such as ``"tile/3/4"`` (later policy).
+        Data-locality hint such as ``"tile/3/4"`` (the ``Locality`` policy,
+        docs/geo.md).
     checkpoint : bool, optional
-        Checkpoint the results of these tasks (later policy).
+        Checkpoint the results of these tasks (the ``Checkpoint`` policy,
+        docs/fault-tolerance.md).
     retries : int, optional
-        Retries with backoff (later policy); ``>= 0``.
+        Retries with backoff (the ``Retries`` policy,
+        docs/fault-tolerance.md); ``>= 0``.
     backoff : str, float or datetime.timedelta, optional
         Delay before a retry; ``>= 0``.
 

@@ -16,6 +16,19 @@ def oxigdal() -> None:
     """Multi-tenant geospatial processing on Dask (dask-oxigdal)."""
 
 
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Validate a ``--deadline`` such as ``90s``, ``10min`` or ``2h`` (click callback)."""
+    if value is None:
+        return None
+    from dask_oxigdal.demo import parse_demo_deadline
+
+    try:
+        parse_demo_deadline(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+    return value
+
+
 @oxigdal.command()
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes.")
 @click.option(
@@ -32,7 +45,11 @@ def oxigdal() -> None:
     help="Run against an existing scheduler instead of an embedded LocalCluster.",
 )
 @click.option(
-    "--deadline", default=None, metavar="DURATION", help="Deadline of the NDVI job, e.g. 90s."
+    "--deadline",
+    default=None,
+    metavar="DURATION",
+    callback=_duration,
+    help="Deadline of the NDVI job, e.g. 90s.",
 )
 @click.option(
     "--kill-worker/--no-kill-worker",
@@ -56,8 +73,17 @@ def demo(
     keep_alive: bool,
 ) -> None:
     """The multi-tenant demo: NDVI tiles, a vector job, a gang and a killed worker."""
+    from dask_oxigdal import config
     from dask_oxigdal.demo import format_summary, run_demo
 
+    scene = config.get("demo.scene-size", size)
+    per_side = config.get("demo.tiles", tiles)
+    if per_side > scene:
+        raise click.BadParameter(
+            f"{per_side} tiles per side do not fit a {scene}x{scene} scene: "
+            f"choose --tiles between 1 and {scene}, or a larger --size",
+            param_hint="--tiles",
+        )
     summary = run_demo(
         workers=workers,
         threads_per_worker=threads_per_worker,

@@ -179,6 +179,38 @@ def process_tile(
     }
 
 
+def parse_demo_deadline(value: str | float) -> float:
+    """Seconds of a demo deadline such as ``"90s"``, ``"10min"``, ``"2h"`` or ``120``.
+
+    Parameters
+    ----------
+    value : str or float
+        A duration Dask's ``parse_timedelta`` reads, or a number of seconds.
+
+    Returns
+    -------
+    float
+        The deadline in seconds, ``> 0``.
+
+    Raises
+    ------
+    ValueError
+        ``value`` is not a duration, or is not positive; the message names it.
+    """
+    from dask.utils import parse_timedelta
+
+    try:
+        seconds = float(parse_timedelta(value))
+    except (TypeError, ValueError, KeyError):
+        raise ValueError(
+            f"deadline {value!r} is not a duration: use a number of seconds or "
+            "a number with a unit such as 90s, 10min, 2h"
+        ) from None
+    if not seconds > 0:
+        raise ValueError(f"deadline {value!r} must be longer than 0 seconds")
+    return seconds
+
+
 def plan_tiles(size: int, tiles: int) -> list[dict[str, Any]]:
     """Cut the scene into ``tiles x tiles`` tiles: geographic bounds and pixel windows.
 
@@ -668,7 +700,6 @@ def run_demo(
         plus ``tenants``, ``deadline``, ``gang``, ``vector``, ``kill``,
         ``policies``, ``urls``.
     """
-    from dask.utils import parse_timedelta
     from distributed import Client, LocalCluster, wait
 
     from dask_oxigdal.annotations import annotate
@@ -680,7 +711,12 @@ def run_demo(
     size = config.get("demo.scene-size", size)
     tiles = config.get("demo.tiles", tiles)
     seed = config.get("demo.seed", seed)
-    deadline_s = float(parse_timedelta(config.get("demo.deadline", deadline)))
+    deadline_s = parse_demo_deadline(config.get("demo.deadline", deadline))
+    if tiles > size:
+        raise ValueError(
+            f"tiles={tiles} tiles per side do not fit a {size}x{size} scene; "
+            f"valid: 1 <= tiles <= size={size}"
+        )
     kill_worker = bool(config.get("demo.kill-worker", kill_worker))
     stream = progress_stream or sys.stdout
     plan = plan_tiles(size, tiles)

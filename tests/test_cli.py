@@ -30,6 +30,29 @@ def test_bad_option_names_the_value():
     assert "0" in result.output and "--tiles" in result.output
 
 
+@pytest.mark.parametrize("value", ["abc", "-5s", "0"])
+def test_bad_deadline_is_a_usage_error_naming_the_value(value):
+    result = CliRunner().invoke(oxigdal, ["demo", "--deadline", value])
+    assert result.exit_code == 2, result.output  # click's usage error, no traceback
+    assert "--deadline" in result.output and repr(value) in result.output
+    assert isinstance(result.exception, SystemExit)  # not a ValueError traceback
+
+
+def test_more_tiles_than_pixels_is_a_usage_error():
+    result = CliRunner().invoke(oxigdal, ["demo", "--size", "32", "--tiles", "64"])
+    assert result.exit_code == 2, result.output
+    assert "--tiles" in result.output and "64" in result.output and "32" in result.output
+
+
+def test_run_demo_rejects_bad_arguments_before_starting_a_cluster():
+    from dask_oxigdal.demo import run_demo
+
+    with pytest.raises(ValueError, match=r"'soon'.*90s"):
+        run_demo(deadline="soon")
+    with pytest.raises(ValueError, match=r"tiles=40.*size=32"):
+        run_demo(size=32, tiles=40)
+
+
 def test_plan_tiles_covers_the_scene_exactly():
     size, tiles = 37, 4  # not a multiple: windows differ by at most one pixel
     plan = plan_tiles(size, tiles)

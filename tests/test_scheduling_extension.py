@@ -227,6 +227,10 @@ async def test_policies_come_from_config(c, s, a, b):
         ({"tenants": {"a": -1}}, "oxigdal.tenants.a"),
         ({"policies": [{"class": "no.such.Policy"}]}, "no.such.Policy"),
         ({"policies": [{"klass": "x"}]}, "'class'"),
+        (
+            {"policies": [{"class": "dask_oxigdal.scheduling.fairshare.FairShare", "wieght": 2}]},
+            "no option 'wieght'; valid options: default-task-cost, retag-factor",
+        ),
     ],
 )
 def test_bad_configuration_is_reported_to_the_client(options, needle):

@@ -23,6 +23,7 @@ The extension itself owns what every policy shares:
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import math
@@ -295,6 +296,23 @@ class OxigdalScheduling(SchedulerPlugin):
             raise ConfigError(
                 f"oxigdal.scheduling.policies: {spec['class']!r} is not a SchedulingPolicy"
             )
+        try:
+            accepted = inspect.signature(cls).parameters.values()
+        except (TypeError, ValueError):  # no introspectable signature: let the call decide
+            accepted = None
+        if accepted is not None and not any(p.kind is p.VAR_KEYWORD for p in accepted):
+            valid = sorted(
+                p.name.replace("_", "-")
+                for p in accepted
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            )
+            unknown = sorted(k for k in kwargs if k.replace("_", "-") not in valid)
+            if unknown:
+                raise ConfigError(
+                    f"oxigdal.scheduling.policies: {spec['class']!r} has no option "
+                    f"{', '.join(repr(k.replace('_', '-')) for k in unknown)}; "
+                    f"valid options: {', '.join(valid) or '(none)'}"
+                )
         return cls(**kwargs)
 
     async def start(self, scheduler: Scheduler) -> None:
