@@ -54,7 +54,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option(
     "--kill-worker/--no-kill-worker",
     default=None,
-    help="Kill one worker process mid-run to show recovery (oxigdal.demo.kill-worker).",
+    help="Kill one worker process mid-run to show recovery (oxigdal.demo.kill-worker; "
+    "off by default with --scheduler).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option(

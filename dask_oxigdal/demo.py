@@ -642,7 +642,9 @@ def ensure_extension(client: Any, tenants: dict[str, float]) -> str:
     -------
     str
         What was done: ``"installed"``, ``"already installed"`` or
-        ``"replaced"`` (an installed extension lacked the demo tenants).
+        ``"replaced"`` (an installed extension lacked the demo tenants: it is
+        replaced by one that has the tenants it had, with their weights, plus
+        the demo's).
     """
     from dask_oxigdal.scheduling import register, status
 
@@ -653,7 +655,9 @@ def ensure_extension(client: Any, tenants: dict[str, float]) -> str:
     known = st.get("tenants") or {}
     if all(known.get(t, {}).get("weight") == w for t, w in tenants.items()):
         return "already installed"
-    register(client, replace=True, tenants=tenants)
+    merged = {t: v["weight"] for t, v in known.items() if v.get("weight") is not None}
+    merged.update(tenants)
+    register(client, replace=True, tenants=merged)
     return "replaced"
 
 
@@ -684,10 +688,13 @@ def run_demo(
         Deadline of the NDVI job, relative to its submission
         (``oxigdal.demo.deadline``).
     kill_worker : bool, optional
-        Kill one worker process mid-run (``oxigdal.demo.kill-worker``).
+        Kill one worker process mid-run (``oxigdal.demo.kill-worker``). With
+        ``scheduler_address`` the default is ``False``: only an explicit
+        ``True`` kills a worker of an existing cluster.
     scheduler_address : str, optional
         Run against an existing scheduler instead; the extension is installed
-        there if it is not (or replaced if it lacks the demo tenants).
+        there if it is not (or replaced, keeping its tenants and adding the
+        demo's, if it lacks the demo tenants).
     progress_stream : file-like, optional
         Where progress and status lines go (default ``sys.stdout``).
     keep_alive : bool
@@ -717,6 +724,8 @@ def run_demo(
             f"tiles={tiles} tiles per side do not fit a {size}x{size} scene; "
             f"valid: 1 <= tiles <= size={size}"
         )
+    if scheduler_address and kill_worker is None:
+        kill_worker = False  # never kill a worker of someone's cluster unless asked to
     kill_worker = bool(config.get("demo.kill-worker", kill_worker))
     stream = progress_stream or sys.stdout
     plan = plan_tiles(size, tiles)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from distributed import LocalCluster
+from distributed import Client, LocalCluster
 
 import dask_oxigdal
 from dask_oxigdal.cli import oxigdal
@@ -71,13 +71,19 @@ def test_plan_tiles_covers_the_scene_exactly():
 
 def test_demo_text_summary_against_an_existing_scheduler():
     size, tiles = 128, 2
-    with LocalCluster(
-        n_workers=1,
-        threads_per_worker=2,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    ) as cluster:
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        # the user's own extension, with a tenant of theirs
+        dask_oxigdal.register(client, tenants={"team-x": 5})
+        workers_before = set(client.scheduler_info()["workers"])
         out = subprocess.run(
             [
                 DASK,
@@ -95,6 +101,13 @@ def test_demo_text_summary_against_an_existing_scheduler():
             timeout=240,
             check=True,
         )
+        # no worker of an existing cluster is killed unless --kill-worker asks
+        assert set(client.scheduler_info()["workers"]) == workers_before
+        # the replaced extension kept the user's tenant next to the demo's
+        tenants = dask_oxigdal.status(client)["tenants"]
+        assert tenants["team-x"]["weight"] == 5
+        assert {"imagery", "vector", "research"} <= set(tenants)
     assert "== dask-oxigdal demo: summary ==" in out.stdout
     assert f"tiles              {tiles * tiles}" in out.stdout
     assert cluster.scheduler_address in out.stdout
+    assert "worker killed" not in out.stdout
