@@ -1,8 +1,7 @@
 """A geopandas workflow on Dask: Natural Earth -> spatial join -> kNN -> NDVI tiles with locality.
 
-Run it as a script (``python examples/geo_workflow.py``), or open it as a
-notebook with jupytext: the ``# %%`` lines are cells. It needs no download.
-The Natural Earth low-res countries ship with pyogrio's test fixtures.
+Run it as a script: ``python examples/geo_workflow.py`` (the test suite runs
+it, tests/test_examples.py). It needs no download. The Natural Earth low-res countries ship with pyogrio's test fixtures.
 
 1. Read the countries and spatially shuffle them along a Hilbert curve with
    ``dox.spatial_shuffle``. The result gets ``spatial_partitions``.
@@ -16,10 +15,6 @@ The Natural Earth low-res countries ship with pyogrio's test fixtures.
    policy runs passes 2 and 3 where the tiles are cached.
 """
 
-# %% [markdown]
-# ## Setup: a local cluster with the dask-oxigdal scheduler extension
-
-# %%
 from __future__ import annotations
 
 import time
@@ -78,20 +73,14 @@ def main() -> None:
     ):
         dox.register(client)
 
-        # %% [markdown]
-        # ## 1. Natural Earth countries, Hilbert-partitioned
-
-        # %%
+        # 1. Natural Earth countries, Hilbert-partitioned
         countries = geopandas.read_file(NATURAL_EARTH)
         gcountries = dask_geopandas.from_geopandas(countries, npartitions=4)
         by_curve = dox.spatial_shuffle(gcountries, by="hilbert", npartitions=8)
         sizes = by_curve.map_partitions(len).compute().tolist()
         print(f"countries: {len(countries)} in 8 Hilbert partitions of sizes {sizes}")
 
-        # %% [markdown]
-        # ## 2. A spatially partitioned join
-
-        # %%
+        # 2. A spatially partitioned join
         rng = np.random.default_rng(0)
         points = geopandas.GeoDataFrame(
             {"pid": np.arange(5000)},
@@ -115,10 +104,7 @@ def main() -> None:
         )
         print(f"sjoin: {len(got)} points on land; equal to geopandas.sjoin: {same}")
 
-        # %% [markdown]
-        # ## 3. Exact kNN: the boundary vertices nearest to a few cities
-
-        # %%
+        # 3. Exact kNN: the boundary vertices nearest to a few cities
         xy = shapely.get_coordinates(countries.geometry.to_numpy())
         vertices = geopandas.GeoDataFrame(geometry=geopandas.points_from_xy(xy[:, 0], xy[:, 1]))
         gvertices = dox.spatial_shuffle(
@@ -143,10 +129,7 @@ def main() -> None:
             f"{stats['pruning_ratio']:.2f}"
         )
 
-        # %% [markdown]
-        # ## 4. NDVI tile passes with the Locality policy
-
-        # %%
+        # 4. NDVI tile passes with the Locality policy
         for npass in range(1, 4):
             t0 = time.perf_counter()
             futures = []
