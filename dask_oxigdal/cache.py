@@ -27,6 +27,7 @@ Outside a worker (local schedulers) one process-wide cache is used.
 from __future__ import annotations
 
 import logging
+import numbers
 import pickle
 import threading
 import time
@@ -438,6 +439,10 @@ def cached(key: Hashable, loader: Callable[[], Any], *, nbytes: int | None = Non
         raise TypeError(f"cache key must be hashable, got {type(key).__name__}: {key!r}") from None
     if not callable(loader):
         raise TypeError(f"loader must be callable, got {type(loader).__name__}")
-    if nbytes is not None and (isinstance(nbytes, bool) or int(nbytes) < 0):
-        raise ValueError(f"nbytes must be an integer >= 0, got {nbytes!r}")
+    if nbytes is not None and (
+        isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Integral) or nbytes < 0
+    ):
+        raise ValueError(
+            f"nbytes must be an integer >= 0 (or None: measure the value), got {nbytes!r}"
+        )
     return worker_cache().get(key, loader, nbytes)

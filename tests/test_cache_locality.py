@@ -72,7 +72,11 @@ def test_cold_entries_are_lz4_compressed_before_eviction():
 
 @gen_cluster(client=True, nthreads=[], timeout=60)
 async def test_bad_locality_settings_fail_registration(c, s):
-    for bad, match in (({"wait": "-1s"}, "wait"), ({"prefetch": -1}, "prefetch")):
+    for bad, match in (
+        ({"wait": -1}, r"oxigdal.locality.wait=-1 is not a duration >= 0"),
+        ({"wait": "soon"}, r"oxigdal.locality.wait='soon' is not a duration >= 0"),
+        ({"prefetch": -1}, "prefetch"),
+    ):
         with pytest.raises(ValueError, match=match):
             await register(c, policies=[{"class": LOCALITY, **bad}])
     with pytest.raises(Exception, match="list Locality after Quota"):
@@ -96,6 +100,9 @@ def test_bad_cache_settings():
         dox.cached(["a"], lambda: 1)
     with pytest.raises(TypeError, match="callable"):
         dox.cached("a", 1)
+    for bad in ("x", -1, 2.5, True):
+        with pytest.raises(ValueError, match=rf"nbytes must be an integer >= 0.*got {bad!r}"):
+            dox.cached("a", lambda: 1, nbytes=bad)
 
 
 def test_concurrent_misses_load_once():

@@ -85,10 +85,10 @@ class Locality(SchedulingPolicy):
             self.wait = parse_timedelta(raw)
         except (ValueError, TypeError, KeyError):
             raise ValueError(
-                f"oxigdal.locality.wait={raw!r} is not a duration (e.g. '3s', '500ms', 2.5)"
+                f"oxigdal.locality.wait={raw!r} is not a duration >= 0 (e.g. '3s', '500ms', 2.5)"
             ) from None
         if not self.wait >= 0:
-            raise ValueError(f"oxigdal.locality.wait={wait!r} must be >= 0")
+            raise ValueError(f"oxigdal.locality.wait={raw!r} must be >= 0")
         self.prefetch = setting("locality.prefetch", prefetch)
         if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int):
             raise ValueError(f"oxigdal.locality.prefetch={self.prefetch!r} must be an integer >= 0")
