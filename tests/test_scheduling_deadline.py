@@ -16,7 +16,7 @@ import asyncio
 import time
 
 import pytest
-from distributed import Event, wait
+from distributed import Event, Worker, wait
 from distributed.utils_test import gen_cluster
 
 from dask_oxigdal.annotations import annotate
@@ -41,6 +41,12 @@ def block(x, ev):
 
 
 def hour_long(x):  # its duration estimate is configured to 1h below; it really is instant
+    return x
+
+
+def fail_odd(x):
+    if x % 2:
+        raise ValueError(f"task {x} failed on purpose")
     return x
 
 
@@ -186,6 +192,84 @@ async def test_on_miss_cancel_errs_the_unfinished_work(c, s, a):
     assert snap["cancelled"] == 2 and snap["missed"] == {"default": {"batch": 1}}
 
 
+async def _events(c, kind):
+    return [e for _, e in await c.get_events(NAME) if e.get("kind") == kind]
+
+
+async def _until_event(c, kind, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not (found := await _events(c, kind)):
+        assert time.monotonic() < deadline, f"no {kind!r} event"
+        await asyncio.sleep(0.02)
+    return found
+
+
+@pytest.mark.parametrize("mode", ["warn", "reject"])
+@gen_cluster(client=True, nthreads=[], timeout=60)
+async def test_deadline_with_no_workers_is_reported_not_a_crash(c, s, mode):
+    """No workers: the estimate is unknown (inf); the job is warned/rejected, the policy lives."""
+    await register(c, policies=[FAIRSHARE, deadline_policy(infeasible=mode)])
+    with annotate(deadline="10min"):
+        futs = c.map(stamp, range(2), key=["nw-0", "nw-1"])
+    kind = "deadline-rejected" if mode == "reject" else "alert"
+    event = (await _until_event(c, kind))[0]
+    assert "cannot be estimated: no workers" in event["message"], event
+    assert event["estimate"] is None and event["tasks"] == 2
+    if mode == "reject":
+        with pytest.raises(DeadlineInfeasible, match="cannot be estimated: no workers"):
+            await futs[0]
+        await wait(futs)
+        assert all(f.status == "error" for f in futs)
+    else:
+        assert event["alert"] == "deadline-infeasible"
+        assert all(f.status == "pending" for f in futs)
+    state = await status(c)
+    assert state["disabled"] == {}, state["disabled"]
+    snap = state["policies"]["Deadline"]
+    assert snap["enabled"] is True
+    assert snap["rejected" if mode == "reject" else "warned"] == 1
+    # a worker joins: a job with a feasible deadline is accepted and runs
+    async with Worker(s.address, nthreads=1):
+        with annotate(deadline="10min"):
+            assert (await c.submit(stamp, "late-worker", key="feasible"))[0] == "late-worker"
+        if mode == "warn":
+            assert [x for x, _ in await c.gather(futs)] == [0, 1]
+        snap = (await status(c))["policies"]["Deadline"]
+    assert snap["enabled"] is True and (await status(c))["disabled"] == {}
+    assert snap["met"] == {"default": {"batch": 1 if mode == "reject" else 2}}
+    assert snap["warned"] == (1 if mode == "warn" else 0)
+    assert snap["rejected"] == (1 if mode == "reject" else 0)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
+async def test_errored_or_cancelled_jobs_count_as_failed_not_met(c, s, a):
+    await register(c, policies=[FAIRSHARE, deadline_policy(infeasible="accept")])
+    with annotate(deadline="10min"):
+        good = c.map(fail_odd, [0, 2], key=["good-0", "good-2"])
+    await wait(good)
+    with annotate(deadline="10min"):  # one task of the job raises
+        mixed = c.map(fail_odd, [4, 5], key=["mixed-4", "mixed-5"])
+    await wait(mixed)
+    assert mixed[0].status == "finished" and mixed[1].status == "error"
+    snap = (await status(c))["policies"]["Deadline"]
+    assert snap["met"] == {"default": {"batch": 1}}
+    assert snap["failed"] == {"default": {"batch": 1}} and snap["missed"] == {}
+    failed = await _until_event(c, "deadline-failed")
+    assert failed[0]["tasks"] == 2 and failed[0]["failed"] == 1
+    # a job cancelled by its client before it finished
+    ev = Event("cancel-job")
+    with annotate(deadline="10min"):
+        gone = c.map(block, range(2), ev=ev, key=["gone-0", "gone-1"])
+    await _until(lambda: a.state.executing_count == 1)
+    await c.cancel(gone)
+    await _until(lambda: "gone-0" not in s.tasks and "gone-1" not in s.tasks)
+    await ev.set()
+    snap = (await status(c))["policies"]["Deadline"]
+    assert snap["met"] == {"default": {"batch": 1}} and snap["missed"] == {}
+    assert snap["failed"] == {"default": {"batch": 2}} and snap["live_jobs"] == 0
+    assert snap["accepted"] == 3
+
+
 def test_bad_deadline_options_are_rejected():
     with pytest.raises(ConfigError, match=r"infeasible='drop' .* reject, warn, accept"):
         Deadline(infeasible="drop")
@@ -205,6 +289,7 @@ async def test_guard_deadline_estimate_internals(c, s, a):
     """Occupancy, unknown-task duration and the loop timers the Deadline policy uses."""
     assert isinstance(s.total_occupancy, (int, float)) and s.total_occupancy >= 0
     assert isinstance(s.UNKNOWN_TASK_DURATION, (int, float)) and s.UNKNOWN_TASK_DURATION > 0
+    assert s.total_nthreads == 2  # 0 without workers: Deadline.estimate() is then inf
     handle = s.loop.call_later(3600, lambda: None)
     s.loop.remove_timeout(handle)
     # Dask's priority: element 1 (generation) is >= 0, so a negative EDF key sorts first

@@ -5,7 +5,10 @@ member sets its own "arrived" event, then waits (with a timeout) for every
 other member's. A member that starts while another member of its gang cannot
 run times out. A recorder plugin checks every transition: the members of a
 gang enter ``processing`` in one ``Scheduler.transitions`` call (one
-stimulus), each on a worker with an idle thread. No wall-clock assertions.
+stimulus), each on a worker with an idle thread. Worker side, a member
+records whether the background tasks that block the gang's threads had been
+released when it started (``gate``): always with a gang, never for the first
+members under vanilla Dask. No wall-clock assertions.
 """
 
 from __future__ import annotations
@@ -39,9 +42,15 @@ def gang_policy(**kwargs):
     return {"class": "dask_oxigdal.scheduling.gang.Gang", **kwargs}
 
 
-def member(i, gang, k, timeout, hold=None):
-    """A gang member: rendezvous with the other ``k - 1`` members, then return."""
+def member(i, gang, k, timeout, hold=None, gate=None):
+    """A gang member: rendezvous with the other ``k - 1`` members, then return.
+
+    With ``gate`` (an ``Event`` name), put ``(i, whether it was set)`` on the
+    queue ``<gang>-gate`` when the member starts.
+    """
     start = time.time()
+    if gate is not None:
+        Queue(f"{gang}-gate").put((i, Event(gate).is_set()))
     Queue(f"{gang}-starts").put(i)
     Event(f"{gang}-arrived-{i}").set()
     for j in range(k):
@@ -98,8 +107,17 @@ def _gang_snapshot(s):
     return s.plugins[NAME].get_policy("Gang").snapshot()
 
 
+async def _gate(name):
+    """``[(member, gate was set when it started)]`` of gang ``name``, in start order."""
+    q = Queue(f"{name}-gate")
+    return [await q.get() for _ in range(await q.qsize())]
+
+
 async def _submit_gangs_under_load(c, s, timeout):
-    """Two ordinary tasks block 2 of the 4 slots; 40 small tasks queue; two gangs of 3."""
+    """Two ordinary tasks block 2 of the 4 slots; 40 small tasks queue; two gangs of 3.
+
+    The members' ``gate`` is the event that releases the two ordinary tasks.
+    """
     bg_go = Event("bg-go")
     bg = c.map(background, range(2), ev=bg_go, key=["bg-0", "bg-1"])
     await _until(lambda: sum(len(ws.executing) for ws in s.workers.values()) == 2)
@@ -113,6 +131,7 @@ async def _submit_gangs_under_load(c, s, timeout):
                 gang=name,
                 k=3,
                 timeout=timeout,
+                gate="bg-go",
                 key=[f"{name}-{i}" for i in range(3)],
             )
     return bg_go, bg, small, gangs
@@ -136,8 +155,13 @@ async def test_gangs_complete_atomically_under_load(c, s, a, b):
 
     for name, rows in results.items():
         assert sorted(r[1] for r in rows) == [0, 1, 2]
-        # worker-side: every member started before any member of its gang finished
-        assert max(r[3] for r in rows) <= min(r[4] for r in rows)
+        # worker side: no member started while the ordinary tasks held the threads it
+        # needed (3 of 4 slots, 2 blocked); vanilla Dask starts members at once
+        # (test_vanilla_dask_times_out_on_the_same_workload). That members overlapped
+        # needs no check: the barrier makes every successful run overlap.
+        gate = await _gate(name)
+        assert sorted(i for i, _ in gate) == [0, 1, 2], gate
+        assert all(opened for _, opened in gate), gate
         entries = recorder.entries[name]
         assert len(entries) == 3
         # one Scheduler.transitions call released the whole gang ...
@@ -224,6 +248,89 @@ async def test_reservation_takes_turns_so_ordinary_tasks_progress(c, s, a, b):
     await wait(hold)
 
 
+class HeldRecorder(SchedulerPlugin):
+    """Ordinary (non-gang) tasks that were sent to ``no-worker`` (held), by key prefix."""
+
+    name = "test-held-recorder"
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.held: dict[str, list] = {}
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish != "no-worker":
+            return
+        ts = self.scheduler.tasks.get(key)
+        if ts is None or (ts.annotations or {}).get("oxigdal_gang") is not None:
+            return
+        self.held.setdefault(str(key).split("-")[0], []).append(key)
+
+
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
+async def test_reservation_never_holds_a_higher_priority_queue(c, s, a, b):
+    """A waiting gang of queue "batch" holds queued "batch" tasks, never "interactive" ones."""
+    await register(c, policies=[FAIRSHARE, QUOTA, gang_policy(reserve_wait="120s")])
+    recorder = HeldRecorder(s)
+    s.add_plugin(recorder)
+    ev = Event("rank-go")
+    hold = c.map(background, range(2), ev=ev, key=["bg-rank-0", "bg-rank-1"])
+    await _until(lambda: sum(len(ws.executing) for ws in s.workers.values()) == 2)
+    with annotate(queue="batch", gang="L"):  # 3 members, 2 idle threads: cannot start
+        futs = c.map(member, range(3), gang="L", k=3, timeout=60, key=[f"L-{i}" for i in range(3)])
+    await _until(lambda: _held(s, futs) and _gang_snapshot(s)["reserving"] == "L")
+    # a higher-priority queue: queued by Dask (60 root tasks on 2 idle threads), never held
+    with annotate(queue="interactive"):
+        hi = c.map(slowinc, range(60), delay=0.001, key=[f"hi-{i}" for i in range(60)])
+    await _until(lambda: "hi" in recorder.held or all(f.done() for f in hi))
+    assert "hi" not in recorder.held, recorder.held["hi"][:5]
+    await wait(hi)
+    snap = _gang_snapshot(s)
+    assert snap["reserving"] == "L" and snap["started"] == 0 and snap["reserved_tasks"] == 0
+    # the gang's own queue is held for it (the check above can fail)
+    with annotate(queue="batch"):
+        same = c.map(slowinc, range(60), delay=0.001, key=[f"same-{i}" for i in range(60)])
+    await _until(lambda: "same" in recorder.held)
+    assert _gang_snapshot(s)["reserved_tasks"] > 0
+    await ev.set()
+    assert len(await c.gather(futs)) == 3
+    await wait(same + hold)
+    snap = _gang_snapshot(s)
+    assert snap["reserving"] is None and snap["reserved_tasks"] == 0 and snap["started"] == 1
+
+
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
+async def test_gang_blocked_by_its_quota_reserves_nothing(c, s, a, b):
+    """Freed threads cannot start a gang its quota blocks: ordinary tasks are not held."""
+    await register(
+        c,
+        tenants={"t": {"weight": 1, "max-tasks": 3}, "u": 1},
+        policies=[FAIRSHARE, QUOTA, gang_policy(reserve_wait="120s")],
+    )
+    recorder = HeldRecorder(s)
+    s.add_plugin(recorder)
+    ev = Event("quota-block")
+    with annotate(tenant="t"):
+        one = c.submit(background, 0, ev=ev, key="t-one")
+    await _until(lambda: "t-one" in s.tasks and s.tasks["t-one"].state == "processing")
+    with annotate(tenant="t", gang="qb"):  # 3 idle threads, but room for 2 in t's quota
+        futs = c.map(
+            member, range(3), gang="qb", k=3, timeout=60, key=[f"qb-{i}" for i in range(3)]
+        )
+    await _until(lambda: _held(s, futs))
+    gang = s.plugins[NAME].get_policy("Gang")
+    assert gang.release() == 0
+    assert gang.snapshot()["reservations"] == 0 and gang.reserving is None
+    with annotate(tenant="u"):
+        small = c.map(slowinc, range(60), delay=0.001, key=[f"u-{i}" for i in range(60)])
+    await _until(lambda: "u" in recorder.held or all(f.done() for f in small))
+    assert "u" not in recorder.held, recorder.held["u"][:5]
+    await wait(small)
+    assert _gang_snapshot(s)["reservations"] == 0
+    await ev.set()
+    await one
+    assert len(await c.gather(futs)) == 3
+
+
 @gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
 async def test_vanilla_dask_times_out_on_the_same_workload(c, s, a, b):
     """Without the extension the members of a gang start in whatever slots are free."""
@@ -236,6 +343,10 @@ async def test_vanilla_dask_times_out_on_the_same_workload(c, s, a, b):
     entries = [e for g in recorder.entries.values() for e in g]
     assert len(entries) == 6
     assert any(busy > nthreads for _, _, busy, nthreads in entries), entries
+    # worker side, the gate check of the gang test fails here: members started
+    # while the ordinary tasks still held their threads
+    gate = await _gate("A") + await _gate("B")
+    assert any(not opened for _, opened in gate), gate
     await bg_go.set()
     await wait(bg + small + gangs["A"] + gangs["B"])
 

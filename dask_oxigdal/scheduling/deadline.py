@@ -38,7 +38,11 @@ prefixes) or, without ``FairShare``, Dask's per-prefix duration estimate
 An estimate later than the deadline is *infeasible*; ``oxigdal.deadline.infeasible``
 says what happens: ``reject`` (the job's futures err with
 :class:`DeadlineInfeasible`, the message gives the estimate), ``warn``
-(accepted, an ``alert`` event is emitted) or ``accept``.
+(accepted, an ``alert`` event is emitted) or ``accept``. With no workers
+(``total_nthreads == 0``) the completion cannot be estimated: the job is
+treated as infeasible, with a message that says the cluster has no workers
+(and ``estimate: None`` in the event); under ``warn``/``accept`` its tasks
+wait for a worker as usual.
 
 Misses
 ------
@@ -46,12 +50,16 @@ A timer on the event loop fires at each job's deadline. A job not finished
 by then is counted as missed (per tenant and queue) and a
 ``deadline-missed`` event is published on the ``oxigdal`` topic; with
 ``oxigdal.deadline.on-miss: cancel`` its unfinished tasks err with
-:class:`DeadlineMissed`. A job that finishes in time counts as met.
+:class:`DeadlineMissed`. A job whose tasks all finish in time counts as
+*met* if every one of them reached ``memory``, as *failed* if any erred or
+was cancelled (forgotten before it finished). Each accepted job is counted
+once: met, failed or missed.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +89,7 @@ class _Job:
         "deadline",
         "done",
         "estimate",
+        "failed",
         "keys",
         "missed",
         "queue",
@@ -97,6 +106,7 @@ class _Job:
         self.seq = seq
         self.keys: list = []
         self.done = 0
+        self.failed = 0  # tasks that erred or were cancelled (forgotten unfinished)
         self.work = 0.0
         self.estimate = 0.0
         self.missed = False
@@ -141,6 +151,8 @@ class Deadline(SchedulingPolicy):
         self._seq = itertools.count(1)
         self.met: dict[str, dict[str, int]] = {}
         self.missed: dict[str, dict[str, int]] = {}
+        #: jobs finished by their deadline with a task that erred or was cancelled
+        self.failed: dict[str, dict[str, int]] = {}
         self.rejected = 0
         self.warned = 0
         self.accepted = 0
@@ -198,11 +210,12 @@ class Deadline(SchedulingPolicy):
         Returns
         -------
         float
+            ``inf`` when the cluster has no worker threads (it cannot be estimated).
         """
         scheduler = self.extension.scheduler
-        threads = max(scheduler.total_nthreads, 1)
-        if scheduler.total_nthreads == 0:
-            return float("inf")
+        threads = scheduler.total_nthreads
+        if threads <= 0:
+            return math.inf
         ahead = scheduler.total_occupancy
         for other in self.jobs.values():
             if other.deadline <= job.deadline and other.queue == job.queue:
@@ -234,22 +247,16 @@ class Deadline(SchedulingPolicy):
             job.keys = [ts.key for ts, _ in members]
             job.estimate = self.estimate(job, longest)
             if job.estimate > job.deadline and self.infeasible != "accept":
-                late = job.estimate - job.deadline
-                message = (
-                    f"deadline {_iso(job.deadline)} cannot be met: {len(members)} task(s) of "
-                    f"tenant {job.tenant!r} in queue {job.queue!r} are estimated to finish at "
-                    f"{_iso(job.estimate)} ({late:.3g}s late; estimate from Dask's per-prefix "
-                    f"durations and {ext.scheduler.total_occupancy:.3g}s of work on "
-                    f"{ext.scheduler.total_nthreads} thread(s))"
-                )
+                known = math.isfinite(job.estimate)
                 fields = dict(
                     tenant=job.tenant,
                     queue=job.queue,
                     deadline=job.deadline,
-                    estimate=job.estimate,
+                    estimate=job.estimate if known else None,
                     tasks=len(members),
-                    message=message,
+                    message=self._infeasible_message(job, len(members)),
                 )
+                message = fields["message"]
                 if self.infeasible == "reject":
                     self.rejected += 1
                     exc = DeadlineInfeasible(message)
@@ -260,6 +267,27 @@ class Deadline(SchedulingPolicy):
                 self.warned += 1
                 ext.emit("alert", alert="deadline-infeasible", severity="warning", **fields)
             self._accept(job, members)
+
+    def _infeasible_message(self, job: _Job, ntasks: int) -> str:
+        scheduler = self.extension.scheduler
+        what = f"{ntasks} task(s) of tenant {job.tenant!r} in queue {job.queue!r}"
+        if not math.isfinite(job.estimate):
+            outcome = (
+                "rejected; resubmit once workers have joined"
+                if self.infeasible == "reject"
+                else "accepted; the tasks wait for a worker"
+            )
+            return (
+                f"deadline {_iso(job.deadline)} cannot be estimated: no workers (the cluster "
+                f"has {scheduler.total_nthreads} thread(s)) to run {what}; {outcome}"
+            )
+        late = job.estimate - job.deadline
+        return (
+            f"deadline {_iso(job.deadline)} cannot be met: {what} are estimated to finish at "
+            f"{_iso(job.estimate)} ({late:.3g}s late; estimate from Dask's per-prefix "
+            f"durations and {scheduler.total_occupancy:.3g}s of work on "
+            f"{scheduler.total_nthreads} thread(s))"
+        )
 
     def _accept(self, job: _Job, members: list) -> None:
         ext = self.extension
@@ -280,13 +308,19 @@ class Deadline(SchedulingPolicy):
     def transition(
         self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
     ) -> None:
-        """Count finished tasks of deadline jobs (O(1); nothing for other tasks)."""
+        """Count finished tasks of deadline jobs (O(1); nothing for other tasks).
+
+        A task that reaches ``memory`` succeeded; one that errs, or is
+        forgotten before it finished (cancelled), failed its job.
+        """
         if info.edf is None or finish not in ("memory", "erred", "forgotten"):
             return
         job = self.job_of.pop(key, None)
         if job is None:
             return
         job.done += 1
+        if finish != "memory":
+            job.failed += 1
         if job.done < len(job.keys):
             return
         self.jobs.pop(job.seq, None)
@@ -295,10 +329,20 @@ class Deadline(SchedulingPolicy):
             job.timer = None
         if job.missed:
             return
-        if time.time() <= job.deadline:
+        if time.time() > job.deadline:
+            self._miss(job)  # finished between the deadline and the timer's tick
+        elif job.failed:
+            _bump(self.failed, job.tenant, job.queue)
+            self.extension.emit(
+                "deadline-failed",
+                tenant=job.tenant,
+                queue=job.queue,
+                deadline=job.deadline,
+                tasks=len(job.keys),
+                failed=job.failed,
+            )
+        else:
             _bump(self.met, job.tenant, job.queue)
-        else:  # finished between the deadline and the timer's tick
-            self._miss(job)
 
     def check(self, seq: int) -> None:
         """The deadline of job ``seq`` passed: count and report a miss if it is unfinished.
@@ -352,12 +396,13 @@ class Deadline(SchedulingPolicy):
         self.job_of.clear()
 
     def snapshot(self) -> dict[str, Any]:
-        """Met/missed per tenant and queue, rejections, warnings, live jobs."""
+        """Met/failed/missed per tenant and queue, rejections, warnings, live jobs."""
         return {
             "infeasible": self.infeasible,
             "on_miss": self.on_miss,
             "met": {t: dict(q) for t, q in self.met.items()},
             "missed": {t: dict(q) for t, q in self.missed.items()},
+            "failed": {t: dict(q) for t, q in self.failed.items()},
             "rejected": self.rejected,
             "warned": self.warned,
             "accepted": self.accepted,
@@ -372,4 +417,8 @@ def _bump(table: dict[str, dict[str, int]], tenant: str, queue: str) -> None:
 
 
 def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+    """UTC ISO 8601 text of UNIX time ``t``; never raises (``inf``, huge, NaN)."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+    except (OverflowError, ValueError, OSError):
+        return f"{t!r} (UNIX time)"

@@ -27,11 +27,21 @@ How it works
 - Placement: ``spread`` (default; distinct workers where possible, the
   workers with most idle threads first) or ``pack`` (fill the worker with
   most idle threads first).
-- Head of line: while the first waiting gang (in queue order) has waited less
-  than ``oxigdal.gang.reserve-wait``, later gangs do not start ahead of it, so
-  the slots that free up add up for it. After that, smaller gangs may start
-  around it (backfill). Ordinary tasks are not held back: a slot freed while
-  ordinary tasks are ready goes to them (see docs/gangs-and-deadlines.md).
+- Head of line and reservation: the *head* gang is the first waiting gang (in
+  queue order) that is ready and could run on this cluster but lacks idle
+  threads: it is not bigger than the cluster and its tenant's quota has room
+  for its ``k`` members (``Quota.headroom``). A gang its quota blocks is
+  skipped, since freed threads would not let it start: it reserves nothing,
+  and only its own tenant's later gangs wait behind it. For ``oxigdal.gang.reserve-wait`` the head gang
+  *reserves*: later gangs do not start ahead of it, and the ordinary tasks
+  waiting in Dask's queue (``scheduler.queued``) whose queue rank is the
+  gang's or lower are held back (moved to ``no-worker``), so the threads that
+  free up add up for it. Ordinary tasks of a higher-priority queue are never
+  held for it, nor are tasks Dask does not queue (non-root tasks, or all tasks
+  with ``worker-saturation: inf``). Then the reservation lifts for as long
+  again (smaller gangs may start around it, held tasks go back to Dask), and
+  so on in turns. With ``reserve-wait: 0s`` nothing is held back: a freed
+  thread goes to whatever Dask runs next. See docs/gangs-and-deadlines.md.
 - Whole-gang restart: when a running member leaves ``processing`` without
   finishing (its worker died), every member that has not finished is held
   again and released from its worker; the gang goes back to waiting and starts
@@ -174,6 +184,8 @@ class Gang(SchedulingPolicy):
         # the head gang the queued ordinary tasks are held for, and those tasks
         self.reserving: _Gang | None = None
         self.reserved: set = set()
+        # ordinary tasks that entered scheduler.queued during the reservation
+        self._arrivals: set = set()
 
     def start(self, extension: OxigdalScheduling) -> None:
         """Attach to the extension."""
@@ -273,10 +285,16 @@ class Gang(SchedulingPolicy):
         """Track members (O(1)); schedule a release pass when slots or members free up."""
         gang = info.gang
         if gang is None:
-            if self.waiting and (
-                start == "processing" or (finish == "queued" and self.reserving is not None)
-            ):
-                self._schedule()
+            if self.waiting:
+                if start == "processing":
+                    self._schedule()
+                elif (
+                    finish == "queued"
+                    and self.reserving is not None
+                    and info.rank >= self.reserving.rank
+                ):
+                    self._arrivals.add(key)
+                    self._schedule()
             return
         if finish == "processing":
             if gang.state in ("waiting", "restarting"):
@@ -398,14 +416,23 @@ class Gang(SchedulingPolicy):
         now = time.time()
         head_blocked = False
         reserve_for = None
+        quota_blocked: set[str] = set()  # tenants with a gang their quota blocks
         for gang in sorted(self.waiting.values(), key=lambda g: (g.rank, g.seq)):
             members = [tasks.get(key) for key in gang.keys if key not in gang.done]
             if not members or any(ts is None or ts.state != "no-worker" for ts in members):
                 continue  # not all ready (dependencies, or still being released)
             if gang.k > scheduler.total_nthreads:
                 continue  # too big for now: periodic() errs it after the timeout
+            if gang.tenant in quota_blocked:
+                continue  # the same tenant's earlier gang waits for the same quota
             room = quota.headroom(gang.tenant) if quota is not None else len(members)
-            workers = self.place(free, len(members)) if room >= len(members) else None
+            if room < len(members):
+                # its quota blocks it: freed threads would not start it, so it
+                # reserves nothing and holds back only its own tenant's later gangs
+                gang.blocked_since = None
+                quota_blocked.add(gang.tenant)
+                continue
+            workers = self.place(free, len(members))
             if workers is None:
                 if head_blocked:
                     continue  # backfill: smaller gangs behind may still fit
@@ -436,22 +463,42 @@ class Gang(SchedulingPolicy):
     def _reserve(self, gang: _Gang) -> None:
         """Hold the ordinary tasks waiting in ``scheduler.queued`` while ``gang`` is head.
 
-        Freed threads then stay idle until the head gang fits. O(queued tasks)
-        when the reservation starts, O(new arrivals) afterwards.
+        Only tasks whose queue rank is not higher than the gang's are held
+        (``info.rank >= gang.rank``; rank 0 is the highest-priority queue):
+        a higher-priority queue keeps the freed threads. Freed threads then
+        stay idle until the head gang fits, unless such tasks take them.
+        O(queued tasks) when the reservation starts (or the head gang
+        changes), O(new arrivals) afterwards.
         """
         ext = self.extension
         scheduler = ext.scheduler
+        info_map = ext.info
         if self.reserving is not gang:
             self.reservations += 1
             ext.emit("gang-reserving", gang=gang.name, k=gang.k, tenant=gang.tenant)
+            if self.reserving is not None and self.reserved:
+                # a new head gang of a lower-priority queue: give back the tasks
+                # of the queues above it held for the previous head
+                self._unreserve_keys(
+                    [
+                        k
+                        for k in self.reserved
+                        if (i := info_map.get(k)) is None or i.rank < gang.rank
+                    ]
+                )
+            candidates = list(scheduler.queued)
+        else:
+            tasks = scheduler.tasks
+            candidates = [tasks[k] for k in self._arrivals if k in tasks]
+        self._arrivals.clear()
         self.reserving = gang
-        if not scheduler.queued:
-            return
         recs = {}
-        info_map = ext.info
-        for ts in list(scheduler.queued):
+        rank = gang.rank
+        for ts in candidates:
+            if ts.state != "queued":
+                continue
             info = info_map.get(ts.key)
-            if info is None or info.gang is not None:
+            if info is None or info.gang is not None or info.rank < rank:
                 continue
             ext.hold(ts, info, RESERVE)
             self.reserved.add(ts.key)
@@ -462,18 +509,23 @@ class Gang(SchedulingPolicy):
 
     def _unreserve(self) -> None:
         """End the reservation: send the held ordinary tasks back to Dask."""
+        self.reserving = None
+        self._arrivals.clear()
+        self._unreserve_keys(list(self.reserved))
+
+    def _unreserve_keys(self, keys: list) -> None:
+        """Drop the reservation hold of ``keys`` and send the free ones back to Dask."""
         ext = self.extension
         scheduler = ext.scheduler
-        self.reserving = None
         recs = {}
-        for key in self.reserved:
+        for key in keys:
+            self.reserved.discard(key)
             ts = scheduler.tasks.get(key)
             info = ext.info.get(key)
             if ts is None or info is None:
                 continue
             if ext.unhold(ts, info, RESERVE) and ts.state == "no-worker":
                 recs[key] = "waiting"
-        self.reserved.clear()
         if recs:
             scheduler.transitions(recs, stimulus_id=f"oxigdal-gang-unreserve-{next(self._seq)}")
 
@@ -602,6 +654,7 @@ class Gang(SchedulingPolicy):
         self.waiting.clear()
         self.reserving = None
         self.reserved.clear()
+        self._arrivals.clear()
 
     def snapshot(self) -> dict[str, Any]:
         """Counters and the live gangs."""
