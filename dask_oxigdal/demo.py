@@ -492,6 +492,7 @@ _POLICY_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("gang_restarts", "Gang", "restarts"),
     ("deadlines_met", "Deadline", "met"),
     ("deadlines_missed", "Deadline", "missed"),
+    ("deadlines_failed", "Deadline", "failed"),
     ("retries", "Retries", "retried"),
     ("quarantined_workers", "Quarantine", "quarantined"),
     ("straggler_backups", "Stragglers", "backups"),
@@ -946,6 +947,9 @@ def _tenant_summary(
     total_ws = sum(ws.values())
     total_weight = sum(DEMO_TENANTS.values())
     contended, _ = sampler.shares()
+    policies = final.get("policies") or {}
+    deadline = policies.get("Deadline") or {}
+    gangs = (policies.get("Gang") or {}).get("started_by_tenant")
     out: dict[str, dict[str, Any]] = {}
     for tenant, weight in DEMO_TENANTS.items():
         span = done_at.get(tenant, time.perf_counter()) - submitted_at[tenant]
@@ -960,8 +964,21 @@ def _tenant_summary(
             "completed": int(tenants.get(tenant, {}).get("completed", 0)),
             "seconds": span,
             "tasks_per_second": n / span if span > 0 else None,
+            # per-tenant policy counters (None: the policy is not installed)
+            "deadlines_met": _per_tenant(deadline, "met", tenant),
+            "deadlines_missed": _per_tenant(deadline, "missed", tenant),
+            "deadlines_failed": _per_tenant(deadline, "failed", tenant),
+            "gangs_started": None if gangs is None else int(gangs.get(tenant, 0)),
         }
     return out
+
+
+def _per_tenant(snapshot: dict[str, Any], key: str, tenant: str) -> int | None:
+    """``snapshot[key][tenant]`` (``{queue: n}``) summed; None when the key is absent."""
+    table = snapshot.get(key)
+    if table is None:
+        return None
+    return _count(table.get(tenant) or {})
 
 
 def _vector_summary(results: list[dict[str, Any]], nparts: int) -> dict[str, Any]:
@@ -1015,13 +1032,20 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += [
             "",
             f"{'tenant':<10} {'weight':>6} {'entitled':>9} {'share':>7} {'contended':>10} "
-            f"{'worker-s':>9} {'tasks':>6} {'tasks/s':>8}",
+            f"{'worker-s':>9} {'tasks':>6} {'tasks/s':>8} {'deadlines met/missed':>21} "
+            f"{'gangs':>5}",
         ]
         for name, t in tenants.items():
+            met, missed = t.get("deadlines_met"), t.get("deadlines_missed")
+            dl = "n/a" if met is None else f"{met}/{missed}"
+            if t.get("deadlines_failed"):
+                dl += f" ({t['deadlines_failed']} failed)"
+            gangs_started = t.get("gangs_started")
             lines.append(
                 f"{name:<10} {t['weight']:>6g} {t['entitled_share']:>9.1%} {t['share']:>7.1%} "
                 f"{t['contended_share']:>10.1%} {t['worker_seconds']:>9.2f} {t['tasks']:>6} "
-                f"{_fmt(t['tasks_per_second'], '.1f'):>8}"
+                f"{_fmt(t['tasks_per_second'], '.1f'):>8} {dl:>21} "
+                f"{'n/a' if gangs_started is None else gangs_started:>5}"
             )
         lines.append(
             f"(contended share: worker-time while all tenants had work pending, "

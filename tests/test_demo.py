@@ -107,6 +107,18 @@ def test_demo_json_figures_are_consistent():
         assert value is not None and value >= 0, name
     assert p["gangs_started"] >= 1
     assert p["deadlines_met" if d["met"] else "deadlines_missed"] >= 1
+    assert p["deadlines_failed"] == 0  # no deadline task erred
+
+    # per tenant: the gang is research's, the deadline imagery's, and the
+    # per-tenant counters add up to the cluster-wide ones
+    assert tenants["research"]["gangs_started"] >= 1
+    assert tenants["imagery"]["gangs_started"] == tenants["vector"]["gangs_started"] == 0
+    assert sum(t["gangs_started"] for t in tenants.values()) == p["gangs_started"]
+    imagery = tenants["imagery"]
+    assert imagery["deadlines_met" if d["met"] else "deadlines_missed"] >= 1
+    for key in ("deadlines_met", "deadlines_missed", "deadlines_failed"):
+        assert sum(t[key] for t in tenants.values()) == p[key], key
+    assert tenants["vector"]["deadlines_met"] == tenants["vector"]["deadlines_missed"] == 0
 
     # the embedded coordinator kept the policy state in its journal
     coordinator = s["coordinator"]

@@ -122,6 +122,15 @@ POLICY_METRICS: tuple[tuple[str, str, str, str, str, tuple[str, ...], float | No
         None,
     ),
     (
+        "deadlines_failed",
+        "counter",
+        "Deadline jobs whose tasks erred or were cancelled (neither met nor missed)",
+        "Deadline",
+        "failed",
+        ("tenant", "queue"),
+        None,
+    ),
+    (
         "deadlines_rejected",
         "counter",
         "Submissions rejected as impossible",

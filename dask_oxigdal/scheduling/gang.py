@@ -175,6 +175,7 @@ class Gang(SchedulingPolicy):
         self._seq = itertools.count(1)
         self._scheduled = False
         self.started = 0
+        self.started_by_tenant: dict[str, int] = {}
         self.completed = 0
         self.restarts = 0
         self.refused = 0
@@ -557,6 +558,7 @@ class Gang(SchedulingPolicy):
             self.restart_gang(gang, reason="launch-failed")
             return
         self.started += 1
+        self.started_by_tenant[gang.tenant] = self.started_by_tenant.get(gang.tenant, 0) + 1
         ext.emit(
             "gang-started",
             gang=gang.name,
@@ -664,6 +666,7 @@ class Gang(SchedulingPolicy):
             "waiting": len(self.waiting),
             "running": running,
             "started": self.started,
+            "started_by_tenant": dict(self.started_by_tenant),
             "completed": self.completed,
             "restarts": self.restarts,
             "refused": self.refused,
