@@ -148,3 +148,65 @@ def test_guard_distributed_serves_the_global_prometheus_registry():
 
     assert "generate_latest()" in inspect.getsource(core.PrometheusHandler.get)
     assert hasattr(PrometheusCollector, "collect") and hasattr(PrometheusCollector, "describe")
+
+
+def boom():
+    raise ValueError("boom")
+
+
+def nap(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+@gen_cluster(client=True, scheduler_kwargs=SCHED, timeout=120)
+async def test_metrics_of_every_default_policy_on_a_live_scheduler(c, s, a, b):
+    import dask
+
+    await register(c, tenants={"t": 1})  # the default policy list
+    defaults = [
+        p["class"].rsplit(".", 1)[1] for p in dask.config.get("oxigdal.scheduling.policies")
+    ]
+    with annotate(tenant="t", gang="pair"):
+        await wait(c.map(inc_, [1, 2], key=["pair-0", "pair-1"]))
+    with annotate(tenant="t", deadline="10min"):
+        await c.submit(inc_, 1, key="dl-met")
+    with annotate(tenant="t", deadline="10min"):
+        failed = c.submit(boom, key="dl-failed")
+    await wait([failed])
+    assert failed.status == "error"
+    with annotate(tenant="t", deadline="1s"):
+        await c.submit(nap, 2.0, key="dl-missed")
+
+    def per_tenant(m, name):
+        return sum(v for labels, v in m.get(name, {}).items() if ("tenant", "t") in labels)
+
+    async def counted():
+        m = await scrape(s)
+        return (
+            per_tenant(m, "dask_oxigdal_deadlines_met_total") == 1
+            and per_tenant(m, "dask_oxigdal_deadlines_missed_total") == 1
+            and per_tenant(m, "dask_oxigdal_deadlines_failed_total") == 1
+        )
+
+    await wait_for(counted)
+    m = await scrape(s)
+    assert m["dask_oxigdal_policy_enabled"] == {(("policy", p),): 1.0 for p in defaults}
+    assert m["dask_oxigdal_gangs_started_total"][()] == 1
+    assert m["dask_oxigdal_gangs_waiting"][()] == m["dask_oxigdal_gangs_running"][()] == 0
+    assert m["dask_oxigdal_workers_quarantined"][()] == 0
+    # 2 gang members, the met and the missed task; the erred one is not completed
+    assert m["dask_oxigdal_tenant_tasks_completed_total"][(("tenant", "t"),)] == 4
+    # the same figures as status()
+    st = await status(c)
+    assert st["policies"]["Gang"]["started"] == 1
+    assert st["policies"]["Gang"]["started_by_tenant"] == {"t": 1}
+    deadline = st["policies"]["Deadline"]
+    assert sum(deadline["met"]["t"].values()) == sum(deadline["missed"]["t"].values()) == 1
+    assert sum(deadline["failed"]["t"].values()) == 1
+
+
+def inc_(x):
+    return x + 1
