@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 
+import dask
 import pytest
 from distributed import Client, Event, LocalCluster, wait
 from selenium import webdriver
@@ -80,7 +81,13 @@ def test_oxigdal_page_shows_live_numbers(browser, tmp_path):
         ) as cluster,
         Client(cluster) as client,
     ):
-        register(client, tenants={"team-a": 3, "team-b": 1}, interval="200ms")
+        # the default alert rules plus one that fires while work is queued
+        rules = [
+            *dask.config.get("oxigdal.monitoring.rules"),
+            {"name": "backlog", "metric": "tenant-queued", "above": 1},
+        ]
+        with dask.config.set({"oxigdal.monitoring.rules": rules}):
+            register(client, tenants={"team-a": 3, "team-b": 1}, interval="200ms")
         base = client.dashboard_link.rsplit("/status", 1)[0]
         browser.get(f"{base}/oxigdal/?interval=200")
 
@@ -107,6 +114,13 @@ def test_oxigdal_page_shows_live_numbers(browser, tmp_path):
         row = text("tenant-team-a").split()
         assert row[0] == "team-a" and row[2] == "75.0%", row  # entitled 3 / (3 + 1)
         assert text("queue-batch").split()[0] == "batch"
+        # the alert reaches the page's recent-alerts list and its counter
+        alerts = wait_until(
+            lambda: a if "backlog" in (a := text("alerts") or "") else None,
+            what="the backlog alert on the page",
+        )
+        assert "tenant-queued of team-" in alerts, alerts
+        assert int(text("alert-count")) >= 1
         ticks_before = text("updated")
 
         ev.set()
