@@ -281,6 +281,53 @@ async def test_locality_keeps_fair_share_and_quota(c, s, a, b):
     assert st["policies"]["Locality"]["enabled"] and not st["disabled"]
 
 
+def _where(tag):
+    return get_worker().address, tag
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=120)
+async def test_a_locality_wait_does_not_hold_another_tenants_thread(c, s, a, b):
+    """Tenant a's tasks wait for their busy home; tenant b runs on the free thread meanwhile."""
+    await register(
+        c,
+        tenants={"a": 1, "b": 1},
+        policies=[
+            {"class": "dask_oxigdal.scheduling.fairshare.FairShare"},
+            {"class": LOCALITY, "wait": "1h", "prefetch": 0},
+        ],
+    )
+    policy = _policy(s)
+    tiles = range(4)
+    with dox.annotate(tenant="a"):
+        warm = [
+            c.submit(_tile_task, t, workers=[a.address], pure=False, key=f"warm-{t}") for t in tiles
+        ]
+    await c.gather(warm)
+    await _wait_for(lambda: all(policy.homes.get(tile_key(t)) == {a.address} for t in tiles))
+    # a's home is busy: its locality tasks wait there (up to 1 h) ...
+    blocker = c.submit(_busy, 99, "free-a", workers=[a.address], pure=False)
+    await _wait_for(
+        lambda: s.tasks.get(blocker.key) is not None and s.tasks[blocker.key].state == "processing"
+    )
+    a_tasks = []
+    for t in tiles:
+        with dox.annotate(tenant="a", locality=tile_key(t)):
+            a_tasks.append(c.submit(_tile_task, t, pure=False, key=f"a-{t}"))
+    await _wait_for(lambda: policy.snapshot()["held"] == len(tiles))
+    # ... and meanwhile tenant b gets the other worker's thread: all of b's work
+    # finishes while every one of a's tasks is still waiting for its home
+    with dox.annotate(tenant="b"):
+        b_tasks = c.map(_where, range(6), pure=False, key=[f"b-{i}" for i in range(6)])
+    b_results = await c.gather(b_tasks)
+    assert {addr for addr, _ in b_results} == {b.address}
+    assert all(s.tasks[f.key].state == "no-worker" for f in a_tasks)
+    # once the home is free, a's tasks run there, from the cache
+    await Event("free-a").set()
+    for addr, held, value in await c.gather(a_tasks):
+        assert addr == a.address and held, (addr, held, value)
+    await blocker
+
+
 @gen_cluster(
     client=True,
     nthreads=[("127.0.0.1", 1)],
