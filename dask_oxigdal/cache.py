@@ -294,6 +294,24 @@ class WorkerCache:
             self.on_change()
 
 
+def _evict_at_warning(evict_at: float) -> str | None:
+    """A message when ``evict-at`` is not below Dask's first memory threshold."""
+    thresholds = {
+        key: dask.config.get(f"distributed.worker.memory.{key}") for key in ("target", "spill")
+    }
+    active = {k: float(v) for k, v in thresholds.items() if v is not False and v is not None}
+    if not active:
+        return None
+    key, first = min(active.items(), key=lambda kv: kv[1])
+    if evict_at < first:
+        return None
+    return (
+        f"oxigdal.cache.evict-at={evict_at!r} is not below "
+        f"distributed.worker.memory.{key}={first!r}: Dask may spill task results "
+        "to disk before the cache gives memory back; use a smaller evict-at"
+    )
+
+
 class _WorkerBinding:
     """Ties a :class:`WorkerCache` to a worker: reports and the memory monitor."""
 
@@ -308,6 +326,10 @@ class _WorkerBinding:
             raise ValueError(
                 f"oxigdal.cache.evict-at={self.evict_at!r} must be a fraction in (0, 1]"
             )
+        #: why evict-at cannot work as documented, or None (also logged)
+        self.evict_at_warning = _evict_at_warning(self.evict_at)
+        if self.evict_at_warning:
+            logger.warning(self.evict_at_warning)
         self._scheduled = False
         self._inflight = False
         self._dirty = False

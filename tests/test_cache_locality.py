@@ -105,6 +105,36 @@ def test_bad_cache_settings():
             dox.cached("a", lambda: 1, nbytes=bad)
 
 
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)],
+    config={"oxigdal.cache.evict-at": 0.7, "distributed.worker.memory.target": 0.6},
+    timeout=60,
+)
+async def test_evict_at_above_dasks_memory_target_is_reported(c, s, a):
+    await c.submit(lambda: dox.cached("k", lambda: 1), pure=False)
+    binding = a.extensions[EXTENSION]
+    assert binding.evict_at_warning == (
+        "oxigdal.cache.evict-at=0.7 is not below distributed.worker.memory.target=0.6: "
+        "Dask may spill task results to disk before the cache gives memory back; "
+        "use a smaller evict-at"
+    )
+
+
+def test_evict_at_below_the_thresholds_is_fine():
+    from dask_oxigdal.cache import _evict_at_warning
+
+    with dask.config.set(
+        {"distributed.worker.memory.target": False, "distributed.worker.memory.spill": 0.7}
+    ):
+        assert _evict_at_warning(0.5) is None
+        assert "distributed.worker.memory.spill=0.7" in _evict_at_warning(0.7)
+    with dask.config.set(
+        {"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False}
+    ):
+        assert _evict_at_warning(0.99) is None
+
+
 def test_concurrent_misses_load_once():
     cache = WorkerCache(limit=10_000, compression="none")
     gate = threading.Event()
