@@ -189,6 +189,8 @@ def knn(
         Global position of each neighbour: its row number counting through
         the partitions of ``points`` in order (what ``cKDTree`` on the
         concatenated points returns).
+    stats : dict
+        Only with ``return_stats=True``: the counters described there.
 
     Raises
     ------
