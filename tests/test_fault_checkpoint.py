@@ -9,6 +9,7 @@ import dask_oxigdal  # noqa: F401
 import asyncio
 import os
 import random
+import threading
 import time
 
 import fsspec
@@ -16,10 +17,14 @@ import pytest
 from dask import delayed
 from distributed import Client, LocalCluster
 from distributed.utils_test import gen_cluster
+from fsspec.implementations.local import LocalFileSystem
 
 from dask_oxigdal.annotations import annotate
+from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.fault.checkpoint import CheckpointCorrupt, CheckpointStore
-from dask_oxigdal.scheduling.extension import register, status
+from dask_oxigdal.scheduling.extension import NAME, register, status
+
+TWO = [("127.0.0.1", 1), ("127.0.0.1", 1)]
 
 
 def checkpoint_policy(store):
@@ -189,3 +194,141 @@ def test_fsspec_memory_store_and_missing_file():
         st.load(("tile", 3))
     with pytest.raises(ValueError, match="not valid"):
         CheckpointStore("")
+
+
+class GatedFS(LocalFileSystem):
+    """A local filesystem under the ``oxgated://`` scheme whose first read of a
+    checkpoint file waits for ``gate``: a loader task that is still loading.
+
+    (gen_cluster runs the workers in this process, so they see the registration
+    and the class attributes.)
+    """
+
+    protocol = "oxgated"
+    gate = threading.Event()
+    reads: list = []
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        path = str(path)
+        if path.startswith("oxgated://"):
+            path = path[len("oxgated://") :]
+        return super()._strip_protocol(path)
+
+    @classmethod
+    def reset(cls):
+        cls.gate = threading.Event()
+        cls.reads = []
+
+    def _open(self, path, mode="rb", **kwargs):
+        if "r" in mode and str(path).endswith(".ckpt"):
+            type(self).reads.append(path)
+            if len(type(self).reads) == 1:
+                type(self).gate.wait(60)
+        return super()._open(path, mode, **kwargs)
+
+
+fsspec.register_implementation("oxgated", GatedFS, clobber=True)
+
+
+async def _until(predicate, what, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def _stored_then_blocked_loader(c, s, tmp_path):
+    """Checkpoint tile_1, forget it, resubmit it: its loader blocks in its first read."""
+    GatedFS.reset()
+    store, runs = f"oxgated://{tmp_path}/store", tmp_path / "runs"
+    runs.mkdir()
+    await register(c, policies=[checkpoint_policy(store)])
+    tiles, _ = _graph(str(runs), 2)
+    assert await c.compute(tiles[1]) == 101
+    del tiles
+    await _until(lambda: "tile_1" not in s.tasks and "load_1" not in s.tasks, "forgotten")
+    tiles, _ = _graph(str(runs), 2)
+    fut = c.compute(tiles[1])
+    await _until(lambda: GatedFS.reads, "the loader to start reading")
+    ts = s.tasks["tile_1"]
+    assert ts.state == "processing" and not ts.dependencies  # a loader, blocked
+    return fut, ts, runs
+
+
+async def _assert_loaded_not_corrupt(c, s, fut, runs):
+    assert await fut == 101
+    snap = (await status(c))["policies"]["Checkpoint"]
+    assert snap["corrupt"] == 0, snap
+    assert snap["loaded"] == 1 and snap["saved"] == 1, snap
+    events = [e for _, e in await c.get_events("oxigdal") if e.get("kind") == "checkpoint-corrupt"]
+    assert events == []
+    # served from the checkpoint: neither the tile nor its input ran again
+    assert _runs(runs) == {"load1": 1, "tile1": 1}
+    assert len(GatedFS.reads) == 2  # the abandoned first read, and the one that served it
+    assert s.plugins[NAME].get_policy("Checkpoint").store.filename("tile_1") in (
+        s.plugins[NAME].get_policy("Checkpoint").known
+    )
+
+
+@gen_cluster(client=True, nthreads=TWO, timeout=120)
+async def test_loader_whose_worker_closes_mid_load_is_not_corrupt(c, s, a, b, tmp_path):
+    fut, ts, runs = await _stored_then_blocked_loader(c, s, tmp_path)
+    victim = a if ts.processing_on.address == a.address else b
+    try:
+        # the worker leaves while its loader reads: processing -> released, not a failure
+        await victim.close(executor_wait=False)
+        await _assert_loaded_not_corrupt(c, s, fut, runs)
+    finally:
+        GatedFS.gate.set()  # let the abandoned thread return
+
+
+@gen_cluster(client=True, nthreads=TWO, timeout=120)
+async def test_loader_moved_by_the_scheduler_is_not_corrupt(c, s, a, b, tmp_path):
+    fut, ts, runs = await _stored_then_blocked_loader(c, s, tmp_path)
+    other = b.address if ts.processing_on.address == a.address else a.address
+    try:
+        # what Stragglers and Quarantine do: release the processing task, elsewhere
+        ts.worker_restrictions = {other}
+        ts.loose_restrictions = True
+        s.transitions({"tile_1": "released"}, stimulus_id="test-move-loader")
+        await _assert_loaded_not_corrupt(c, s, fut, runs)
+    finally:
+        GatedFS.gate.set()
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=120)
+async def test_bad_store_url_fails_registration_naming_the_value(c, s, a, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    bad = [
+        ("nosuch://bucket/ckpt", r"'nosuch://bucket/ckpt'.*unknown scheme 'nosuch'.*valid schemes"),
+        (str(afile / "store"), r"afile/store'.*not usable.*afile' is not a directory"),
+        ("", "not valid"),
+    ]
+    for url, match in bad:
+        with pytest.raises(ConfigError, match=match):
+            await register(c, policies=[checkpoint_policy(url)], replace=True)
+    # a policy started before the failing one gives back what it took
+    quarantine = {"class": "dask_oxigdal.fault.quarantine.Quarantine"}
+    with pytest.raises(ConfigError, match="nosuch"):
+        await register(c, policies=[quarantine, checkpoint_policy("nosuch://x")], replace=True)
+    await _until(
+        lambda: (
+            s.stream_handlers["worker-status-change"] == s.handle_worker_status_change
+            and "oxigdal-quarantine" not in s.periodic_callbacks
+        ),
+        "the failed start's Quarantine to close",
+    )
+    # the valid schemes are listed, so the user can pick one
+    with pytest.raises(ConfigError) as info:
+        CheckpointStore("nosuch://x")
+    assert "file" in str(info.value) and "memory" in str(info.value)
+    # a good store registers and works: the policy is enabled, not silently off
+    await register(c, policies=[checkpoint_policy(tmp_path / "ok")], replace=True)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    tiles, _ = _graph(str(runs), 1)
+    assert await c.compute(tiles[0]) == 100
+    snap = await status(c)
+    assert snap["disabled"] == {} and snap["policies"]["Checkpoint"]["saved"] == 1

@@ -13,11 +13,16 @@ import asyncio
 import inspect
 
 from dask._task_spec import Task
+from dask.utils import parse_timedelta
 from distributed import Event
 from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.metrics import time
 from distributed.scheduler import Scheduler, TaskState, WorkerState
 from distributed.utils_test import gen_cluster
+from distributed.worker import Worker
+
+DOC = "see the private-attribute table in docs/architecture.md"
 
 
 def test_guard_worker_and_task_state_attributes():
@@ -38,6 +43,9 @@ def test_guard_worker_and_task_state_attributes():
         "erred_on",
         "who_wants",
         "prefix",
+        "state",
+        "host_restrictions",
+        "resource_restrictions",
     ):
         assert name in set(TaskState.__slots__) | set(vars(TaskState)), name
     sig = inspect.signature(Scheduler.handle_worker_status_change)
@@ -164,3 +172,72 @@ async def test_guard_run_spec_rewrite_in_update_graph(c, s, a):
 
     s.add_plugin(Rewrite())
     assert await c.submit(lambda: 21, key="outer") == 42
+
+
+def test_guard_heartbeat_interval_of_workers():
+    """Quarantine's minimum heartbeat-timeout is 3x the longest worker heartbeat interval."""
+    import distributed.scheduler as sched
+
+    hi = getattr(sched, "heartbeat_interval", None)
+    assert callable(hi), f"distributed.scheduler.heartbeat_interval(n) is gone; {DOC}"
+    assert isinstance(hi(1), (int, float)) and hi(1) > 0, hi(1)
+    assert hi(1000) > hi(1), "heartbeat_interval(n) no longer grows with the cluster"
+    param = inspect.signature(Worker.__init__).parameters.get("heartbeat_interval")
+    assert param is not None, f"Worker(heartbeat_interval=) is gone; {DOC}"
+    assert parse_timedelta(param.default, default="ms") > 0, param.default
+    # the scheduler tells each worker the interval in its heartbeat reply
+    assert "heartbeat-interval" in inspect.getsource(Scheduler.heartbeat_worker), DOC
+
+
+def _compute_startstops(startstops):
+    return [ss for ss in startstops or () if ss.get("action") == "compute"]
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1), ("127.0.0.1", 1)], timeout=60)
+async def test_guard_fault_private_attributes(c, s, a, b):
+    """Each private attribute the fault policies read (docs/architecture.md), on a live cluster."""
+    seen = {}
+
+    class Probe(SchedulerPlugin):
+        name = "guard-fault-probe"
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            if key == "probe" and (start, finish) == ("processing", "memory"):
+                seen["startstops"] = kwargs.get("startstops")
+
+    s.add_plugin(Probe())
+    # Checkpoint lists remote stores with Scheduler.loop.asyncio_loop.run_in_executor
+    loop = getattr(s.loop, "asyncio_loop", None)
+    assert isinstance(loop, asyncio.AbstractEventLoop), f"Scheduler.loop.asyncio_loop; {DOC}"
+    assert await loop.run_in_executor(None, lambda: 7) == 7
+    for name in ("stream_handlers", "periodic_callbacks", "plugins", "workers", "tasks"):
+        assert isinstance(getattr(s, name, None), dict), f"Scheduler.{name}; {DOC}"
+    assert isinstance(s.running, set) and all(isinstance(ws, WorkerState) for ws in s.running)
+    assert callable(s.loop.add_callback) and callable(s.loop.call_later)
+
+    ev = Event()
+    fut = c.submit(_block, ev, key="held", workers=[a.address])
+    while "held" not in s.tasks or s.tasks["held"].state != "processing":
+        await asyncio.sleep(0.02)
+    ts = s.tasks["held"]
+    ws = s.workers[a.address]
+    # Stragglers: TaskState.state, processing_on; WorkerState.last_seen (heartbeat age)
+    assert ts.state == "processing" and ts.processing_on is ws, f"TaskState.state; {DOC}"
+    assert isinstance(ws.last_seen, float) and abs(time() - ws.last_seen) < 60, ws.last_seen
+    # Checkpoint: TaskState.who_wants (a set of ClientState) of a requested key
+    assert ts.who_wants and all(hasattr(cs, "client_key") for cs in ts.who_wants), DOC
+    # Quarantine: WorkerState.status, Status.paused / Status.running
+    assert ws.status == Status.running and Status.paused.name == "paused", DOC
+    assert isinstance(ts.host_restrictions, (set, type(None)))
+    assert isinstance(ts.resource_restrictions, (dict, type(None)))
+    await ev.set()
+    assert await fut == 1
+    # a released key that nobody wants has no who_wants
+    del fut
+    while "held" in s.tasks:
+        await asyncio.sleep(0.02)
+
+    # Stragglers: the transition kwarg startstops, with a "compute" entry
+    assert await c.submit(_double, 4, key="probe") == 8
+    compute = _compute_startstops(seen.get("startstops"))
+    assert compute and compute[0]["stop"] >= compute[0]["start"], f"startstops; {DOC}"

@@ -9,6 +9,7 @@ import dask_oxigdal  # noqa: F401
 import asyncio
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -17,6 +18,12 @@ from distributed.core import Status
 from distributed.utils_test import gen_cluster
 
 from dask_oxigdal.annotations import annotate
+from dask_oxigdal.exceptions import ConfigError
+from dask_oxigdal.fault.quarantine import (
+    CALLBACK,
+    dask_heartbeat_interval,
+    min_heartbeat_timeout,
+)
 from dask_oxigdal.scheduling.extension import NAME, register, status
 
 TWO = [("127.0.0.1", 1), ("127.0.0.1", 1)]
@@ -175,7 +182,7 @@ def test_hung_worker_is_quarantined_within_seconds_and_readmitted():
         ) as cluster,
         Client(cluster) as c,
     ):
-        register(c, policies=[quarantine(**{"heartbeat-timeout": "2s", "cooldown": "0.5s"})])
+        register(c, policies=[quarantine(**{"heartbeat-timeout": "3s", "cooldown": "0.5s"})])
         pids = c.run(os.getpid)
         hung, healthy = sorted(pids)
         pid = pids[hung]
@@ -202,3 +209,136 @@ def test_hung_worker_is_quarantined_within_seconds_and_readmitted():
             time.sleep(0.1)
         kinds = _kinds(c.get_events("oxigdal"), hung)
         assert kinds[0] == "worker-quarantined" and kinds[-1] == "worker-readmitted"
+
+
+def _inside_transitions(scheduler):
+    """Whether the caller runs inside ``scheduler``'s transition engine (a plugin hook)."""
+    f = sys._getframe(1)
+    while f is not None:
+        if (
+            f.f_code.co_name in ("_transition", "_transitions")
+            and f.f_locals.get("self") is scheduler
+        ):
+            return True
+        f = f.f_back
+    return False
+
+
+async def _probe_until_readmitted(c, q, address, prefix):
+    i = 0
+    deadline = time.monotonic() + 60
+    while q.breakers[address].state != "closed":
+        assert time.monotonic() < deadline, "worker not readmitted"
+        await c.gather(c.map(work, range(i, i + 4), key=[f"{prefix}-{j}" for j in range(i, i + 4)]))
+        i += 4
+        await asyncio.sleep(0.05)
+
+
+@gen_cluster(client=True, nthreads=TWO, timeout=120)
+async def test_readmitted_worker_is_resumed_outside_the_transition_engine(c, s, a, b):
+    calls = []  # (status, worker, called from inside Scheduler._transition(s))
+    plain = s.stream_handlers["worker-status-change"]
+
+    def recording(status, worker, stimulus_id):
+        calls.append((getattr(status, "name", status), worker, _inside_transitions(s)))
+        plain(status=status, worker=worker, stimulus_id=stimulus_id)
+
+    s.stream_handlers["worker-status-change"] = recording  # Quarantine wraps this one
+    await register(c, policies=[quarantine(cooldown=0.2)])
+    q = _policy(s)
+    assert q.quarantine(b.address, "test")
+    assert s.workers[b.address].status == Status.paused
+    # cooldown -> half-open (resumed) -> probe (paused) -> probe succeeded -> resumed
+    await _probe_until_readmitted(c, q, b.address, "probe")
+    await _until(lambda: s.workers[b.address].status == Status.running, what="resume")
+    resumes = [inside for st, w, inside in calls if st == "running" and w == b.address]
+    assert len(resumes) >= 2, calls  # half-open, then readmission after the probe
+    # un-pausing makes Dask dispatch (Scheduler.transitions): never from a transition
+    # hook (pausing the worker as its probe is dispatched does not, and may be)
+    assert not any(resumes), calls
+    # readmitted: b gets tasks again
+    futs = c.map(work, range(100, 120), key=[f"after-{j}" for j in range(20)])
+    await c.gather(futs)
+    assert any(s.tasks[f.key].who_has == {s.workers[b.address]} for f in futs)
+
+
+@gen_cluster(client=True, nthreads=TWO, timeout=120)
+async def test_deferred_resume_skips_a_worker_that_was_quarantined_again(c, s, a, b):
+    await register(c, policies=[quarantine(cooldown="1h")])
+    q = _policy(s)
+    assert q.quarantine(b.address, "test")
+    # readmitted, then quarantined again before the deferred resume ran (same tick)
+    q._close(b.address)
+    assert q.quarantine(b.address, "again")
+    await asyncio.sleep(0.2)  # the loop ran the deferred callback
+    assert s.workers[b.address].status == Status.paused
+    assert q.breakers[b.address].state == "open"
+
+
+@gen_cluster(client=True, nthreads=TWO, timeout=120)
+async def test_closing_the_policy_leaves_no_worker_paused(c, s, a, b):
+    def none_paused():
+        return all(ws.status == Status.running for ws in s.workers.values())
+
+    async def used_again(address, tag):
+        futs = c.map(work, range(30), key=[f"{tag}-{j}" for j in range(30)])
+        await c.gather(futs)
+        assert any(s.tasks[f.key].who_has == {s.workers[address]} for f in futs), tag
+
+    # 1. the extension is removed from the scheduler
+    await register(c, policies=[quarantine(cooldown="1h")])
+    q = _policy(s)
+    assert q.quarantine(b.address, "test")
+    assert s.workers[b.address].status == Status.paused
+    await c.unregister_scheduler_plugin(NAME)
+    await _until(none_paused, what="resume after removal")
+    assert q.closed and q.quarantined == []
+    assert s.stream_handlers["worker-status-change"] == s.handle_worker_status_change
+    assert CALLBACK not in s.periodic_callbacks
+    await used_again(b.address, "removed")
+
+    # 2. the extension disables the policy (as after an exception in one of its hooks)
+    await register(c, policies=[quarantine(cooldown="1h")], replace=True)
+    q = _policy(s)
+    assert q.quarantine(a.address, "test")
+    s.plugins[NAME]._disable(q, "test", RuntimeError("a policy error"))
+    await _until(none_paused, what="resume after disable")
+    assert s.stream_handlers["worker-status-change"] == s.handle_worker_status_change
+    await used_again(a.address, "disabled")
+
+    # 3. the extension is replaced: the new Quarantine starts with every worker running
+    await register(c, policies=[quarantine(cooldown="1h")], replace=True)
+    old = _policy(s)
+    assert old.quarantine(b.address, "test")
+    await register(c, policies=[quarantine(cooldown="1h")], replace=True)
+    new = _policy(s)
+    assert new is not old and old.closed and not new.closed
+    await _until(none_paused, what="resume after replace")
+    assert new.quarantined == []
+    # the new policy still works: it can quarantine and keeps its own handler
+    assert new.quarantine(b.address, "test")
+    assert s.workers[b.address].status == Status.paused
+    assert getattr(s.stream_handlers["worker-status-change"], "_oxigdal_policy", None) is new
+    await asyncio.sleep(0.3)  # nothing left over un-pauses it
+    assert s.workers[b.address].status == Status.paused
+    kinds = _kinds(await c.get_events("oxigdal"), b.address)
+    assert kinds.count("worker-readmitted") >= 2
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=120)
+async def test_heartbeat_timeout_must_cover_three_dask_heartbeats(c, s, a):
+    floor = min_heartbeat_timeout()
+    assert floor == 3 * dask_heartbeat_interval(1) >= 3 * 0.5
+    for bad in ("1s", 0.5, floor - 0.01):
+        with pytest.raises(ConfigError, match=rf"heartbeat-timeout={bad!r}.*>= {floor:g} s"):
+            await register(c, policies=[quarantine(**{"heartbeat-timeout": bad})], replace=True)
+    await register(c, policies=[quarantine(**{"heartbeat-timeout": 0})], replace=True)
+    assert _policy(s).effective_heartbeat_timeout() == 0  # off
+    await register(c, policies=[quarantine(**{"heartbeat-timeout": floor})], replace=True)
+    q = _policy(s)
+    assert q.effective_heartbeat_timeout() == floor
+    assert (await status(c))["policies"]["Quarantine"]["settings"][
+        "effective_heartbeat_timeout"
+    ] == floor
+    # Dask asks a large cluster for slower heartbeats: the timeout in effect follows
+    assert min_heartbeat_timeout(1000) == 3 * (1000 / 200 + 1) > floor

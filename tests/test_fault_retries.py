@@ -5,8 +5,10 @@ from __future__ import annotations
 import dask_oxigdal  # noqa: F401
 
 # isort: split
+import asyncio
 import itertools
 import random
+import time
 
 import pytest
 from distributed import get_worker
@@ -15,7 +17,7 @@ from distributed.utils_test import gen_cluster
 from dask_oxigdal.annotations import annotate
 from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.fault.retry import backoff_delay
-from dask_oxigdal.scheduling.extension import register, status
+from dask_oxigdal.scheduling.extension import NAME, register, status
 
 RETRIES = {"class": "dask_oxigdal.fault.retry.Retries"}
 
@@ -126,3 +128,45 @@ async def test_retries_compose_with_quota_holds(c, s, a, b, tmp_path):
     snap = (await status(c))["policies"]
     assert snap["Quota"]["max_admitted"]["a"] == 1
     assert snap["Retries"]["retried"] == 1 and snap["Retries"]["held"] == 0
+
+
+async def _held(s, key, r):
+    deadline = time.monotonic() + 60
+    while not (r.held == 1 and key in s.tasks and s.tasks[key].state == "no-worker"):
+        assert time.monotonic() < deadline, "the failed attempt was not held"
+        await asyncio.sleep(0.02)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1), ("127.0.0.1", 1)], timeout=120)
+async def test_held_retries_are_released_when_the_policy_closes(c, s, a, b, tmp_path):
+    hour = {**RETRIES, "backoff": "1h", "max-backoff": "2h", "jitter": 0.0}
+    # 1. the extension is removed: the held retry runs now, not in an hour
+    await register(c, policies=[hour])
+    r = s.plugins[NAME].get_policy("Retries")
+    with annotate(retries=2):
+        fut = c.submit(flaky, str(tmp_path / "removed"), 1, pure=False)
+    await _held(s, fut.key, r)
+    await c.unregister_scheduler_plugin(NAME)
+    assert await asyncio.wait_for(fut, 60) == 2
+    assert r.closed and r.held == 0
+    assert not any(k.startswith("oxigdal-retries") for k in s.periodic_callbacks)
+
+    # 2. the extension disables the policy (as after an exception in one of its hooks)
+    await register(c, policies=[hour], replace=True)
+    r = s.plugins[NAME].get_policy("Retries")
+    with annotate(retries=2):
+        fut = c.submit(flaky, str(tmp_path / "disabled"), 1, pure=False)
+    await _held(s, fut.key, r)
+    s.plugins[NAME]._disable(r, "test", RuntimeError("a policy error"))
+    assert await asyncio.wait_for(fut, 60) == 2
+    assert r.held == 0
+
+    # 3. close() directly: returns how many it released
+    await register(c, policies=[hour], replace=True)
+    r = s.plugins[NAME].get_policy("Retries")
+    with annotate(retries=2):
+        fut = c.submit(flaky, str(tmp_path / "closed"), 1, pure=False)
+    await _held(s, fut.key, r)
+    assert r.close() == 1
+    assert await asyncio.wait_for(fut, 60) == 2
+    assert r.close() == 0  # idempotent

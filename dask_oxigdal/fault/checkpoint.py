@@ -45,7 +45,7 @@ import fsspec
 from dask._task_spec import Task
 from distributed.metrics import time
 
-from dask_oxigdal.exceptions import OxigdalError
+from dask_oxigdal.exceptions import ConfigError, OxigdalError
 from dask_oxigdal.fault._common import option
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 
@@ -68,6 +68,21 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
+def _bad_url_message(url: str, exc: BaseException) -> str:
+    scheme = url.split("://", 1)[0] if "://" in url else None
+    valid = ", ".join(["local path", *sorted(fsspec.available_protocols())])
+    if scheme is not None and scheme not in fsspec.available_protocols():
+        return (
+            f"oxigdal.checkpoint.store={url!r} is not valid: unknown scheme {scheme!r}; "
+            f"valid schemes: {valid}"
+        )
+    return (
+        f"oxigdal.checkpoint.store={url!r} is not usable: {type(exc).__name__}: "
+        f"{str(exc).splitlines()[0] if str(exc) else ''} (valid schemes: {valid}; "
+        "a scheme may need its package, e.g. s3fs for s3://)"
+    )
+
+
 class CheckpointStore:
     """Checkpoint files in an fsspec filesystem.
 
@@ -77,23 +92,65 @@ class CheckpointStore:
         fsspec URL or local path (``oxigdal.checkpoint.store``).
     storage_options : dict, optional
         Passed to ``fsspec.core.url_to_fs``.
+
+    Raises
+    ------
+    ConfigError
+        ``url`` is empty or not a string, its scheme is unknown to fsspec (the
+        message lists the valid schemes), or fsspec cannot open it (a missing
+        backend package such as ``s3fs``, bad storage options).
     """
 
     def __init__(self, url: str | None = None, storage_options: dict | None = None) -> None:
         url = option(SECTION, "store", url)
         if not isinstance(url, str) or not url:
-            raise ValueError(
-                f"checkpoint store {url!r} is not valid: give a local path or fsspec URL"
+            raise ConfigError(
+                f"oxigdal.checkpoint.store={url!r} is not valid: give a local path or fsspec URL"
             )
         self.url = url
         self.storage_options = dict(storage_options or {})
-        self.fs, self.root = fsspec.core.url_to_fs(url, **self.storage_options)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(url, **self.storage_options)
+        except Exception as e:
+            raise ConfigError(_bad_url_message(url, e)) from e
         self.local = "file" in (
             self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         )
         # the directory is created by the first save: a store that is only
         # configured (the policy is on by default) writes nothing
         self._made = False
+
+    def check(self) -> None:
+        """Check that a local store's directory exists or can be created (writes nothing).
+
+        Remote stores are not probed (that would block on the network); fsspec
+        already rejected unknown schemes when the store was made.
+
+        Raises
+        ------
+        ConfigError
+            The directory (or its nearest existing parent) is not a directory
+            or not writable.
+        """
+        if not self.local:
+            return
+        root = os.path.abspath(self.root)
+        probe = root
+        while not os.path.exists(probe):
+            parent = os.path.dirname(probe)
+            if parent == probe:
+                break
+            probe = parent
+        problem = None
+        if not os.path.isdir(probe):
+            problem = f"{probe!r} is not a directory"
+        elif not os.access(probe, os.W_OK | os.X_OK):
+            problem = f"{probe!r} is not writable"
+        if problem is not None:
+            raise ConfigError(
+                f"oxigdal.checkpoint.store={self.url!r} is not usable: {problem}; "
+                "give a writable local directory or an fsspec URL"
+            )
 
     def __reduce__(self) -> tuple:
         return (CheckpointStore, (self.url, self.storage_options))
@@ -103,11 +160,33 @@ class CheckpointStore:
 
     @staticmethod
     def filename(key: Any) -> str:
-        """File name of ``key``'s checkpoint (SHA-256 of its string form)."""
+        """File name of ``key``'s checkpoint.
+
+        Parameters
+        ----------
+        key : str, tuple or other Dask key
+            The task key; its ``str()`` form is hashed.
+
+        Returns
+        -------
+        str
+            ``<SHA-256 hex of str(key)>.ckpt``.
+        """
         return hashlib.sha256(_key_name(key).encode()).hexdigest() + _SUFFIX
 
     def path(self, key: Any) -> str:
-        """Full path of ``key``'s checkpoint in the store."""
+        """Full path of ``key``'s checkpoint in the store.
+
+        Parameters
+        ----------
+        key : str, tuple or other Dask key
+            The task key.
+
+        Returns
+        -------
+        str
+            ``<store root>/<filename(key)>`` in the store's filesystem.
+        """
         return f"{self.root.rstrip('/')}/{self.filename(key)}"
 
     @staticmethod
@@ -118,13 +197,37 @@ class CheckpointStore:
 
     @classmethod
     def encode(cls, value: Any) -> bytes:
-        """Header + pickled value (the bytes of a checkpoint file)."""
+        """The bytes of a checkpoint file holding ``value``.
+
+        Parameters
+        ----------
+        value : object
+            Any picklable value.
+
+        Returns
+        -------
+        bytes
+            The header line ``OXCK1 <sha256 hex> <nbytes>\\n`` followed by the
+            pickled value.
+        """
         header, payload = cls._parts(value)
         return header + payload
 
     @staticmethod
     def decode(data: bytes | memoryview, where: str = "checkpoint") -> Any:
         """Check and unpickle a checkpoint file's bytes.
+
+        Parameters
+        ----------
+        data : bytes or memoryview
+            The whole content of a checkpoint file.
+        where : str, default "checkpoint"
+            Names the file in error messages.
+
+        Returns
+        -------
+        object
+            The unpickled value.
 
         Raises
         ------
@@ -150,7 +253,25 @@ class CheckpointStore:
         return pickle.loads(payload)
 
     def save(self, key: Any, value: Any) -> dict[str, Any]:
-        """Write ``value`` atomically; return its manifest entry."""
+        """Write ``value`` as ``key``'s checkpoint, atomically.
+
+        The file is written under a temporary name, then moved into place
+        (``os.replace`` after ``fsync`` for local stores, ``fs.mv`` otherwise);
+        the store's directory is created by the first save.
+
+        Parameters
+        ----------
+        key : str, tuple or other Dask key
+            The task key.
+        value : object
+            A picklable value.
+
+        Returns
+        -------
+        dict
+            The manifest entry: ``path``, ``nbytes`` (file size), ``sha256``
+            (of the pickled value) and ``at`` (UNIX time).
+        """
         header, payload = self._parts(value)
         path = self.path(key)
         if not self._made:
@@ -175,6 +296,16 @@ class CheckpointStore:
     def load(self, key: Any) -> Any:
         """Read, check and return ``key``'s value.
 
+        Parameters
+        ----------
+        key : str, tuple or other Dask key
+            The task key.
+
+        Returns
+        -------
+        object
+            The value saved by :meth:`save`.
+
         Raises
         ------
         CheckpointCorrupt
@@ -193,11 +324,28 @@ class CheckpointStore:
         return self.decode(data, f"checkpoint of {key!r} ({path})")
 
     def exists(self, key: Any) -> bool:
-        """Whether ``key`` has a checkpoint file."""
+        """Whether ``key`` has a checkpoint file (its content is not checked).
+
+        Parameters
+        ----------
+        key : str, tuple or other Dask key
+            The task key.
+
+        Returns
+        -------
+        bool
+        """
         return self.fs.exists(self.path(key))
 
     def names(self) -> set[str]:
-        """File names of every checkpoint in the store."""
+        """File names of every checkpoint in the store (one listing of its directory).
+
+        Returns
+        -------
+        set of str
+            ``filename(key)`` of each stored key; empty when the directory does
+            not exist yet.
+        """
         try:
             entries = self.fs.ls(self.root, detail=False)
         except FileNotFoundError:
@@ -205,7 +353,13 @@ class CheckpointStore:
         return {e.rsplit("/", 1)[-1] for e in entries if e.endswith(_SUFFIX)}
 
     def delete(self, key: Any) -> None:
-        """Remove ``key``'s checkpoint if present."""
+        """Remove ``key``'s checkpoint; do nothing when there is none.
+
+        Parameters
+        ----------
+        key : str, tuple or other Dask key
+            The task key.
+        """
         try:
             self.fs.rm(self.path(key))
         except FileNotFoundError:
@@ -224,11 +378,13 @@ def load_result(store: CheckpointStore, key: Any) -> Any:
 
 
 class _Loaded:
-    __slots__ = ("dependencies", "run_spec")
+    __slots__ = ("dependencies", "retries", "run_spec")
 
     def __init__(self, run_spec: Any, dependencies: set) -> None:
         self.run_spec = run_spec
         self.dependencies = dependencies
+        #: ``TaskState.retries`` when the loader was last sent to a worker (None: not yet)
+        self.retries: int | None = None
 
 
 class Checkpoint(SchedulingPolicy):
@@ -260,7 +416,9 @@ class Checkpoint(SchedulingPolicy):
         super().start(extension)
         url, storage_options = self._options
         storage_options = option(SECTION, "storage-options", storage_options)
+        # a bad URL or an unusable local directory fails the registration (ConfigError)
         self.store = CheckpointStore(option(SECTION, "store", url), storage_options)
+        self.store.check()
         # -- coordinator (issue 6): restore the manifest, when enabled ---------
         coordinator = getattr(extension, "coordinator", None)
         if coordinator is not None:
@@ -305,7 +463,19 @@ class Checkpoint(SchedulingPolicy):
     def transition(
         self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
     ) -> None:
-        """Count saves and loads; restore the original task when a load failed."""
+        """Count saves and loads; restore the original task when a load failed.
+
+        A loader leaves ``processing`` for ``released`` both when it failed
+        (Dask decremented ``TaskState.retries`` and re-queues it) and when it
+        was only moved: its worker died or left, work stealing, or a policy
+        rescheduled it (Stragglers, Quarantine). Only the first is a corrupt
+        (or missing) checkpoint; a moved loader stays a loader.
+        """
+        if finish == "processing":
+            loaded = self.loading.get(key)
+            if loaded is not None:
+                loaded.retries = self.extension.scheduler.tasks[key].retries
+            return
         if start != "processing":
             if finish == "forgotten":
                 loaded = self.loading.pop(key, None)
@@ -325,12 +495,18 @@ class Checkpoint(SchedulingPolicy):
                 if loaded is not None:
                     self.loaded += 1
                     self._forget_later(loaded.dependencies)
-        elif key in self.loading and finish in ("released", "erred"):
-            ts = self.extension.scheduler.tasks[key]
+        elif finish == "erred" and key in self.loading:
+            # out of retries (or KilledWorker): the task errs; nothing to restore
             loaded = self.loading.pop(key)
             self.known.discard(self.store.filename(key))
-            if finish == "erred":
-                return
+            self._forget_later(loaded.dependencies)
+        elif finish == "released" and key in self.loading:
+            ts = self.extension.scheduler.tasks[key]
+            loaded = self.loading[key]
+            if loaded.retries is None or ts.retries >= loaded.retries:
+                return  # moved, not failed: it is sent out again as a loader
+            del self.loading[key]
+            self.known.discard(self.store.filename(key))
             self.corrupt += 1
             self.extension.emit("checkpoint-corrupt", key=str(key), path=self.store.path(key))
             alive = self.extension.scheduler.tasks

@@ -69,7 +69,7 @@ def hedge(client: Client, func: Any, *args: Any, delay: Any = "1s", **kwargs: An
             pass
         if primary.done():
             return await primary
-        processing = await client.scheduler.processing()
+        processing = await client.processing()  # inside client.sync: awaitable
         on = [w for w, keys in processing.items() if primary.key in keys]
         others = [w for w in processing if w not in on]
         copy = client.submit(

@@ -14,6 +14,10 @@ tasks) and ``half-open`` (one probe task is let through).
   workers (a stopped process cannot finish them). Silence is only judged
   when the scheduler's own event loop was responsive since the previous
   check (a stalled scheduler has not read the heartbeats yet).
+  ``heartbeat-timeout`` must be 0 (off) or at least 3x Dask's worker heartbeat
+  interval (:func:`min_heartbeat_timeout`); on a large cluster, where Dask asks
+  for slower heartbeats, the timeout in effect grows with it
+  (:meth:`Quarantine.effective_heartbeat_timeout`).
 - **Enacting**: an open worker is set to ``Status.paused`` on the scheduler
   (``Scheduler.handle_worker_status_change``), which is how Dask itself keeps
   a paused worker out of ``running``, ``idle`` and ``saturated``: it gets no
@@ -24,7 +28,13 @@ tasks) and ``half-open`` (one probe task is let through).
 - **Half-open**: after ``cooldown`` the worker is marked running again; the
   first task Dask sends to it is the probe and the worker is paused again
   right away. The worker is readmitted when the probe succeeds, and
-  re-opened (cooldown restarts) when it fails.
+  re-opened (cooldown restarts) when it fails. Un-pausing a worker makes Dask
+  dispatch work to it (``Scheduler.transitions``), so it is never done from
+  inside a transition hook: it is deferred with ``loop.add_callback`` and
+  skipped if the worker left (or was quarantined again) meanwhile.
+- **Closing**: when the policy stops (extension removed or replaced, policy
+  disabled, :meth:`Quarantine.close`), every worker it paused is resumed and
+  the ``worker-status-change`` handler is restored.
 - **Safety**: a worker is never quarantined when no other running,
   non-quarantined worker would remain (``refused`` counts those cases).
 
@@ -35,22 +45,81 @@ Every state change is published on the ``oxigdal`` event topic
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from dask.utils import parse_timedelta
 from distributed.core import Status
 from distributed.metrics import time
+from distributed.scheduler import heartbeat_interval
+from distributed.worker import Worker
 
-from dask_oxigdal.fault._common import duration, number
+from dask_oxigdal.exceptions import ConfigError
+from dask_oxigdal.fault._common import duration, in_charge, number, option, unwatch, watch
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 
 if TYPE_CHECKING:
     from distributed.scheduler import WorkerState
 
-__all__ = ["Quarantine"]
+__all__ = ["HEARTBEAT_FACTOR", "Quarantine", "dask_heartbeat_interval", "min_heartbeat_timeout"]
+
+logger = logging.getLogger(__name__)
 
 SECTION = "quarantine"
 STATUS_OP = "worker-status-change"
+#: Name of the policy's watch in ``Scheduler.periodic_callbacks``.
+CALLBACK = "oxigdal-quarantine"
+#: ``heartbeat-timeout`` must be at least this many worker heartbeat intervals.
+HEARTBEAT_FACTOR = 3.0
+
+
+def _worker_default_heartbeat() -> float:
+    # A worker heartbeats every ``Worker(heartbeat_interval=)`` ("1s") until the
+    # scheduler's first heartbeat reply sets ``heartbeat_interval(n)``.
+    param = inspect.signature(Worker.__init__).parameters.get("heartbeat_interval")
+    default = None if param is None else param.default
+    if default is None or default is inspect.Parameter.empty:
+        return 1.0
+    return float(parse_timedelta(default, default="ms"))
+
+
+_WORKER_HEARTBEAT = _worker_default_heartbeat()
+
+
+def dask_heartbeat_interval(n_workers: int) -> float:
+    """Longest interval between two heartbeats of a worker, in seconds.
+
+    Parameters
+    ----------
+    n_workers : int
+        Workers in the cluster.
+
+    Returns
+    -------
+    float
+        ``max(Worker's default heartbeat interval (1 s),
+        distributed.scheduler.heartbeat_interval(n_workers))``: 1 s up to 49
+        workers, 2 s up to 199, then ``n / 200 + 1``.
+    """
+    return max(_WORKER_HEARTBEAT, float(heartbeat_interval(max(int(n_workers), 1))))
+
+
+def min_heartbeat_timeout(n_workers: int = 1) -> float:
+    """Smallest valid non-zero ``heartbeat-timeout``: 3x :func:`dask_heartbeat_interval`.
+
+    Parameters
+    ----------
+    n_workers : int, default 1
+        Workers in the cluster.
+
+    Returns
+    -------
+    float
+        Seconds (3 s for clusters of up to 49 workers).
+    """
+    return HEARTBEAT_FACTOR * dask_heartbeat_interval(n_workers)
 
 
 class _Breaker:
@@ -105,6 +174,10 @@ class Quarantine(SchedulingPolicy):
         self.failures_seen = 0
         self.history: deque[dict[str, Any]] = deque(maxlen=100)
         self._original_handler: Any = None
+        self._handler: Any = None  # our wrapper in scheduler.stream_handlers
+        self._watch: Any = None
+        self._scheduler: Any = None  # kept: a failed start resets extension.scheduler
+        self.closed = False
         self._last_tick = time()
 
     # ----------------------------------------------------------------- setup
@@ -116,18 +189,37 @@ class Quarantine(SchedulingPolicy):
         self.window = duration(SECTION, "window", window, minimum=0.001)
         self.cooldown = duration(SECTION, "cooldown", cooldown)
         self.heartbeat_timeout = duration(SECTION, "heartbeat-timeout", heartbeat_timeout)
-        scheduler = extension.scheduler
+        floor = min_heartbeat_timeout()
+        if 0 < self.heartbeat_timeout < floor:
+            raw = option(SECTION, "heartbeat-timeout", heartbeat_timeout)
+            raise ConfigError(
+                f"oxigdal.quarantine.heartbeat-timeout={raw!r} ({self.heartbeat_timeout:g} s) "
+                f"is not valid: must be 0 (off) or >= {floor:g} s "
+                f"({HEARTBEAT_FACTOR:g}x Dask's worker heartbeat interval of "
+                f"{dask_heartbeat_interval(1):g} s)"
+            )
+        scheduler = self._scheduler = extension.scheduler
         self._last_tick = time()
-        original = scheduler.stream_handlers[STATUS_OP]
+        current = scheduler.stream_handlers[STATUS_OP]
+        previous = getattr(current, "_oxigdal_policy", None)
+        if previous is not None and previous is not self:
+            # a replaced extension's Quarantine: give its workers back first
+            previous.close()
+            current = scheduler.stream_handlers[STATUS_OP]
         # unwrap a handler left by a previous (replaced) extension
-        original = getattr(original, "_oxigdal_original", original)
+        original = getattr(current, "_oxigdal_original", current)
         self._original_handler = original
 
         def handle_worker_status_change(status: Any, worker: Any, stimulus_id: str) -> None:
             self._status_change(status, worker, stimulus_id)
 
         handle_worker_status_change._oxigdal_original = original  # type: ignore[attr-defined]
+        handle_worker_status_change._oxigdal_policy = self  # type: ignore[attr-defined]
+        self._handler = handle_worker_status_change
         scheduler.stream_handlers[STATUS_OP] = handle_worker_status_change
+        # the extension does not tell a policy that it was removed or disabled:
+        # a watch notices it and gives the paused workers back (close())
+        self._watch = watch(self, CALLBACK, self._check_in_charge)
         for address in scheduler.workers:
             self.breakers.setdefault(address, _Breaker())
         # -- coordinator (issue 6): restore quarantine state, when enabled -------
@@ -158,18 +250,15 @@ class Quarantine(SchedulingPolicy):
 
     def _in_charge(self) -> bool:
         """Whether this policy is enabled and its extension is still the installed one."""
-        ext = self.extension
-        return (
-            ext.scheduler is not None
-            and ext.scheduler.plugins.get(ext.name) is ext
-            and ext._policy_name(self) not in ext.disabled
-        )
+        return not self.closed and in_charge(self)
 
     # ---------------------------------------------------------- transitions
     def transition(
         self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
     ) -> None:
         """Count failures per worker; watch the probe."""
+        if self.closed:
+            return
         if finish == "processing":
             ts = self.extension.scheduler.tasks[key]
             ws = ts.processing_on
@@ -248,12 +337,88 @@ class Quarantine(SchedulingPolicy):
             self._original_handler(Status.paused, worker, f"{stimulus}-{time()}")
 
     def _resume(self, worker: str, stimulus: str) -> None:
+        """Un-pause ``worker``, later: from the event loop, never inside a transition.
+
+        ``handle_worker_status_change(running)`` makes Dask dispatch work to
+        the worker (``Scheduler.transitions``); called from a transition hook
+        it would re-enter the transition engine.
+        """
+        scheduler = self.extension.scheduler
         b = self.breakers.get(worker)
-        ws = self.extension.scheduler.workers.get(worker)
+        ws = scheduler.workers.get(worker)
         if ws is None or b is None or b.reported != "running":
             return
-        if ws.status != Status.running:
-            self._original_handler(Status.running, worker, f"{stimulus}-{time()}")
+        if ws.status == Status.paused:
+            scheduler.loop.add_callback(self._resume_now, worker, ws, f"{stimulus}-{time()}")
+
+    def _resume_now(self, worker: str, ws: WorkerState, stimulus_id: str) -> None:
+        """The deferred half of :meth:`_resume`: only if nothing changed meanwhile."""
+        scheduler = self._scheduler
+        if scheduler is None or scheduler.workers.get(worker) is not ws:
+            return  # the worker left (or another one took its address)
+        if ws.status != Status.paused:
+            return  # already running, or closing: not ours to change
+        b = self.breakers.get(worker)
+        if self.closed:
+            if self._successor_holds(worker) or (b is not None and b.reported != "running"):
+                return
+        elif b is None or b.reported != "running" or b.state == "open":
+            return  # quarantined again meanwhile
+        elif b.state == "half-open" and b.probe is not None:
+            return  # its probe runs: it stays paused until the probe ends
+        try:
+            self._original_handler(Status.running, worker, stimulus_id)
+        except Exception:  # never let a deferred callback take the loop down
+            logger.exception("oxigdal quarantine: could not resume worker %s", worker)
+
+    def _successor_holds(self, worker: str) -> bool:
+        """Whether the Quarantine of the extension installed now keeps ``worker`` paused."""
+        ext, scheduler = self.extension, self._scheduler
+        installed = scheduler.plugins.get(ext.name) if scheduler is not None else None
+        if installed is None or installed is ext:
+            return False
+        try:
+            other = installed.get_policy(self.name)
+        except (AttributeError, KeyError):
+            return False
+        b = getattr(other, "breakers", {}).get(worker)
+        return worker in getattr(other, "restored", {}) or (b is not None and b.state != "closed")
+
+    # ---------------------------------------------------------------- closing
+    def _check_in_charge(self) -> None:
+        if not self.closed and not self._in_charge():
+            self.close()
+
+    def close(self) -> None:
+        """Stop: resume every worker this policy paused, restore the status handler.
+
+        Called by the policy's own watch when the extension was removed or
+        replaced or the policy was disabled, by the Quarantine of a replacing
+        extension, or directly. Idempotent. The coordinator's record of the
+        quarantine is kept (a restarted scheduler restores it).
+        """
+        if self.closed or self.extension is None:
+            self.closed = True
+            return
+        self.closed = True
+        scheduler = self._scheduler
+        unwatch(scheduler, CALLBACK, self._watch)
+        if scheduler is None:
+            return
+        if scheduler.stream_handlers.get(STATUS_OP) is self._handler:
+            scheduler.stream_handlers[STATUS_OP] = self._original_handler
+        for address, b in self.breakers.items():
+            if b.state == "closed":
+                continue
+            b.state = "closed"
+            b.since = time()
+            b.probe = None
+            ws = scheduler.workers.get(address)
+            if ws is not None and ws.status == Status.paused:
+                scheduler.loop.add_callback(
+                    self._resume_now, address, ws, f"oxigdal-quarantine-close-{time()}"
+                )
+            self._record("worker-readmitted", address, reason="quarantine policy closed")
 
     def _record(self, kind: str, worker: str, **fields: Any) -> None:
         self.events += 1
@@ -263,7 +428,7 @@ class Quarantine(SchedulingPolicy):
 
     def _open(self, worker: str, reason: str, *, force: bool = False) -> bool:
         b = self.breakers.get(worker)
-        if b is None:
+        if b is None or self.closed:
             return False
         if self._healthy_others(worker) < 1:
             if b.state == "closed" or not force:
@@ -330,21 +495,23 @@ class Quarantine(SchedulingPolicy):
     # -------------------------------------------------------------- periodic
     def periodic(self) -> None:
         """Quarantine silent workers; move open workers to half-open after the cooldown."""
+        if self.closed:
+            return
+        if not self._in_charge():  # removed: the extension's callback still runs a while
+            self.close()
+            return
         scheduler = self.extension.scheduler
         now = time()
+        timeout = self.effective_heartbeat_timeout()
         # If the scheduler's own event loop was stalled, heartbeats may be waiting
         # unread in its sockets: judge silence only after a responsive tick.
         gap, self._last_tick = now - self._last_tick, now
-        responsive = gap < max(self.heartbeat_timeout / 2, 2 * self.extension.interval)
+        responsive = gap < max(timeout / 2, 2 * self.extension.interval)
         for address, b in list(self.breakers.items()):
             ws: WorkerState | None = scheduler.workers.get(address)
             if ws is None:
                 continue
-            silent = (
-                responsive
-                and self.heartbeat_timeout > 0
-                and now - ws.last_seen > self.heartbeat_timeout
-            )
+            silent = responsive and timeout > 0 and now - ws.last_seen > timeout
             if b.state == "closed":
                 if silent and self._open(address, f"no heartbeat for {now - ws.last_seen:.1f}s"):
                     self._reschedule_all(ws)
@@ -360,6 +527,23 @@ class Quarantine(SchedulingPolicy):
                     self._resume(address, "oxigdal-quarantine-half-open")
             elif b.state == "half-open" and silent:
                 self._open(address, "no heartbeat while half-open", force=True)
+
+    def effective_heartbeat_timeout(self) -> float:
+        """The silence timeout in effect now, in seconds (0: off).
+
+        The configured ``heartbeat-timeout``, raised to
+        :func:`min_heartbeat_timeout` of the current cluster size: Dask asks the
+        workers of a large cluster for slower heartbeats (as
+        ``Scheduler.check_worker_ttl`` widens ``worker-ttl``).
+
+        Returns
+        -------
+        float
+        """
+        if self.heartbeat_timeout <= 0:
+            return 0.0
+        n = len(self.extension.scheduler.workers) if self.extension.scheduler else 1
+        return max(self.heartbeat_timeout, min_heartbeat_timeout(n))
 
     def _reschedule_all(self, ws: WorkerState) -> None:
         keys = [ts.key for ts in ws.processing]
@@ -417,5 +601,9 @@ class Quarantine(SchedulingPolicy):
                 "window": self.window,
                 "cooldown": self.cooldown,
                 "heartbeat_timeout": self.heartbeat_timeout,
+                "effective_heartbeat_timeout": (
+                    self.effective_heartbeat_timeout() if self.extension is not None else None
+                ),
             },
+            "closed": self.closed,
         }

@@ -24,16 +24,21 @@ released -> waiting``), the transition hook restricts it to
 workers and sends it to ``processing``. The task was admitted by every other
 policy before its first attempt, so no other policy holds it at that point;
 the restrictions it had before the hold are restored on release.
+
+A held task is never left behind: the timer releases it even when the policy
+was disabled meanwhile, and :meth:`Retries.close` releases every held task at
+once (without waiting out the rest of its backoff).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import TYPE_CHECKING, Any
 
 from distributed.metrics import time
 
-from dask_oxigdal.fault._common import duration, number, option
+from dask_oxigdal.fault._common import duration, in_charge, number, option, unwatch, watch
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 
 if TYPE_CHECKING:
@@ -41,7 +46,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Retries", "backoff_delay"]
 
+logger = logging.getLogger(__name__)
+
 SECTION = "retries"
+#: Prefix of the name of the policy's watch in ``Scheduler.periodic_callbacks``.
+CALLBACK = "oxigdal-retries"
 
 
 def backoff_delay(
@@ -127,6 +136,9 @@ class Retries(SchedulingPolicy):
         self.exhausted = 0
         self.held = 0
         self.history: list[dict[str, Any]] = []
+        self.closed = False
+        self._watch: Any = None
+        self._scheduler: Any = None  # kept: a failed start resets extension.scheduler
 
     def start(self, extension: Any) -> None:
         """Read and validate the settings."""
@@ -144,6 +156,15 @@ class Retries(SchedulingPolicy):
                 f"oxigdal.retries.prefer-other-worker={prefer!r} is not valid: expected true or false"
             )
         self.prefer_other_worker = prefer
+        # removed, replaced or disabled: release the held tasks (close())
+        # (one per instance: a replacing extension's Retries must not stop this one's)
+        self._watch_name = f"{CALLBACK}-{id(self):x}"
+        self._scheduler = extension.scheduler
+        self._watch = watch(self, self._watch_name, self._check_in_charge)
+
+    def _check_in_charge(self) -> None:
+        if not self.closed and not in_charge(self):
+            self.close()
 
     def delay(self, attempt: int, backoff: float | None = None) -> float:
         """Backoff before the retry that follows failed attempt ``attempt`` (with jitter).
@@ -181,6 +202,10 @@ class Retries(SchedulingPolicy):
         """Remember where an attempt runs; hold a failed attempt for its backoff."""
         r = self.tasks.get(key)
         if r is None:
+            return
+        if self.closed:
+            if finish == "forgotten":
+                self.tasks.pop(key, None)
             return
         if finish == "processing":
             ts = self.extension.scheduler.tasks[key]
@@ -224,7 +249,18 @@ class Retries(SchedulingPolicy):
         del self.history[:-100]
         ext = self.extension
         ext.emit("task-retry", key=str(ts.key), attempt=r.attempts, delay=delay, failed_on=r.worker)
-        ext.scheduler.loop.call_later(delay, ext.run_policy, self, "release", ts.key)
+        ext.scheduler.loop.call_later(delay, self._timer, ts.key)
+
+    def _timer(self, key: Any) -> None:
+        ext = self.extension
+        if not self.closed and in_charge(self):
+            ext.run_policy(self, "release", key)
+            return
+        # disabled (or closed) meanwhile: the task must not stay held in no-worker
+        try:
+            self.release(key)
+        except Exception:
+            logger.exception("oxigdal retries: could not release held task %r", key)
 
     def release(self, key: Any) -> None:
         """End the backoff of ``key``: give it its preferred workers and dispatch it.
@@ -235,7 +271,7 @@ class Retries(SchedulingPolicy):
             The task key.
         """
         r = self.tasks.get(key)
-        scheduler = self.extension.scheduler
+        scheduler = self._scheduler
         ts = scheduler.tasks.get(key)
         if r is None or ts is None or not r.held:
             return
@@ -253,6 +289,29 @@ class Retries(SchedulingPolicy):
                 ts.loose_restrictions = True
         if ts.state == "no-worker":
             scheduler.transitions({key: "processing"}, stimulus_id=f"oxigdal-retry-{time()}")
+
+    def close(self) -> int:
+        """Stop: release every held task now, without waiting out its backoff.
+
+        Call it from the event loop, outside a transition hook. Idempotent; after
+        it, failed attempts are re-queued by Dask at once, as without the policy.
+
+        Returns
+        -------
+        int
+            Held tasks released.
+        """
+        self.closed = True
+        if self._scheduler is None:
+            return 0
+        unwatch(self._scheduler, self._watch_name, self._watch)
+        held = [key for key, r in self.tasks.items() if r.held]
+        for key in held:
+            try:
+                self.release(key)
+            except Exception:
+                logger.exception("oxigdal retries: could not release held task %r", key)
+        return len(held)
 
     def restart(self) -> None:
         """Every task was forgotten."""
