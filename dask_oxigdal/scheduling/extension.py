@@ -449,6 +449,10 @@ class OxigdalScheduling(SchedulerPlugin):
         logger.exception("oxigdal policy %s failed in %s(); disabling it", name, method)
         self.disabled[name] = f"{type(exc).__name__} in {method}(): {exc}"
         self._refresh_transition_policies()
+        if self.scheduler is not None and callable(getattr(policy, "close", None)):
+            # a policy that holds something (paused workers, held tasks) gives it
+            # back; later, on the event loop, since this may run in a transition hook
+            self.scheduler.loop.add_callback(self._close_policy, policy)
         if self.scheduler is not None:
             self.scheduler.log_event(
                 NAME,
@@ -459,6 +463,12 @@ class OxigdalScheduling(SchedulerPlugin):
                     "error": f"{type(exc).__name__}: {exc}",
                 },
             )
+
+    def _close_policy(self, policy: SchedulingPolicy) -> None:
+        try:
+            policy.close()  # type: ignore[attr-defined]
+        except Exception:
+            logger.exception("oxigdal policy %s failed in close()", self._policy_name(policy))
 
     # ---------------------------------------------------- annotations/tenants
     def resolve_tenant(self, tenant: str | None) -> str:
