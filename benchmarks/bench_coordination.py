@@ -16,6 +16,10 @@ on), a client that is a pysyncobj observer in this process:
 - **scheduler overhead**: no-op ``client.map`` per-task cost on a
   LocalCluster (2 one-thread process workers) for vanilla Dask, the extension,
   and the extension with the embedded coordinator; ratio = variant / vanilla.
+  The order of the variants rotates from round to round.
+
+Every group and every coordinator run starts from a fresh temporary data
+directory (removed afterwards): no run restores the journal of an earlier one.
 
 Run: ``python benchmarks/bench_coordination.py [--quick]``.
 """
@@ -51,10 +55,14 @@ def pct(values, q):
 
 
 class Nodes:
-    """Three node processes, stopped by pid."""
+    """Three node processes, stopped by pid, with data in a fresh temporary directory.
 
-    def __init__(self, root: str, n: int = 3):
-        self.root = root
+    Each group gets its own directory (removed on exit): a run never starts from
+    the journal or dump of an earlier one.
+    """
+
+    def __init__(self, n: int = 3):
+        self.root = tempfile.mkdtemp(prefix="oxigdal-coord-bench-")
         self.addresses = [f"127.0.0.1:{free_port()}" for _ in range(n)]
         self.procs: list[subprocess.Popen | None] = [None] * n
 
@@ -80,6 +88,7 @@ class Nodes:
     def __exit__(self, *exc):
         for i in range(len(self.addresses)):
             self.kill(i)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def bench_sync(client: GroupClient, n: int) -> dict:
@@ -174,8 +183,12 @@ def bench_overhead(n: int, rounds: int) -> list[dict]:
     import dask_oxigdal
 
     results: dict[str, list[float]] = {"vanilla": [], "oxigdal": [], "oxigdal+coordinator": []}
-    for _ in range(rounds):
-        for variant in results:
+    variants = list(results)
+    for r in range(rounds):
+        # rotate which variant runs first: no variant always gets the cold (or warm) slot
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
+        for variant in order:
+            # a fresh data directory per run: the coordinator never restores an earlier run
             tmp = tempfile.mkdtemp(prefix="oxigdal-bench-")
             cfg = {}
             if variant == "oxigdal+coordinator":
@@ -208,19 +221,16 @@ def bench_overhead(n: int, rounds: int) -> list[dict]:
 def _bench_group(args, nsync, nsingle, nbatched, kills) -> bool:
     """The 3-node measurements; whether their targets are met."""
     ok = True
-    root = tempfile.mkdtemp(prefix="oxigdal-coord-bench-")
-    try:
-        with Nodes(root) as nodes, GroupClient(nodes.addresses, attempt_timeout=2.0) as client:
-            client.call("reg_write", key="warm", value=0, deadline=time.monotonic() + 60)
-            sync = bench_sync(client, nsync)
-            single = bench_pipelined(client, nsingle, 1)
-            batched = bench_pipelined(client, nbatched, args.batch)
-        # a short attempt timeout: a write sent to the dead leader is resent quickly
-        with Nodes(root) as nodes, GroupClient(nodes.addresses, attempt_timeout=0.2) as client:
-            client.call("reg_write", key="warm", value=0, deadline=time.monotonic() + 60)
-            fail = bench_failover(nodes, client, kills)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    # each group starts from its own fresh data directory (Nodes)
+    with Nodes() as nodes, GroupClient(nodes.addresses, attempt_timeout=2.0) as client:
+        client.call("reg_write", key="warm", value=0, deadline=time.monotonic() + 60)
+        sync = bench_sync(client, nsync)
+        single = bench_pipelined(client, nsingle, 1)
+        batched = bench_pipelined(client, nbatched, args.batch)
+    # a short attempt timeout: a write sent to the dead leader is resent quickly
+    with Nodes() as nodes, GroupClient(nodes.addresses, attempt_timeout=0.2) as client:
+        client.call("reg_write", key="warm", value=0, deadline=time.monotonic() + 60)
+        fail = bench_failover(nodes, client, kills)
     print("\n## Commits on 3 local nodes (fsync on; client = observer node in this process)")
     print(f"{'mode':24s} {'cmds/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s}")
     print(

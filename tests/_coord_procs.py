@@ -45,6 +45,11 @@ class Proc:
         self.pid = self.popen.pid
         self.stopped = False
 
+    def cmdline(self) -> str:
+        """The process's command line as ``ps`` shows it (from ``/proc``)."""
+        with open(f"/proc/{self.pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+
     def alive(self) -> bool:
         return self.popen.poll() is None
 
@@ -86,11 +91,19 @@ PYTHON = sys.executable
 class Group:
     """A group of coordinator nodes, each a separate process on 127.0.0.1 (stopped by pid)."""
 
-    def __init__(self, tmp_path, n: int = 3, extra: list[str] | None = None):
+    def __init__(
+        self,
+        tmp_path,
+        n: int = 3,
+        extra: list[str] | None = None,
+        password: str | None = None,
+    ):
         self.tmp = tmp_path
         self.ports = [free_port() for _ in range(n)]
         self.addresses = [f"127.0.0.1:{p}" for p in self.ports]
         self.extra = list(extra or [])
+        # the password goes through the environment, never argv (visible in ps)
+        self.env = {"DASK_OXIGDAL_COORDINATOR_PASSWORD": password} if password else {}
         self.procs: list[Proc | None] = [None] * n
         self.starts = 0
 
@@ -111,7 +124,7 @@ class Group:
             os.unlink(ready)
         args += ["--data-dir", self.data_dir(i), "--state-file", self.state_file(i)]
         args += ["--ready-file", ready, *self.extra]
-        proc = Proc(args, log=str(self.tmp / f"node{i}.log"))
+        proc = Proc(args, env=self.env, log=str(self.tmp / f"node{i}.log"))
         self.procs[i] = proc
         return proc
 

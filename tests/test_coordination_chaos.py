@@ -131,6 +131,16 @@ def test_leader_failover_loses_nothing_and_applies_once(group, client):
             assert old is not None
             acked_before_kill = w.count()
             group.kill(old)
+            # a write sent right after the kill goes to the dead leader (the client learns
+            # of a new one only after an election timeout): its outcome is unknown, and it
+            # is retried with the same request id. (The writers' own in-flight writes may
+            # all have been appended by the old leader already, then committed by the new
+            # one without a retry: only this write is sure to need one.)
+            probe = client.call(
+                "reg_append", key=key, value=f"{key}/probe", deadline=time.monotonic() + 120
+            )
+            assert probe.attempts > 1, probe.errors
+            assert set(probe.errors) <= {"TIMEOUT", "LEADER_CHANGED", "NOT_LEADER"}, probe.errors
             # writes resume on a new leader
             wait_for(
                 lambda w=w, old=old, before=acked_before_kill: (
@@ -141,17 +151,19 @@ def test_leader_failover_loses_nothing_and_applies_once(group, client):
             )
             group.start(old)
             w.join()
-        total_retries += w.retries
+        total_retries += w.retries + probe.attempts - 1
         log = _read_log(client, key)
         assert len(log) == len(set(log)), "a write was applied twice"
+        assert log.count(f"{key}/probe") == 1, "the retried write was not applied exactly once"
         assert set(w.acked) <= set(log), f"lost acknowledged writes: {set(w.acked) - set(log)}"
         assert len(w.acked) >= WRITES
         new_leaders = {a for a in w.ack_leader[acked_before_kill + 10 :] if a}
         assert group.addresses[old] not in new_leaders or len(new_leaders) > 1
         state = _assert_identical(group)
         assert state["registers"][key] == log
-    # outcome-unknown results were retried (and counted) at least once across the kills
+    # outcome-unknown results were retried (and counted) across the kills
     print(f"retried outcome-unknown writes: {total_retries}")
+    assert total_retries >= RUNS, "the test did not exercise the retries"
 
 
 @pytest.mark.slow

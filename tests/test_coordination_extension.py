@@ -20,6 +20,7 @@ from _coord_procs import Group
 from distributed.utils_test import gen_cluster
 
 from dask_oxigdal.annotations import annotate
+from dask_oxigdal.coordination.client import GroupClient
 from dask_oxigdal.scheduling.extension import register, status
 
 
@@ -96,11 +97,87 @@ def test_no_leader_keeps_scheduling_queues_bounded_writes_and_alerts(tmp_path):
         finally:
             for proc in group.procs:
                 proc.cont()
-        # the group heals: the queue drains
-        await _until(lambda: coord.queued_writes == 0 and coord._in_flight is None, what="drain")
-        assert coord.state.usage["t1"]["completed"] >= 10
+        # the group heals: the queue drains, and every completion is recorded exactly once
+        # (a delta whose write was dropped goes with a later tick)
+        expected = {"t1": 15, "t2": 5, "t3": 5}
+
+        def recorded():
+            return {t: coord.state.usage.get(t, {}).get("completed") for t in expected}
+
+        await _until(
+            lambda: (
+                coord.queued_writes == 0 and coord._in_flight is None and recorded() == expected
+            ),
+            what="drain",
+            info=lambda: (coord.snapshot(), recorded()),
+        )
+        await asyncio.sleep(0.5)  # more ticks: nothing is counted twice
+        assert recorded() == expected
+        assert {t: _ext(s).usage[t].completed for t in expected} == expected
+        assert coord.queued_writes == 0
 
     try:
+        run()
+    finally:
+        group.stop_all()
+
+
+def test_coordinator_not_ready_at_start_restores_the_ledgers_on_a_later_tick(tmp_path):
+    group = Group(tmp_path, n=1)
+    try:
+        group.start_all()
+        with GroupClient(group.addresses) as gc:
+            gc.call(
+                "usage_add",
+                tenant="t1",
+                worker_seconds=7.5,
+                completed=3,
+                deadline=time.monotonic() + 60,
+            )
+        group.procs[0].stop()  # frozen: the scheduler's replica cannot be ready at start
+        config = {
+            "oxigdal.coordinator.enabled": True,
+            "oxigdal.coordinator.mode": "observer",
+            "oxigdal.coordinator.partners": group.addresses,
+            "oxigdal.coordinator.start-timeout": "1s",
+            "oxigdal.scheduling.interval": "100ms",
+        }
+
+        @gen_cluster(client=True, config=config, timeout=120)
+        async def run(c, s, a, b):
+            def events(kind):
+                return [e for _, e in s.get_events("oxigdal") if e.get("kind") == kind]
+
+            try:
+                await register(c, tenants={"t1": 1})
+                ext = _ext(s)
+                coord = ext.coordinator
+                assert coord.ready is False
+                assert [e["alert"] for e in events("alert")] == ["coordinator-not-ready"]
+                assert events("coordinator-restored") == []
+                assert "t1" not in ext.usage or ext.usage["t1"].worker_seconds == 0
+            finally:
+                group.procs[0].cont()
+            # a later tick sees the replica ready and restores the ledgers, once
+            await _until(lambda: events("coordinator-restored"), what="the restore")
+            assert coord.ready is True
+            assert len(events("coordinator-ready")) == 1
+            assert ext.usage["t1"].worker_seconds == 7.5
+            assert ext.usage["t1"].completed == 3
+            with annotate(tenant="t1"):
+                await c.gather(c.map(time.sleep, [0.01] * 3, key=[f"y-{i}" for i in range(3)]))
+            # the ledger goes on from the restored one, without counting it twice
+            await _until(
+                lambda: coord.state.usage["t1"]["completed"] == 6,
+                timeout=30,
+                what="the new completions",
+                info=lambda: (dict(coord.state.usage), coord.snapshot(), ext.usage["t1"].completed),
+            )
+            await asyncio.sleep(0.5)
+            assert ext.usage["t1"].completed == coord.state.usage["t1"]["completed"] == 6
+            assert len(events("coordinator-restored")) == 1
+            assert (await status(c))["coordinator"]["ready"] is True
+
         run()
     finally:
         group.stop_all()

@@ -199,3 +199,130 @@ def test_scheduler_sigkill_restores_ledgers_quotas_quarantine_and_manifest(tmp_p
     finally:
         for p in procs:
             p.kill()
+
+
+# ----------------------------------------------- the embedded coordinator's address
+def _settings(data_dir):
+    from dask_oxigdal.coordination import CoordinatorSettings
+
+    return CoordinatorSettings.from_config(
+        data_dir=str(data_dir), start_timeout="30s", commit_timeout="2s"
+    )
+
+
+async def _until_async(predicate, timeout, what):
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def _committed(coord):
+    coord.flush()
+    await _until_async(lambda: (coord.flush(), coord.queued_writes == 0)[1], 60, "the writes")
+
+
+def _dump_members(data_dir):
+    from dask_oxigdal.coordination import journal
+
+    raft = journal.read_dump(str(data_dir / "embedded.dump"))["raft"]
+    return sorted(str(getattr(n, "address", n)) for n in raft[2])
+
+
+async def _first_run(data_dir):
+    """Start the embedded coordinator, record state, compact the log into the dump, stop."""
+    from dask_oxigdal.coordination import Coordinator
+
+    coord = Coordinator(_settings(data_dir))
+    try:
+        assert await coord.start() is True
+        address = coord.address
+        coord.tenant_set("team-a", weight=3.0, max_tasks=2)
+        coord.usage_add("team-a", 12.5, completed=5)
+        coord.quarantine_set("tcp://127.0.0.1:1", "open", "3 failures")
+        await _committed(coord)
+        # a full dump (log compaction): pysyncobj records the member list in it
+        dump = data_dir / "embedded.dump"
+        coord.node.forceLogCompaction()
+        await _until_async(dump.exists, 60, "the log compaction dump")
+    finally:
+        await coord.close()
+    assert _dump_members(data_dir) == [address]
+    return address
+
+
+async def _restart(data_dir):
+    """Start the embedded coordinator again; its address, readiness and restored state."""
+    from dask_oxigdal.coordination import Coordinator
+
+    coord = Coordinator(_settings(data_dir))
+    try:
+        ready = await coord.start()
+        st = coord.state
+        out = {
+            "address": coord.address,
+            "ready": ready,
+            "role": coord.role,
+            "tenants": dict(st.tenants),
+            "usage": dict(st.usage),
+            "quarantine": {k: v["state"] for k, v in st.quarantine.items()},
+        }
+        if ready:
+            # and it takes writes again
+            coord.usage_add("team-a", 1.0)
+            await _committed(coord)
+            out["usage_after"] = coord.state.usage["team-a"]["worker_seconds"]
+        return out
+    finally:
+        await coord.close()
+
+
+def _check_restored(out, worker_seconds=12.5):
+    assert out["ready"] is True, out
+    assert out["role"] == "leader", out
+    assert out["tenants"] == {"team-a": {"weight": 3.0, "max_tasks": 2}}
+    assert out["usage"]["team-a"]["worker_seconds"] == worker_seconds
+    assert out["usage"]["team-a"]["completed"] == 5
+    assert out["quarantine"] == {"tcp://127.0.0.1:1": "open"}
+
+
+def test_embedded_coordinator_reuses_its_address_after_log_compaction(tmp_path):
+    import asyncio
+
+    data_dir = tmp_path / "coord"
+    address = asyncio.run(_first_run(data_dir))
+    out = asyncio.run(_restart(data_dir))
+    assert out["address"] == address  # recorded in the data dir, reused
+    _check_restored(out)
+    assert out["usage_after"] == 13.5
+    # the address file is private like the journal
+    assert os.stat(data_dir / "embedded.address").st_mode & 0o077 == 0
+
+
+def test_embedded_coordinator_on_a_new_port_after_log_compaction_restores_its_state(tmp_path):
+    import asyncio
+    import socket
+
+    data_dir = tmp_path / "coord"
+    address = asyncio.run(_first_run(data_dir))
+    # another process took the recorded port: the node falls back to a new one
+    blocker = socket.socket()
+    try:
+        blocker.bind(("127.0.0.1", int(address.rpartition(":")[2])))
+        blocker.listen()
+        out = asyncio.run(_restart(data_dir))
+    finally:
+        blocker.close()
+    assert out["address"] != address
+    _check_restored(out)
+    assert out["usage_after"] == 13.5
+    # the dump still names the old address (no compaction since): the next start reuses
+    # the new recorded address and still drops the former one from the member list
+    assert _dump_members(data_dir) == [address]
+    again = asyncio.run(_restart(data_dir))
+    assert again["address"] == out["address"]
+    _check_restored(again, worker_seconds=13.5)
+    assert again["usage_after"] == 14.5

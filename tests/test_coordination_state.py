@@ -149,13 +149,67 @@ def test_retried_request_id_is_applied_once(tmp_path):
             assert c.call("lease_vacate", worker="w1", holder="gang-b").value is False
             assert c.call("lease_vacate", worker="w1", holder="gang-a").value is True
             assert c.call("audit", event={"kind": "test"}).value == 1
-            # an invalid command that reaches the log changes nothing
-            bad = c.call("quarantine_clear", worker="w")
-            assert bad.value is False
             view = c.node.view()
             assert view["audit"] == [{"seq": 1, "kind": "test"}]
             # the retried id, and any attempt the client resent after an unknown outcome
             assert view["meta"]["duplicates"] >= 1
+    finally:
+        g.stop_all()
+
+
+def _send_raw(client, batch):
+    """Send ``batch`` as is (no make_command validation); its results once committed."""
+    done = threading.Event()
+    box = []
+
+    def cb(result, error):
+        box.append((result, error))
+        done.set()
+
+    client.submit_batch(batch, cb)
+    assert done.wait(60), "the raw batch was not acknowledged"
+    result, error = box[0]
+    assert error == 0, error
+    return result
+
+
+def test_invalid_commands_that_reach_the_log_are_rejected_and_change_nothing(tmp_path):
+    g = _single(tmp_path)
+    try:
+        with GroupClient(g.addresses) as c:
+            c.call("quarantine_set", worker="w", state="open", deadline=time.monotonic() + 60)
+            before = c.call("read", section="quarantine", key=None).value
+            meta0 = c.node.view()["meta"]
+            # commands that bypass make_command (an old or hostile client): each one is
+            # validated again when applied and gets an error result
+            bad = [
+                ("bad-1", "nope", {}),  # unknown op
+                ("bad-2", "quarantine_set", {"worker": "w", "state": "ajar"}),  # bad value
+                ("bad-3", "usage_add", {"tenant": "t", "worker_seconds": float("nan")}),
+                ("bad-4", "tenant_set", {"tenant": "t", "weight": -1}),
+                "not a command",  # malformed
+            ]
+            good = ("good-1", "usage_add", {"tenant": "t", "worker_seconds": 1.0})
+            results = _send_raw(c, [*bad, good])
+            assert [r[0] for r in results[:-1]] == ["error"] * len(bad), results
+            assert "nope" in results[0][1]
+            assert "valid states: open, half-open, closed" in results[1][1]
+            assert "worker_seconds=nan" in results[2][1]
+            assert "weight=-1" in results[3][1]
+            assert "malformed command" in results[4][1]
+            assert results[-1]["worker_seconds"] == 1.0  # the valid one in the batch applies
+            # nothing else changed
+            assert c.call("read", section="quarantine", key=None).value == before
+            assert c.call("read", section="tenants", key=None).value == {}
+            usage = c.call("read", section="usage", key=None).value
+            assert usage == {
+                "t": {"worker_seconds": 1.0, "completed": 0, "erred": 0, "submitted": 0}
+            }
+            meta = c.node.view()["meta"]
+            assert meta["rejected"] - meta0["rejected"] == len(bad)
+            # a rejected request id is remembered too: resending it is not applied again
+            assert _send_raw(c, [bad[1]]) == [results[1]]
+            assert c.node.view()["meta"]["rejected"] - meta0["rejected"] == len(bad)
     finally:
         g.stop_all()
 
@@ -202,18 +256,52 @@ def test_password_less_group_on_a_public_address_refuses_to_start(tmp_path):
         CoordinatorSettings.from_config(heartbeat="200ms", election_timeout_min="300ms")
 
 
-def test_wrong_password_is_refused(tmp_path):
-    g = Group(tmp_path, n=1, extra=["--password", "right"])
+def test_wrong_password_is_refused_and_never_on_the_command_line(tmp_path):
+    secret = "right-" + os.urandom(8).hex()
+    g = Group(tmp_path, n=1, password=secret)
     g.start_all()
     try:
-        with GroupClient(g.addresses, password="right") as good:
+        wait_for(lambda: os.path.exists(g.ready_file(0)), 60, "the node")
+        # the node got its password from the environment: not in ps output
+        assert secret not in g.procs[0].cmdline()
+        ps = subprocess.run(
+            ["ps", "-ww", "-o", "args=", "-p", str(g.procs[0].pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert ps.returncode == 0 and "dask_oxigdal.coordination" in ps.stdout, ps
+        assert secret not in ps.stdout
+        assert "--password" not in ps.stdout
+        with GroupClient(g.addresses, password=secret) as good:
             r = good.call("reg_write", key="k", value=1, deadline=time.monotonic() + 60)
             assert r.value is True
         with GroupClient(g.addresses, password="wrong", attempt_timeout=0.5) as bad:
             with pytest.raises(NotAcknowledged):
                 bad.call("reg_write", key="k", value=2, deadline=time.monotonic() + 3)
-        with GroupClient(g.addresses, password="right") as good:
+        with GroupClient(g.addresses, password=secret) as good:
             assert good.call("reg_read", key="k", deadline=time.monotonic() + 60).value == 1
     finally:
         g.stop_all()
     assert free_port() > 0
+
+
+def test_node_password_comes_from_the_environment_a_file_or_stdin(tmp_path, monkeypatch, capsys):
+    import io
+
+    from dask_oxigdal.coordination import node
+
+    monkeypatch.delenv(node.PASSWORD_ENV, raising=False)
+    assert node._read_password(None, None) is None
+    monkeypatch.setenv(node.PASSWORD_ENV, "from-env")
+    assert node._read_password(None, None) == "from-env"
+    path = tmp_path / "pw"
+    path.write_text("from-file\n")
+    assert node._read_password(None, str(path)) == "from-file"
+    monkeypatch.setattr("sys.stdin", io.StringIO("from-stdin\nrest"))
+    assert node._read_password(None, "-") == "from-stdin"
+    with pytest.raises(ConfigError, match="--password-file="):
+        node._read_password(None, str(tmp_path / "missing"))
+    # still accepted on the command line, with a warning that ps shows it
+    assert node._read_password("argv", None) == "argv"
+    assert "visible to every user in ps" in capsys.readouterr().err

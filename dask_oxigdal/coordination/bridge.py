@@ -17,7 +17,19 @@ coordinator only from the event loop, and never waits for a commit there:
 - while the group has no leader the extension keeps scheduling from its last
   known state, writes queue up to ``queue-size`` (beyond that they are
   dropped and counted) and an ``alert`` event (``coordinator-no-leader``) is
-  emitted once per outage.
+  emitted once per outage. Each alert (``coordinator-not-ready``,
+  ``coordinator-no-leader``, ``coordinator-queue-full``) is emitted once per
+  occurrence of its condition and re-armed when the condition clears, so a
+  second outage alerts again;
+- readiness (the replica has caught up with the recorded state) is checked at
+  start and again on every tick (:meth:`Coordinator.flush`) until it holds:
+  callbacks registered with :meth:`Coordinator.on_ready` then run once, on the
+  event loop, and a ``coordinator-ready`` event is emitted when it came late.
+
+The embedded single-node group reuses the address recorded in its data
+directory (pysyncobj records the member list in its dump; a node on a new
+port would wait forever for its own former address to vote), see
+:func:`~dask_oxigdal.coordination.node.embedded_address`.
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ from pysyncobj import FAIL_REASON
 
 from dask_oxigdal.coordination.node import (
     CoordinatorSettings,
-    free_port,
+    embedded_address,
     start_state,
     stop_state,
 )
@@ -94,8 +106,11 @@ class Coordinator:
         self._view = StateView(empty_state())
         self._refresh_scheduled = False
         self._no_leader_since: float | None = None
-        self._alerted = False
-        self.ready = False
+        #: alerts emitted whose condition has not cleared yet (each is re-armed on recovery)
+        self._alerted: set[str] = set()
+        self._ready = False
+        self._started_at = 0.0
+        self._on_ready: list[Any] = []
         self.counters = {
             "committed": 0,
             "batches": 0,
@@ -109,6 +124,14 @@ class Coordinator:
     # ------------------------------------------------------------ lifecycle
     async def start(self, loop: Any = None) -> bool:
         """Start (or join) the group; wait up to ``start-timeout`` for it to be ready.
+
+        When it is not ready by then, a ``coordinator-not-ready`` alert is
+        emitted and readiness is checked again on every tick (:meth:`flush`).
+
+        Parameters
+        ----------
+        loop : tornado.ioloop.IOLoop, optional
+            The scheduler's event loop (default: the current one).
 
         Returns
         -------
@@ -124,30 +147,95 @@ class Coordinator:
 
         self.loop = loop or IOLoop.current()
         s = self.settings
-        if s.mode == "observer":
-            self.address = None
-        else:
-            self.address = s.self_address or f"127.0.0.1:{free_port()}"
-        aio = asyncio.get_running_loop()
-        self.node = await aio.run_in_executor(
-            None,
-            lambda: start_state(s, self.address, on_state_changed=self._on_state_changed),
-        )
+        self._started_at = time.monotonic()
+
+        def _start() -> Any:  # file and socket work: off the event loop
+            if s.mode == "observer":
+                self.address = None
+            else:
+                # the embedded group reuses its recorded address (see the module docstring)
+                self.address = s.self_address or embedded_address(s.data_dir)
+            return start_state(s, self.address, on_state_changed=self._on_state_changed)
+
+        self.node = await asyncio.get_running_loop().run_in_executor(None, _start)
         self.role = "observer" if self.address is None else "follower"
         self.node.add_listener(self._on_applied)
         deadline = time.monotonic() + s.start_timeout
         while time.monotonic() < deadline:
-            if self.node.isReady():
+            if self.check_ready():
                 break
             await asyncio.sleep(0.02)
-        self.ready = bool(self.node.isReady())
         self._refresh()
-        if not self.ready:
-            self._alert("coordinator-not-ready", f"not ready after {s.start_timeout}s")
-        return self.ready
+        if not self.check_ready():
+            self._alert(
+                "coordinator-not-ready",
+                f"not ready after {s.start_timeout}s (checked again on every tick)",
+            )
+        return self._ready
+
+    @property
+    def ready(self) -> bool:
+        """Whether the replica has loaded the recorded state (re-checked until it holds)."""
+        return self.check_ready()
+
+    def check_ready(self) -> bool:
+        """Check readiness; the first time it holds, refresh the view and run :meth:`on_ready` callbacks.
+
+        Called at start, on every tick (:meth:`flush`) and by :attr:`ready`.
+        Event loop only.
+
+        Returns
+        -------
+        bool
+            Whether the replica is ready.
+        """
+        if self._ready:
+            return True
+        node = self.node
+        if node is None or not node.isReady():
+            return False
+        self._ready = True
+        self._refresh()
+        if "coordinator-not-ready" in self._alerted:
+            self._alerted.discard("coordinator-not-ready")
+            if self._emit is not None:
+                self._emit("coordinator-ready", waited_s=time.monotonic() - self._started_at)
+        callbacks, self._on_ready = self._on_ready, []
+        for fn in callbacks:
+            self._run_callback(fn)
+        return True
+
+    def on_ready(self, fn: Any) -> None:
+        """Call ``fn()`` once, on the event loop, when the replica is ready.
+
+        Restores of policy state register here: they run at start when the
+        group is ready then, or on the first tick after it becomes ready.
+
+        Parameters
+        ----------
+        fn : callable
+            No arguments; exceptions are logged, never raised.
+        """
+        if self._ready:
+            self._run_callback(fn)
+        else:
+            self._on_ready.append(fn)
+
+    @staticmethod
+    def _run_callback(fn: Any) -> None:
+        try:
+            fn()
+        except Exception:
+            logger.exception("dask-oxigdal coordinator: on_ready callback %r failed", fn)
 
     async def close(self, timeout: float = 2.0) -> None:
-        """Flush what is queued (waiting up to ``timeout``) and stop the node."""
+        """Flush what is queued (waiting up to ``timeout``) and stop the node.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for queued writes to commit.
+        """
         if self.node is None:
             return
         deadline = time.monotonic() + timeout
@@ -190,10 +278,16 @@ class Coordinator:
         return command[0]
 
     def flush(self) -> None:
-        """Send the head of the queue as one batch (no-op while a batch is in flight)."""
+        """The tick: check readiness, then send the head of the queue as one batch.
+
+        Sending is a no-op while a batch is in flight, until ``commit-timeout``:
+        then the same batch (same request ids) is sent again.
+        """
         node = self.node
         if node is None:
             return
+        if not self._ready:
+            self.check_ready()
         now = time.monotonic()
         if self._in_flight is not None:
             if now - self._in_flight_since < self.settings.commit_timeout:
@@ -233,12 +327,16 @@ class Coordinator:
             self.counters["rejected"] += sum(
                 1 for r in result if isinstance(r, tuple) and r[:1] == ("error",)
             )
+            if len(self._queue) <= self.settings.queue_size // 2:
+                self._alerted.discard("coordinator-queue-full")  # re-armed once it drained
             if self._no_leader_since is not None:
                 outage = time.monotonic() - self._no_leader_since
                 self._no_leader_since = None
-                self._alerted = False
-                if self._emit is not None:
-                    self._emit("coordinator-recovered", outage_s=outage)
+                if "coordinator-no-leader" in self._alerted:
+                    # the alert is re-armed: a later outage alerts again
+                    self._alerted.discard("coordinator-no-leader")
+                    if self._emit is not None:
+                        self._emit("coordinator-recovered", outage_s=outage)
             if self._queue:
                 self.flush()
         else:
@@ -248,15 +346,21 @@ class Coordinator:
     def _note_failure(self, reason: str) -> None:
         self.counters["failures"] += 1
         self.last_error = reason
+        now = time.monotonic()
         if self._no_leader_since is None:
-            self._no_leader_since = time.monotonic()
-        self._alert("coordinator-no-leader", reason)
+            self._no_leader_since = now
+        # a short election (writes fail fast with ``missing_leader``) is not an outage yet:
+        # alert once no batch has committed for ``commit-timeout``
+        if now - self._no_leader_since >= self.settings.commit_timeout or reason == "timeout":
+            self._alert("coordinator-no-leader", reason)
 
     def _alert(self, alert: str, message: str) -> None:
+        if alert in self._alerted:
+            return  # once per occurrence: re-armed when the condition clears
         logger.warning("dask-oxigdal coordinator: %s: %s", alert, message)
-        if self._alerted or self._emit is None:
+        self._alerted.add(alert)
+        if self._emit is None:
             return
-        self._alerted = True
         self._emit(
             "alert",
             alert=alert,
@@ -349,7 +453,7 @@ class Coordinator:
             "mode": self.settings.mode,
             "address": self.address,
             "partners": list(self.settings.partners),
-            "ready": self.ready,
+            "ready": self._ready,
             "last_error": self.last_error,
             **self.counters,
         }

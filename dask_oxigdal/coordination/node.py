@@ -3,13 +3,17 @@
 ``python -m dask_oxigdal.coordination --self HOST:PORT --partner HOST:PORT
 ... --data-dir DIR`` runs one voting node in the foreground until SIGTERM or
 SIGINT (``dask oxigdal coordinator`` is the same command). The tests spawn it
-with ``subprocess`` and stop it by pid.
+with ``subprocess`` and stop it by pid. The group password is read from
+``$DASK_OXIGDAL_COORDINATOR_PASSWORD`` or ``--password-file`` (never put it on
+the command line: every user sees it in ``ps``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
+import logging
 import os
 import signal
 import socket
@@ -25,17 +29,32 @@ from dask_oxigdal.coordination import journal as _journal
 from dask_oxigdal.exceptions import ConfigError
 
 __all__ = [
+    "PASSWORD_ENV",
     "CoordinatorSettings",
     "check_security",
+    "embedded_address",
     "is_loopback",
     "make_conf",
     "node_files",
+    "port_is_free",
+    "recorded_addresses",
     "run_node",
     "start_state",
     "stop_state",
 ]
 
+logger = logging.getLogger(__name__)
+
 MODES = ("embedded", "observer")
+
+#: environment variable a node process reads its group password from (never argv:
+#: the command line of a process is visible to every user in ``ps``)
+PASSWORD_ENV = "DASK_OXIGDAL_COORDINATOR_PASSWORD"
+
+#: file in ``data-dir`` recording the embedded single-node group's address
+#: (current first, then the addresses it had before)
+ADDRESS_FILE = "embedded.address"
+_ADDRESS_HISTORY = 32
 
 
 def _address(name: str, value: Any) -> str:
@@ -72,6 +91,93 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_is_free(address: str) -> bool:
+    """Whether ``HOST:PORT`` can be bound now (with ``SO_REUSEADDR``, as pysyncobj binds).
+
+    Parameters
+    ----------
+    address : str
+
+    Returns
+    -------
+    bool
+    """
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host.strip("[]"), int(port)))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def recorded_addresses(data_dir: str) -> list[str]:
+    """Addresses recorded for the embedded single-node group in ``data_dir`` (latest first).
+
+    Parameters
+    ----------
+    data_dir : str
+
+    Returns
+    -------
+    list of str
+        Empty when none is recorded (a new data directory) or the file is unreadable.
+    """
+    path = os.path.join(data_dir, ADDRESS_FILE)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        out = [data["address"], *data.get("previous", [])]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("dask-oxigdal coordinator: ignoring unreadable %s: %s", path, e)
+        return []
+    return [a for a in out if isinstance(a, str)]
+
+
+def _record_address(data_dir: str, address: str, history: list[str]) -> None:
+    previous = [a for a in history if a != address][:_ADDRESS_HISTORY]
+    body = json.dumps({"address": address, "previous": previous}).encode()
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    _journal._write_atomic(os.path.join(data_dir, ADDRESS_FILE), body, fsync=False)
+
+
+def embedded_address(data_dir: str) -> str:
+    """The address of the embedded single-node group: the recorded one if its port is free.
+
+    The address a node had is recorded in its dump (pysyncobj keeps the member
+    list there), so a restart reuses it. When that port is taken by another
+    process, a new free port on 127.0.0.1 is used and a warning is logged;
+    :func:`start_state` then rewrites the dump's member list to the new address.
+
+    Parameters
+    ----------
+    data_dir : str
+        The coordinator's data directory.
+
+    Returns
+    -------
+    str
+        ``127.0.0.1:PORT``.
+    """
+    history = recorded_addresses(data_dir)
+    if history:
+        if port_is_free(history[0]):
+            return history[0]
+        address = f"127.0.0.1:{free_port()}"
+        logger.warning(
+            "dask-oxigdal coordinator: the recorded address %s of the embedded coordinator is "
+            "in use by another process; using %s instead (the recorded state is kept: the "
+            "member list of its dump is rewritten to the new address)",
+            history[0],
+            address,
+        )
+        return address
+    return f"127.0.0.1:{free_port()}"
 
 
 @dataclass
@@ -268,7 +374,11 @@ def make_conf(
         # a leader that lost the majority steps down after this long
         leaderFallbackTimeout=max(2 * settings.election_timeout_max, 1.0),
         appendEntriesUseBatch=False,
-        commandsWaitLeader=True,
+        # a command sent while there is no leader fails at once (MISSING_LEADER) instead
+        # of waiting in pysyncobj's queue: the callers resend it themselves (same request
+        # ids, applied once by the state machine), and two retry mechanisms would pile up
+        # copies of every batch in that queue during an outage
+        commandsWaitLeader=False,
         journalFile=_journal.checksummed_path(journal, fsync=settings.fsync) if journal else None,
         fullDumpFile=dump,
         dynamicMembershipChange=settings.dynamic_membership,
@@ -286,6 +396,24 @@ def make_conf(
 def start_state(settings: CoordinatorSettings, self_address: str | None, **conf_kwargs: Any) -> Any:
     """Verify the node's files and start an :class:`~.state.OxigdalState` (blocks briefly).
 
+    A node without partners (the embedded single-node group) records its
+    address in ``data_dir`` (:data:`ADDRESS_FILE`); when it restarts on another
+    address, the addresses it had before are rewritten to the new one in the
+    member list loaded from its dump, so it elects itself again.
+
+    Parameters
+    ----------
+    settings : CoordinatorSettings
+    self_address : str or None
+        ``HOST:PORT`` of this voting node, or ``None`` for an observer.
+    **conf_kwargs
+        Passed to :func:`make_conf` (``on_state_changed``).
+
+    Returns
+    -------
+    dask_oxigdal.coordination.state.OxigdalState
+        The started node (pysyncobj runs it on its own thread).
+
     Raises
     ------
     dask_oxigdal.coordination.journal.CorruptJournalError
@@ -294,10 +422,16 @@ def start_state(settings: CoordinatorSettings, self_address: str | None, **conf_
     from dask_oxigdal.coordination.state import OxigdalState
 
     journal = dump = None
+    aliases: list[str] = []
     if self_address is not None:
         name = self_address if settings.partners else "embedded"
         journal, dump = node_files(settings.data_dir, name)
         _journal.verify_data_dir(journal, dump)
+        if not settings.partners:
+            # a single-node group: the addresses this node had before are itself
+            history = recorded_addresses(settings.data_dir)
+            aliases = [a for a in history if a != self_address]
+            _record_address(settings.data_dir, self_address, history)
     else:
         # an observer keeps no journal, but a snapshot sent by the leader arrives in
         # our checksummed dump format: give it a private scratch file to land in
@@ -311,6 +445,7 @@ def start_state(settings: CoordinatorSettings, self_address: str | None, **conf_
         conf,
         dedupe_window=settings.dedupe_window,
         audit_max=settings.audit_max,
+        self_aliases=aliases,
     )
     node.scratch_dir = os.path.dirname(dump) if self_address is None else None
     return node
@@ -393,13 +528,60 @@ def _write_state(node: Any, path: str) -> None:
     os.replace(tmp, path)
 
 
+def _read_password(argument: str | None, path: str | None) -> str | None:
+    """The group password: ``--password-file``, else ``$DASK_OXIGDAL_COORDINATOR_PASSWORD``.
+
+    ``--password`` still works but is visible in ``ps``: a warning says so.
+    """
+    if argument:
+        print(
+            f"warning: --password is visible to every user in ps; use ${PASSWORD_ENV} "
+            "or --password-file",
+            file=sys.stderr,
+        )
+        return argument
+    if path:
+        if path == "-":
+            return sys.stdin.readline().rstrip("\r\n") or None
+        try:
+            with open(path) as f:
+                return f.readline().rstrip("\r\n") or None
+        except OSError as e:
+            raise ConfigError(f"--password-file={path!r}: {e.strerror}") from e
+    return os.environ.get(PASSWORD_ENV) or None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``python -m dask_oxigdal.coordination``)."""
+    """Command-line entry point (``python -m dask_oxigdal.coordination``).
+
+    The group password comes from ``$DASK_OXIGDAL_COORDINATOR_PASSWORD`` or
+    ``--password-file`` (a file, or ``-`` for stdin), so it never shows in ``ps``.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0, or 2 on a configuration error or a corrupt journal.
+    """
     p = argparse.ArgumentParser(prog="python -m dask_oxigdal.coordination")
     p.add_argument("--self", dest="self_address", required=True)
     p.add_argument("--partner", dest="partners", action="append", default=[])
     p.add_argument("--data-dir", required=True)
-    p.add_argument("--password", default=None)
+    p.add_argument(
+        "--password",
+        default=None,
+        help=f"group password; visible to every user in ps: prefer ${PASSWORD_ENV} "
+        "or --password-file",
+    )
+    p.add_argument(
+        "--password-file",
+        default=None,
+        help="read the group password from this file ('-': the first line of stdin)",
+    )
     p.add_argument("--insecure", action="store_true")
     p.add_argument("--ready-file", default=None)
     p.add_argument("--state-file", default=None)
@@ -409,11 +591,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-compaction-entries", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
+        password = _read_password(args.password, args.password_file)
         settings = CoordinatorSettings.from_config(
             self=args.self_address,
             partners=args.partners,
             data_dir=args.data_dir,
-            password=args.password,
+            password=password,
             insecure=args.insecure or None,
             election_timeout_min=args.election_timeout_min,
             election_timeout_max=args.election_timeout_max,

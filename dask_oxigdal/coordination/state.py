@@ -21,6 +21,7 @@ the log: the ``read`` command (or ``reg_read``) is ordered with the writes.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import threading
@@ -40,6 +41,8 @@ __all__ = [
     "make_command",
     "new_request_id",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The sections of the state and what they map.
 SECTIONS = ("tenants", "usage", "quarantine", "manifest", "leases", "audit", "registers")
@@ -244,6 +247,10 @@ class OxigdalState(SyncObj):
         Request ids remembered for exactly-once application.
     audit_max : int
         Audit entries kept (the oldest are dropped; ``audit_dropped`` counts them).
+    self_aliases : list of str, optional
+        Addresses this node had before (a single-node group restarted on another
+        port): they are dropped from the member list loaded from a dump, which
+        would otherwise wait for a vote from the node's own former address.
     """
 
     def __init__(
@@ -254,7 +261,10 @@ class OxigdalState(SyncObj):
         *,
         dedupe_window: int = 100_000,
         audit_max: int = 10_000,
+        self_aliases: list[str] | None = None,
     ) -> None:
+        self._self_address = self_address
+        self._self_aliases = frozenset(self_aliases or ()) - {self_address}
         self._lock = threading.RLock()
         self._data = empty_state()
         self._dedupe: OrderedDict[str, Any] = OrderedDict()
@@ -438,4 +448,20 @@ class OxigdalState(SyncObj):
             self._data = state["data"]
             self._dedupe = OrderedDict(state["dedupe"])
             self._meta = state["meta"]
-        return payload["raft"]
+        return self._rewrite_members(payload["raft"])
+
+    def _rewrite_members(self, raft: Any) -> Any:
+        """Drop this node's former addresses from the dump's member list (``raft[2]``)."""
+        if not self._self_aliases or len(raft) < 3:
+            return raft
+        members = raft[2]
+        kept = {n for n in members if str(getattr(n, "address", n)) not in self._self_aliases}
+        if len(kept) == len(members):
+            return raft
+        logger.warning(
+            "dask-oxigdal coordinator: the dump names this node's former address(es) %s; "
+            "rewritten to %s",
+            sorted(str(getattr(n, "address", n)) for n in set(members) - kept),
+            self._self_address,
+        )
+        return (*raft[:2], kept, *raft[3:])
