@@ -111,6 +111,19 @@ def config_reference() -> None:
     click.echo(render_reference(), nl=False)
 
 
+def _password_warning(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Warn when the group password was given on the command line (click callback)."""
+    from click.core import ParameterSource
+
+    if value is not None and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+        click.echo(
+            "warning: --password on the command line is visible to every local user "
+            "(ps, /proc); set $DASK_OXIGDAL_COORDINATOR_PASSWORD instead",
+            err=True,
+        )
+    return value
+
+
 @oxigdal.command()
 @click.option("--self", "self_address", required=True, metavar="HOST:PORT", help="This node.")
 @click.option(
@@ -130,6 +143,7 @@ def config_reference() -> None:
     "--password",
     default=None,
     envvar="DASK_OXIGDAL_COORDINATOR_PASSWORD",
+    callback=_password_warning,
     help="Group password (oxigdal.coordinator.password); also read from "
     "$DASK_OXIGDAL_COORDINATOR_PASSWORD.",
 )
@@ -181,6 +195,7 @@ def coordinator(
     "--password",
     default=None,
     envvar="DASK_OXIGDAL_COORDINATOR_PASSWORD",
+    callback=_password_warning,
     help="Group password.",
 )
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds.")

@@ -111,3 +111,14 @@ def test_demo_text_summary_against_an_existing_scheduler():
     assert f"tiles              {tiles * tiles}" in out.stdout
     assert cluster.scheduler_address in out.stdout
     assert "worker killed" not in out.stdout
+
+
+def test_password_on_the_command_line_warns_and_the_environment_does_not():
+    args = ["membership", "status", "--connect", "127.0.0.1:1", "--timeout", "0.2"]
+    loud = CliRunner().invoke(oxigdal, [*args, "--password", "s3cret"])
+    assert "visible to every local user" in loud.stderr
+    quiet = CliRunner().invoke(oxigdal, args, env={"DASK_OXIGDAL_COORDINATOR_PASSWORD": "s3cret"})
+    assert "visible to every local user" not in quiet.stderr
+    # nothing listens on port 1: both fail cleanly, naming the node
+    for result in (loud, quiet):
+        assert result.exit_code == 1 and "127.0.0.1:1" in result.output, result.output

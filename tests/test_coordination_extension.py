@@ -134,6 +134,8 @@ def test_coordinator_not_ready_at_start_restores_the_ledgers_on_a_later_tick(tmp
                 completed=3,
                 deadline=time.monotonic() + 60,
             )
+            # a tenant registered at run time before the restart (not in the config)
+            gc.call("tenant_set", tenant="t2", weight=4.0, deadline=time.monotonic() + 60)
         group.procs[0].stop()  # frozen: the scheduler's replica cannot be ready at start
         config = {
             "oxigdal.coordinator.enabled": True,
@@ -156,6 +158,7 @@ def test_coordinator_not_ready_at_start_restores_the_ledgers_on_a_later_tick(tmp
                 assert [e["alert"] for e in events("alert")] == ["coordinator-not-ready"]
                 assert events("coordinator-restored") == []
                 assert "t1" not in ext.usage or ext.usage["t1"].worker_seconds == 0
+                assert "t2" not in ext.weights
             finally:
                 group.procs[0].cont()
             # a later tick sees the replica ready and restores the ledgers, once
@@ -164,6 +167,8 @@ def test_coordinator_not_ready_at_start_restores_the_ledgers_on_a_later_tick(tmp
             assert len(events("coordinator-ready")) == 1
             assert ext.usage["t1"].worker_seconds == 7.5
             assert ext.usage["t1"].completed == 3
+            # the recorded tenant that the configuration does not name joins late
+            assert ext.weights["t2"] == 4.0 and ext.weights["t1"] == 1.0
             with annotate(tenant="t1"):
                 await c.gather(c.map(time.sleep, [0.01] * 3, key=[f"y-{i}" for i in range(3)]))
             # the ledger goes on from the restored one, without counting it twice

@@ -420,10 +420,13 @@ class Checkpoint(SchedulingPolicy):
         self.store = CheckpointStore(option(SECTION, "store", url), storage_options)
         self.store.check()
         # -- coordinator (issue 6): restore the manifest, when enabled ---------
+        # (now when the coordinator is ready, else on its first ready tick)
         coordinator = getattr(extension, "coordinator", None)
         if coordinator is not None:
-            self.known.update(
-                e["path"].rsplit("/", 1)[-1] for e in coordinator.state.manifest.values()
+            coordinator.on_ready(
+                lambda: self.known.update(
+                    e["path"].rsplit("/", 1)[-1] for e in coordinator.state.manifest.values()
+                )
             )
         # -- end coordinator ------------------------------------------------------
         if self.store.local:

@@ -225,14 +225,21 @@ class Quarantine(SchedulingPolicy):
         # -- coordinator (issue 6): restore quarantine state, when enabled -------
         # A quarantined worker that is connected now is opened again; one that
         # reconnects later (same address) is opened when it joins (add_worker).
+        # Runs now when the coordinator is ready, else on its first ready tick.
         coordinator = getattr(extension, "coordinator", None)
         if coordinator is not None:
-            for address, entry in dict(coordinator.state.quarantine).items():
-                if entry.get("state") in ("open", "half-open"):
-                    self.restored[address] = f"restored: {entry.get('reason', '')}"
-            for address in list(self.breakers):
-                self._reopen_restored(address)
+            coordinator.on_ready(self._restore_from_coordinator)
         # -- end coordinator ------------------------------------------------------
+
+    def _restore_from_coordinator(self) -> None:
+        coordinator = getattr(self.extension, "coordinator", None)
+        if coordinator is None or self.closed:
+            return
+        for address, entry in dict(coordinator.state.quarantine).items():
+            if entry.get("state") in ("open", "half-open"):
+                self.restored[address] = f"restored: {entry.get('reason', '')}"
+        for address in list(self.breakers):
+            self._reopen_restored(address)
 
     def _status_change(self, status: Any, worker: Any, stimulus_id: str) -> None:
         address = worker if isinstance(worker, str) else getattr(worker, "address", worker)

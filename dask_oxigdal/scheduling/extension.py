@@ -817,6 +817,12 @@ class OxigdalScheduling(SchedulerPlugin):
             return
         self._restored = True
         state = coord.state
+        # ready only after start: _configure could not merge the recorded tenants;
+        # add those that are not configured (weights; quotas apply from a restart)
+        for tenant, entry in _recorded_tenants(coord).items():
+            if tenant not in self.tenant_options and entry.get("weight") is not None:
+                self.weights[tenant] = float(entry["weight"])
+                self.tenant_options[tenant] = dict(entry)
         for tenant, rec in state.usage.items():
             u = self.usage.get(tenant)
             if u is None:
