@@ -139,7 +139,7 @@ def test_alerts_are_rearmed_when_their_condition_clears(group):
 
     async def burst(coord, n):
         for i in range(n):
-            coord.audit({"i": i})
+            coord.tenant_set(f"burst-{i}", weight=1.0)
         await _until(lambda: coord.queued_writes == 0, "the burst to commit")
 
     async def outage(coord):
@@ -180,6 +180,32 @@ def test_alerts_are_rearmed_when_their_condition_clears(group):
     assert [
         e["kind"] for e in events if e["kind"] != "alert" or e["alert"] != "coordinator-queue-full"
     ][:4] == ["alert", "coordinator-recovered", "alert", "coordinator-recovered"]
+
+
+def test_audit_entries_never_crowd_out_state_writes(group):
+    events: list[dict] = []
+
+    async def run():
+        coord = _coordinator(group, events, queue_size=4)
+        try:
+            assert await coord.start() is True
+            assert coord.audit({"kind": "first"}) is not None  # queue empty: recorded
+            coord.tenant_set("a", weight=1.0)
+            assert coord.audit({"kind": "skipped"}) is None  # queue half full: skipped
+            assert coord.counters["audit_skipped"] == 1
+            for tenant in ("b", "c"):  # state writes still fit
+                assert coord.tenant_set(tenant, weight=2.0) is not None
+            assert coord.counters["dropped"] == 0
+            async with Ticker(coord):
+                await _until(lambda: coord.queued_writes == 0, "the writes to commit")
+        finally:
+            await coord.close()
+
+    asyncio.run(run())
+    assert events == []  # no queue-full alert
+    audit, _ = _read(group, "audit", None)
+    kinds = [e["kind"] for e in audit]
+    assert "first" in kinds and "skipped" not in kinds
 
 
 def test_a_resent_batch_is_applied_once(group):

@@ -241,3 +241,48 @@ def test_corrupt_journal_fails_the_extension_start_loudly(tmp_path):
     raw[-3] ^= 0xFF
     journal.write_bytes(bytes(raw))
     second()
+
+
+def _gang_member(i, name):
+    from distributed import Event
+
+    Event(f"{name}-go").wait(60)
+    return i
+
+
+def test_gang_leases_and_the_audit_log_are_written_to_the_coordinator(tmp_path):
+    config = {
+        "oxigdal.coordinator.enabled": True,
+        "oxigdal.coordinator.data-dir": str(tmp_path),
+        "oxigdal.scheduling.interval": "100ms",
+    }
+
+    @gen_cluster(client=True, config=config, timeout=120)
+    async def run(c, s, a, b):
+        from distributed import Event
+
+        await register(c, tenants={"t": 1})
+        coord = _ext(s).coordinator
+        await _until(lambda: coord.ready, what="the embedded coordinator")
+        with annotate(tenant="t", gang="pair"):
+            members = c.map(_gang_member, [0, 1], name="pair", key=["pair-0", "pair-1"])
+        # while the gang runs, its workers are leased to it in the replicated state
+        await _until(
+            lambda: set(coord.state.leases) == {a.address, b.address},
+            what="the leases",
+            info=lambda: (coord.state.leases, coord.snapshot()),
+        )
+        assert set(coord.state.leases.values()) == {"gang/pair"}
+        await Event("pair-go").set()
+        assert await c.gather(members) == [0, 1]
+        # finished: the leases are vacated; the policy events are in the audit log
+        await _until(lambda: coord.state.leases == {}, what="the vacated leases")
+        await _until(
+            lambda: "gang-started" in [e.get("kind") for e in coord.state.audit],
+            what="the audit entry",
+        )
+        entry = next(e for e in coord.state.audit if e.get("kind") == "gang-started")
+        assert entry["gang"] == "pair" and entry["tenant"] == "t" and entry["seq"] >= 1
+        assert not [e for e in coord.state.audit if str(e.get("kind")).startswith("coordinator-")]
+
+    run()

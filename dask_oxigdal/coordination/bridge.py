@@ -116,6 +116,7 @@ class Coordinator:
             "batches": 0,
             "retried": 0,
             "dropped": 0,
+            "audit_skipped": 0,
             "failures": 0,
             "rejected": 0,
         }
@@ -422,7 +423,25 @@ class Coordinator:
         return self._enqueue("lease_vacate", worker=worker, holder=holder)
 
     def audit(self, event: dict) -> str | None:
-        """Append ``event`` (plain data) to the audit log."""
+        """Append ``event`` (plain data) to the audit log, best effort.
+
+        Audit entries never crowd out state writes: while the write queue is
+        half full or more the entry is skipped and counted
+        (``counters["audit_skipped"]``), and no alert is raised.
+
+        Parameters
+        ----------
+        event : dict
+            Plain data (``{"kind": ..., ...}``).
+
+        Returns
+        -------
+        str or None
+            The request id, or ``None`` when skipped.
+        """
+        if len(self._queue) * 2 >= self.settings.queue_size:
+            self.counters["audit_skipped"] += 1
+            return None
         return self._enqueue("audit", event=event)
 
     # ------------------------------------------------------------ status

@@ -907,11 +907,26 @@ class OxigdalScheduling(SchedulerPlugin):
             Event kind, e.g. ``"deadline-missed"``.
         **fields
             msgpack-serialisable values.
+
+        Notes
+        -----
+        With a coordinator, every event but the coordinator's own is also
+        appended to its replicated audit log (best effort: skipped while the
+        write queue is half full).
         """
         msg = {"kind": kind, **fields}
         logger.info("oxigdal event %s", msg)
         if self.scheduler is not None:
             self.scheduler.log_event(NAME, msg)
+        coord = self.coordinator
+        if coord is not None and not kind.startswith("coordinator-"):
+            # the coordinator's append-only audit log (best effort, batched)
+            alert = fields.get("alert")
+            if not (isinstance(alert, str) and alert.startswith("coordinator-")):
+                try:
+                    coord.audit({**msg, "at": time.time()})
+                except Exception:
+                    logger.debug("oxigdal: audit entry %s not recorded", kind, exc_info=True)
 
     # ----------------------------------------------------------------- status
     def tenant_snapshot(self) -> dict[str, dict[str, Any]]:

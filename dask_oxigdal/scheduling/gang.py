@@ -87,6 +87,7 @@ class _Gang:
         "k",
         "keys",
         "name",
+        "previous",
         "queue",
         "rank",
         "restarts",
@@ -115,6 +116,8 @@ class _Gang:
         self.done: set = set()
         self.started_at = 0.0
         self.workers: list[str] = []
+        # member -> worker it was released from by the last restart (still running there)
+        self.previous: dict = {}
 
 
 class Gang(SchedulingPolicy):
@@ -269,6 +272,7 @@ class Gang(SchedulingPolicy):
         tasks = ext.scheduler.tasks
         gang.state = "failed"
         self.refused += 1
+        self._leases(gang, occupy=False)
         self.waiting.pop(gang.seq, None)
         if self.gangs.get(gang.name) is gang:
             del self.gangs[gang.name]
@@ -333,8 +337,24 @@ class Gang(SchedulingPolicy):
                 self._forget(gang)
 
     def _forget(self, gang: _Gang) -> None:
+        self._leases(gang, occupy=False)
         if self.gangs.get(gang.name) is gang:
             del self.gangs[gang.name]
+
+    def _leases(self, gang: _Gang, *, occupy: bool) -> None:
+        """Record (or end) the gang's worker leases in the coordinator, if any.
+
+        A lease is a replicated record of which gang runs on a worker
+        (``gang/NAME``), not a lock: Dask's thread slots admit the tasks, and a
+        worker that hosts two gangs keeps the first one's lease.
+        """
+        coord = getattr(self.extension, "coordinator", None)
+        if coord is None or not gang.workers:
+            return
+        holder = f"gang/{gang.name}"
+        write = coord.lease_occupy if occupy else coord.lease_vacate
+        for worker in gang.workers:
+            write(worker, holder)
 
     def _schedule(self) -> None:
         if not self._scheduled:
@@ -537,6 +557,8 @@ class Gang(SchedulingPolicy):
         recs = {}
         if any(info_map[ts.key].holds != {self.name} for ts in members):
             return  # held by another policy as well (e.g. a rejection): do not start
+        if gang.previous:
+            workers = _away_from_previous(members, workers, gang.previous)
         for ts, ws in zip(members, workers, strict=True):
             ext.unhold(ts, info_map[ts.key], self.name)
             ts.worker_restrictions = {ws.address}
@@ -559,6 +581,7 @@ class Gang(SchedulingPolicy):
             return
         self.started += 1
         self.started_by_tenant[gang.tenant] = self.started_by_tenant.get(gang.tenant, 0) + 1
+        self._leases(gang, occupy=True)
         ext.emit(
             "gang-started",
             gang=gang.name,
@@ -590,6 +613,7 @@ class Gang(SchedulingPolicy):
             return
         gang.restarts += 1
         self.restarts += 1
+        self._leases(gang, occupy=False)  # it starts again, maybe elsewhere
         if gang.restarts > self.max_restarts:
             self.failed += 1
             self._refuse(
@@ -601,6 +625,7 @@ class Gang(SchedulingPolicy):
             )
             return
         recs = {}
+        gang.previous = {}
         for key in gang.keys:
             if key in gang.done:
                 continue
@@ -610,6 +635,8 @@ class Gang(SchedulingPolicy):
                 continue
             ext.hold(ts, info, self.name)
             if ts.state in ("processing", "queued"):
+                if ts.processing_on is not None:
+                    gang.previous[key] = ts.processing_on.address
                 recs[key] = "released"
         gang.state = "waiting"
         gang.blocked_since = None
@@ -687,6 +714,32 @@ class Gang(SchedulingPolicy):
                 for g in self.gangs.values()
             },
         }
+
+
+def _away_from_previous(members: list, workers: list, previous: dict) -> list:
+    """Reassign ``workers`` so no member goes back to the worker it was released from.
+
+    Python cannot stop the released member's thread: a worker that receives the
+    same key while that run is still going resumes the old run instead of
+    starting a new one (``cancelled`` -> ``executing`` in Dask's worker state
+    machine), so the member would not restart with its gang. Swaps slots among
+    the members (the set of slots does not change); a member keeps its old
+    worker only when no swap avoids it.
+    """
+    workers = list(workers)
+    keys = [ts.key for ts in members]
+
+    def back(i: int, ws: Any) -> bool:
+        return previous.get(keys[i]) == ws.address
+
+    for i in range(len(workers)):
+        if not back(i, workers[i]):
+            continue
+        for j in range(len(workers)):
+            if not back(i, workers[j]) and not back(j, workers[i]):
+                workers[i], workers[j] = workers[j], workers[i]
+                break
+    return workers
 
 
 def _seconds(name: str, value: Any) -> float:
