@@ -13,6 +13,7 @@ import dask_oxigdal  # noqa: F401
 
 # isort: split
 import asyncio
+import datetime
 import time
 
 import pytest
@@ -268,6 +269,112 @@ async def test_errored_or_cancelled_jobs_count_as_failed_not_met(c, s, a):
     assert snap["met"] == {"default": {"batch": 1}} and snap["missed"] == {}
     assert snap["failed"] == {"default": {"batch": 2}} and snap["live_jobs"] == 0
     assert snap["accepted"] == 3
+
+
+def probe(x):  # estimated at 2 min (configured below); instant
+    return x
+
+
+def busy(x, ev):  # estimated at 4 min; blocks until the test lets it go
+    ev.wait(120)
+    return x
+
+
+def job(x, ev):  # estimated at 2 min; blocks until the test lets it go
+    ev.wait(120)
+    return x
+
+
+def tiny(x, ev):  # estimated at 1 s; blocks until the test lets it go
+    ev.wait(120)
+    return x
+
+
+@pytest.mark.parametrize("mode", ["reject", "warn"])
+@pytest.mark.parametrize(
+    "backlog, feasible",
+    [
+        ("none", True),
+        ("workers", False),  # ordinary work on the workers (Scheduler.total_occupancy)
+        ("earlier-deadline", False),  # deadline work due no later, queued by Dask
+        ("later-deadline", True),  # deadline work due later: EDF runs the probe first
+    ],
+)
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)],
+    timeout=60,
+    config={
+        "distributed.scheduler.default-task-durations": {
+            "probe": "120s",
+            "busy": "240s",
+            "job": "120s",
+            "tiny": "1s",
+        }
+    },
+)
+async def test_admission_counts_the_backlog_ahead(c, s, a, backlog, feasible, mode):
+    """The same probe (1 task, 2 min estimated, deadline in 9 min) alone and behind a backlog.
+
+    Alone it is feasible (now + 2 s + 2 min). Behind 2 x 4 min of ordinary work on
+    the worker, or behind a deadline job of 4 x 2 min due at the same time, it is
+    not (now + ~8 min + 2 min), although its own size did not change. A deadline
+    job due later does not count: the probe goes before it. Every task blocks on an
+    Event, so nothing finishes (and no estimate changes) while the probe is judged;
+    the margins are a minute or more.
+    """
+    await register(c, policies=[FAIRSHARE, deadline_policy(infeasible=mode)])
+    ev = Event("backlog-go")
+    # two blockers fill the thread and Dask's saturation slots (worker-saturation 1.1):
+    # the 4 root tasks of a deadline job then wait in scheduler.queued, off the workers
+    blockers = c.map(tiny, range(2), ev=ev, key=["tiny-0", "tiny-1"])
+    await _until(lambda: len(s.workers[a.address].processing) == 2)
+    now = time.time()
+    due = datetime.datetime.fromtimestamp(now + 9 * 60, tz=datetime.UTC)
+    ahead = []
+    if backlog == "workers":  # 2 tasks: not root-ish on 1 thread, so sent to the worker
+        ahead = c.map(busy, range(2), ev=ev, key=["busy-0", "busy-1"])
+        await _until(lambda: all(f.key in s.tasks for f in ahead))
+        assert s.total_occupancy >= 8 * 60
+    elif backlog in ("earlier-deadline", "later-deadline"):
+        # feasible itself: now + 2 s + 4 x 2 min <= its deadline (9 or 10 min)
+        later = datetime.timedelta(minutes=1 if backlog == "later-deadline" else 0)
+        with annotate(deadline=due + later):
+            ahead = c.map(job, range(4), ev=ev, key=[f"job-{i}" for i in range(4)])
+        await _until(lambda: all(f.key in s.tasks for f in ahead))
+        assert all(s.tasks[f.key].state == "queued" for f in ahead)
+        assert s.total_occupancy < 60
+    snap = (await status(c))["policies"]["Deadline"]
+    assert snap["accepted"] == (1 if backlog.endswith("deadline") else 0)
+    assert snap["rejected"] == 0 and snap["warned"] == 0
+
+    with annotate(deadline=due):
+        fut = c.submit(probe, "probe", key="probe")
+    if feasible:
+        await ev.set()
+        assert await fut == "probe"
+        snap = (await status(c))["policies"]["Deadline"]
+        assert snap["rejected"] == 0 and snap["warned"] == 0
+        assert not await _events(c, "alert") and not await _events(c, "deadline-rejected")
+    else:
+        kind = "deadline-rejected" if mode == "reject" else "alert"
+        event = (await _until_event(c, kind))[0]
+        assert event["tasks"] == 1 and event["deadline"] == pytest.approx(due.timestamp())
+        # about now + 8 min (backlog) + 2 min (probe) against now + 9 min
+        assert event["estimate"] - event["deadline"] > 30, event
+        assert "cannot be met: 1 task(s)" in event["message"]
+        if mode == "reject":
+            with pytest.raises(DeadlineInfeasible, match=r"cannot be met: 1 task\(s\)"):
+                await fut
+            await ev.set()
+        else:
+            assert event["alert"] == "deadline-infeasible"
+            await ev.set()
+            assert await fut == "probe"  # accepted, with the warning
+        snap = (await status(c))["policies"]["Deadline"]
+        assert snap["rejected" if mode == "reject" else "warned"] == 1
+        assert snap["warned" if mode == "reject" else "rejected"] == 0
+    await wait(blockers + ahead)
 
 
 def test_bad_deadline_options_are_rejected():

@@ -22,8 +22,9 @@ import os
 import signal
 import time
 
+import dask
 import pytest
-from distributed import Client, Event, LocalCluster, Queue, Worker, get_worker, wait
+from distributed import Event, Nanny, Queue, Variable, Worker, get_worker, wait
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.scheduler import Scheduler, WorkerState
 from distributed.utils_test import gen_cluster
@@ -36,6 +37,9 @@ from dask_oxigdal.scheduling.gang import Gang
 NTHREADS = [("127.0.0.1", 2), ("127.0.0.1", 2)]  # 4 slots
 FAIRSHARE = {"class": "dask_oxigdal.scheduling.fairshare.FairShare"}
 QUOTA = {"class": "dask_oxigdal.scheduling.quota.Quota"}
+#: The barrier timeout of every gang member, with and without the extension: generous,
+#: so no test passes or fails because a member gave up waiting.
+BARRIER_TIMEOUT = 90
 
 
 def gang_policy(**kwargs):
@@ -143,7 +147,7 @@ async def test_gangs_complete_atomically_under_load(c, s, a, b):
     await register(c, policies=[FAIRSHARE, QUOTA, gang_policy(reserve_wait="0s")])
     recorder = GangRecorder(s)
     s.add_plugin(recorder)
-    bg_go, bg, small, gangs = await _submit_gangs_under_load(c, s, timeout=90)
+    bg_go, bg, small, gangs = await _submit_gangs_under_load(c, s, timeout=BARRIER_TIMEOUT)
     # only 2 slots can free up while the background runs: no member may start
     await _until(lambda: _gang_snapshot(s)["waiting"] == 2)
     await wait(small)
@@ -332,13 +336,34 @@ async def test_gang_blocked_by_its_quota_reserves_nothing(c, s, a, b):
 
 
 @gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
-async def test_vanilla_dask_times_out_on_the_same_workload(c, s, a, b):
-    """Without the extension the members of a gang start in whatever slots are free."""
+async def test_vanilla_dask_deadlocks_on_the_same_workload(c, s, a, b):
+    """Without the extension the members of a gang start in whatever slots are free.
+
+    Same workload and the same (generous) barrier timeout as
+    test_gangs_complete_atomically_under_load, where no member starts while the two
+    ordinary tasks hold their threads and both gangs complete. Here members take the
+    two free threads and wait there for gang mates that cannot get one: every thread
+    of the cluster is taken and no gang can rendezvous (a deadlock that only the
+    barrier timeout would break).
+    """
     recorder = GangRecorder(s)
     s.add_plugin(recorder)
-    bg_go, bg, small, gangs = await _submit_gangs_under_load(c, s, timeout=2)
-    with pytest.raises(TimeoutError, match="waited 2s"):
-        await c.gather(gangs["A"] + gangs["B"])
+    bg_go, bg, small, gangs = await _submit_gangs_under_load(c, s, timeout=BARRIER_TIMEOUT)
+    members = gangs["A"] + gangs["B"]
+    member_keys = {f.key for f in members}
+
+    def executing():
+        return [str(ts.key) for w in (a, b) for ts in w.state.executing]
+
+    # all 4 threads taken: the 2 ordinary tasks and 2 members waiting at their barrier
+    await _until(lambda: len(executing()) == 4 and sum(k in member_keys for k in executing()) == 2)
+    running = [k for k in executing() if k in member_keys]
+    # each running member waits for a member of its gang of 3 that has no thread
+    for key in running:
+        gang = key.split("-")[0]
+        arrived = [await Event(f"{gang}-arrived-{j}").is_set() for j in range(3)]
+        assert not all(arrived), (key, arrived)
+    assert not any(f.done() for f in members)
     # members were sent to workers whose threads were all busy (they queued there)
     entries = [e for g in recorder.entries.values() for e in g]
     assert len(entries) == 6
@@ -346,9 +371,14 @@ async def test_vanilla_dask_times_out_on_the_same_workload(c, s, a, b):
     # worker side, the gate check of the gang test fails here: members started
     # while the ordinary tasks still held their threads
     gate = await _gate("A") + await _gate("B")
-    assert any(not opened for _, opened in gate), gate
+    assert gate and not any(opened for _, opened in gate), gate
+    # break the deadlock from outside (the barrier timeout would, after 90 s)
+    for gang in "AB":
+        for j in range(3):
+            await Event(f"{gang}-arrived-{j}").set()
     await bg_go.set()
-    await wait(bg + small + gangs["A"] + gangs["B"])
+    assert len(await c.gather(members)) == 6
+    await wait(bg + small)
 
 
 @gen_cluster(client=True, nthreads=NTHREADS, timeout=60)
@@ -485,51 +515,149 @@ def test_bad_gang_options_are_rejected():
         Gang(timeout="soon")
 
 
-def _member_worker(dask_scheduler, key):
-    ts = dask_scheduler.tasks.get(key)
-    return ts.processing_on.address if ts is not None and ts.processing_on else None
+def attempt_member(i, gang, k, timeout=BARRIER_TIMEOUT):
+    """A gang member that rendezvouses on fresh state at each attempt.
+
+    The attempt number is read from the ``Variable`` ``<gang>-attempt`` (the test
+    bumps it before it kills a worker), so a restarted attempt cannot pass the
+    barrier on events set by the killed one. Each run is recorded worker side on
+    the queue ``<gang>-runs``. After the barrier, the member holds its thread until
+    the test sets ``<gang>-<attempt>-release``.
+    """
+    attempt = Variable(f"{gang}-attempt").get(timeout=30)
+    address = get_worker().address
+    Queue(f"{gang}-runs").put((attempt, i, address))
+    Event(f"{gang}-{attempt}-arrived-{i}").set()
+    for j in range(k):
+        if not Event(f"{gang}-{attempt}-arrived-{j}").wait(timeout):
+            raise TimeoutError(f"gang {gang} attempt {attempt}: member {i} waited for {j}")
+    Event(f"{gang}-{attempt}-release").wait(timeout)
+    return gang, attempt, i, address
 
 
-def test_whole_gang_restarts_when_a_worker_is_killed():
-    """SIGKILL of a nanny'd worker running a member: the whole gang restarts, once."""
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            host="127.0.0.1",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        register(client)
-        with annotate(gang="K"):
-            futs = client.map(
-                member, range(2), gang="K", k=2, timeout=120, hold="K-go", key=["K-0", "K-1"]
+async def _rendezvoused(gang, attempt, k):
+    for j in range(k):
+        assert await Event(f"{gang}-{attempt}-arrived-{j}").wait(60), (gang, attempt, j)
+
+
+async def _kill_worker_running(c, s, key):
+    """SIGKILL the worker process running ``key`` (its nanny restarts it)."""
+    address = s.tasks[key].processing_on.address
+    pid = (await c.run(os.getpid, workers=[address]))[address]
+    os.kill(pid, signal.SIGKILL)
+    return address
+
+
+async def _runs(gang):
+    q = Queue(f"{gang}-runs")
+    return sorted([await q.get() for _ in range(await q.qsize())])
+
+
+# one worker with 2 threads and two with 1. The members of a 2-gang go to the
+# 2-thread worker and a 1-thread one (spread). When the 1-thread one dies, the
+# survivor is released but Python cannot stop its thread: the scheduler counts
+# the 2-thread worker as fully idle and places a member there again.
+NANNIES = [("127.0.0.1", 2), ("127.0.0.1", 1), ("127.0.0.1", 1)]
+
+
+@gen_cluster(client=True, Worker=Nanny, nthreads=NANNIES, timeout=120)
+async def test_whole_gang_restart_relaunches_every_member(c, s, *nannies):
+    """SIGKILL of a worker running a member: every member runs again, on fresh state."""
+    await register(c)  # the default policies include Gang
+    await Variable("K-attempt").set(0)
+    with annotate(gang="K"):
+        futs = c.map(attempt_member, range(2), gang="K", k=2, key=["K-0", "K-1"])
+    await _rendezvoused("K", 0, 2)
+    on = {key: s.tasks[key].processing_on for key in ("K-0", "K-1")}
+    assert len(set(on.values())) == 2  # spread
+    victim = next(key for key, ws in on.items() if ws.nthreads == 1)
+    survivor = next(key for key in on if key != victim)
+    await Variable("K-attempt").set(1)  # read by the members of the next attempt
+    await _kill_worker_running(c, s, victim)
+    # the restarted gang rendezvouses on attempt-1 events only: both members ran again
+    await _rendezvoused("K", 1, 2)
+    await Event("K-1-release").set()
+    rows = await c.gather(futs)
+    assert sorted((r[1], r[2]) for r in rows) == [(1, 0), (1, 1)]
+    runs = await _runs("K")
+    # worker side: every member ran twice, once per attempt (the survivor too: it was
+    # not left running alone, nor resumed where its killed attempt still ran)
+    assert [(att, i) for att, i, _ in runs] == [(0, 0), (0, 1), (1, 0), (1, 1)], runs
+    first = {i: w for att, i, w in runs if att == 0}
+    assert first[int(survivor[-1])] == on[survivor].address
+    await Event("K-0-release").set()  # the survivor's thread of the killed attempt
+    snap = (await status(c))["policies"]["Gang"]
+    assert snap["restarts"] == 1 and snap["started"] == 2 and snap["completed"] == 1
+    assert snap["partial_starts"] == 0 and snap["failed"] == 0 and snap["gangs"] == {}
+    events = [e for _, e in await c.get_events(NAME) if e.get("kind") == "gang-restarted"]
+    assert [(e["gang"], e["restarts"]) for e in events] == [("K", 1)]
+
+
+@gen_cluster(
+    client=True,
+    Worker=Nanny,
+    nthreads=NANNIES,
+    timeout=120,
+    config={"oxigdal.gang.max-restarts": 1},
+)
+async def test_gang_errs_when_max_restarts_is_exhausted(c, s, *nannies):
+    """One restart is allowed: the second lost member errs the gang, naming the limit."""
+    await register(c)
+    assert s.plugins[NAME].get_policy("Gang").max_restarts == 1
+    await Variable("X-attempt").set(0)
+    with annotate(gang="X"):
+        futs = c.map(attempt_member, range(2), gang="X", k=2, key=["X-0", "X-1"])
+    await _rendezvoused("X", 0, 2)
+    await Variable("X-attempt").set(1)
+    await _kill_worker_running(c, s, "X-1")
+    await _rendezvoused("X", 1, 2)  # restart 1 of 1: the gang runs again
+    await Event("X-0-release").set()  # the survivor's thread of the killed attempt
+    assert _gang_snapshot(s)["gangs"]["X"]["restarts"] == 1
+    await Variable("X-attempt").set(2)
+    await _kill_worker_running(c, s, "X-0")
+    for fut in futs:
+        with pytest.raises(
+            GangError, match=r"gang 'X' lost a member 2 times; oxigdal\.gang\.max-restarts=1"
+        ):
+            await fut
+    await Event("X-1-release").set()
+    # no third attempt was started
+    assert {att for att, _, _ in await _runs("X")} == {0, 1}
+    snap = (await status(c))["policies"]["Gang"]
+    assert snap["restarts"] == 2 and snap["failed"] == 1 and snap["refused"] == 1
+    assert snap["started"] == 2 and snap["completed"] == 0 and snap["gangs"] == {}
+    assert snap["waiting"] == 0 and snap["running"] == 0
+    events = [e for _, e in await c.get_events(NAME) if e.get("kind") == "gang-refused"]
+    assert len(events) == 1 and events[0]["gang"] == "X" and "max-restarts=1" in events[0]["error"]
+
+
+@pytest.mark.parametrize("placement", ["spread", "pack"])
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)] * 3, timeout=60)
+async def test_placement_spreads_or_packs_members(c, s, a, b, w, placement):
+    """Members per worker, as seen by the members: spread uses distinct workers first."""
+    with dask.config.set({"oxigdal.gang.placement": placement}):
+        await register(c, policies=[gang_policy()])
+    assert _gang_snapshot(s)["placement"] == placement
+    expected = {  # k -> sorted members per used worker (3 workers of 2 threads)
+        "spread": {2: [1, 1], 3: [1, 1, 1], 4: [1, 1, 2]},
+        "pack": {2: [2], 3: [1, 2], 4: [2, 2]},
+    }[placement]
+    for k, counts in expected.items():
+        name = f"{placement}-{k}"
+        with annotate(gang=name):
+            futs = c.map(
+                member,
+                range(k),
+                gang=name,
+                k=k,
+                timeout=BARRIER_TIMEOUT,
+                key=[f"{name}-{i}" for i in range(k)],
             )
-        deadline = time.monotonic() + 120
-        while status(client)["policies"]["Gang"]["running"] != 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        for i in range(2):
-            assert Event(f"K-arrived-{i}", client=client).wait(120)
-        victim = client.run_on_scheduler(_member_worker, key="K-0")
-        pid = client.run(os.getpid, workers=[victim])[victim]
-        os.kill(pid, signal.SIGKILL)
-        while status(client)["policies"]["Gang"]["restarts"] != 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        Event("K-go", client=client).set()
-        rows = client.gather(futs)
-        assert sorted(r[1] for r in rows) == [0, 1]
-        # every member ran again (the survivor too), none kept running alone
-        starts = Queue("K-starts", client=client)
-        seen = [starts.get() for _ in range(starts.qsize())]
-        assert sorted(seen) == [0, 0, 1, 1]
-        snap = status(client)["policies"]["Gang"]
-        assert snap["restarts"] == 1 and snap["started"] == 2 and snap["partial_starts"] == 0
-        events = [e for _, e in client.get_events(NAME) if e.get("kind") == "gang-restarted"]
-        assert events and events[0]["gang"] == "K"
+        rows = await c.gather(futs)
+        per_worker = {}
+        for row in rows:
+            per_worker[row[2]] = per_worker.get(row[2], 0) + 1
+        assert sorted(per_worker.values()) == counts, (k, per_worker)
 
 
 # ----------------------------------------------- distributed internals we use
