@@ -151,6 +151,30 @@ async def test_failures_of_a_buggy_prefix_on_every_worker_do_not_quarantine(c, s
 
 
 @gen_cluster(client=True, nthreads=TWO, timeout=120)
+async def test_a_buggy_prefix_that_failed_on_one_worker_first_is_forgiven(c, s, a, b):
+    """Its first failures all landed on a; once it fails on b too, a is readmitted."""
+    await register(c, policies=[quarantine(failures=2, cooldown="1h")])
+    q = _policy(s)
+
+    def buggy(x):
+        raise ValueError("a bug in the task, not in the worker")
+
+    first = c.map(buggy, range(2), workers=[a.address], pure=False)
+    await asyncio.gather(*first, return_exceptions=True)
+    await _until(lambda: q.breakers[a.address].state == "open", what="a quarantined")
+    assert (await status(c))["policies"]["Quarantine"]["quarantined"] == [a.address]
+    # the same prefix fails on b: a bug in the task, so a was not at fault
+    late = c.submit(buggy, 99, workers=[b.address], pure=False)
+    await asyncio.gather(late, return_exceptions=True)
+    await _until(lambda: s.workers[a.address].status == Status.running, what="a resumed")
+    snap = (await status(c))["policies"]["Quarantine"]
+    assert snap["quarantined"] == [] and q.breakers[b.address].state == "closed"
+    kinds = [e.get("kind") for _, e in s.get_events("oxigdal")]
+    assert kinds.count("worker-quarantined") == 1 and kinds.count("worker-readmitted") == 1
+    assert await c.submit(work, 1, workers=[a.address], pure=False) == 2  # a runs work again
+
+
+@gen_cluster(client=True, nthreads=TWO, timeout=120)
 async def test_quarantine_is_reapplied_when_the_worker_unpauses_itself(c, s, a, b):
     await register(c, policies=[quarantine(cooldown="1h")])
     q = _policy(s)

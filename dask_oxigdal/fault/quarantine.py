@@ -123,7 +123,16 @@ def min_heartbeat_timeout(n_workers: int = 1) -> float:
 
 
 class _Breaker:
-    __slots__ = ("failures", "opened", "probe", "reason", "reported", "since", "state")
+    __slots__ = (
+        "counted",
+        "failures",
+        "opened",
+        "probe",
+        "reason",
+        "reported",
+        "since",
+        "state",
+    )
 
     def __init__(self) -> None:
         self.state = "closed"
@@ -133,6 +142,8 @@ class _Breaker:
         self.probe: Any = None
         self.reported = "running"  # last status the worker itself reported
         self.opened = 0
+        #: the failed prefixes that opened it (one entry per counted failure)
+        self.counted: list[str] = []
 
 
 class Quarantine(SchedulingPolicy):
@@ -317,15 +328,35 @@ class Quarantine(SchedulingPolicy):
         b.failures.append((now, prefix))
         while b.failures and b.failures[0][0] < horizon:
             b.failures.popleft()
+        if elsewhere:
+            self._forgive(prefix, worker, horizon)
         if elsewhere or b.state != "closed":
             return
-        count = 0
-        for _, p in b.failures:
-            others = self.prefix_failures.get(p, {})
-            if not any(t >= horizon for w, t in others.items() if w != worker):
-                count += 1
-        if count >= self.failures:
-            self._open(worker, f"{count} failures within {self.window:g}s")
+        counted = [p for _, p in b.failures if not self._failed_elsewhere(p, worker, horizon)]
+        if len(counted) >= self.failures:
+            if self._open(worker, f"{len(counted)} failures within {self.window:g}s"):
+                b.counted = counted
+
+    def _failed_elsewhere(self, prefix: str, worker: str, horizon: float) -> bool:
+        others = self.prefix_failures.get(prefix, {})
+        return any(t >= horizon for w, t in others.items() if w != worker)
+
+    def _forgive(self, prefix: str, worker: str, horizon: float) -> None:
+        """``prefix`` now failed on ``worker`` too: readmit the workers it quarantined.
+
+        A new buggy prefix can reach ``failures`` on one worker before it fails
+        anywhere else; once it fails on a second worker it is a bug in the
+        task, and a worker whose breaker it opened is readmitted unless the
+        failures of other prefixes alone reach ``failures``.
+        """
+        for w, ob in list(self.breakers.items()):
+            if w == worker or ob.state == "closed" or prefix not in ob.counted:
+                continue
+            left = [p for p in ob.counted if not self._failed_elsewhere(p, w, horizon)]
+            if len(left) < self.failures:
+                ob.reason = f"{ob.reason}; prefix {prefix!r} fails on other workers too"
+                ob.counted = []
+                self._close(w)
 
     # -------------------------------------------------------------- enacting
     def _healthy_others(self, worker: str) -> int:
