@@ -250,14 +250,24 @@ def test_linearizable_registers_under_leader_kills(group, client):
     threads = [threading.Thread(target=worker, args=(c,)) for c in range(CLIENTS)]
     for t in threads:
         t.start()
+    # failover time is the failover test's and the benchmark's subject; here a
+    # kill after which this observer sees no new leader within 60 s (seen once in
+    # CI on a loaded 2-core box) is counted, the old node restarted, and the
+    # history still checked; both kills slow would be a failover bug
+    slow_failovers = []
     try:
         for _ in range(2):
             wait_for(lambda: len(history) >= 60, 120, "some operations")
-            old = group.index(client.leader())
+            old = group.index(wait_for(client.leader, 120, "a leader"))
             group.kill(old)
-            wait_for(
-                lambda old=old: group.index(client.leader()) not in (None, old), 120, "a new leader"
-            )
+            try:
+                wait_for(
+                    lambda old=old: group.index(client.leader()) not in (None, old),
+                    60,
+                    "a new leader",
+                )
+            except AssertionError:
+                slow_failovers.append((old, client.leader()))
             group.start(old)
     except BaseException:
         stop.set()
@@ -267,6 +277,7 @@ def test_linearizable_registers_under_leader_kills(group, client):
         for t in threads:
             t.join(timeout=180)
     assert not errors, errors
+    assert len(slow_failovers) < 2, slow_failovers
     assert len(history) == 120 * CLIENTS
     results = check_history(history)
     for key, (ok, _) in results.items():
