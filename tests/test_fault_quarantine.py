@@ -20,7 +20,6 @@ from distributed.utils_test import gen_cluster
 from dask_oxigdal.annotations import annotate
 from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.fault.quarantine import (
-    CALLBACK,
     dask_heartbeat_interval,
     min_heartbeat_timeout,
 )
@@ -318,7 +317,7 @@ async def test_closing_the_policy_leaves_no_worker_paused(c, s, a, b):
     await _until(none_paused, what="resume after removal")
     assert q.closed and q.quarantined == []
     assert s.stream_handlers["worker-status-change"] == s.handle_worker_status_change
-    assert CALLBACK not in s.periodic_callbacks
+    assert NAME not in s.periodic_callbacks  # the removed extension stopped ticking
     await used_again(b.address, "removed")
 
     # 2. the extension disables the policy (as after an exception in one of its hooks)

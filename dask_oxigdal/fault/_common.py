@@ -10,7 +10,7 @@ from dask_oxigdal.annotations import _seconds
 from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.scheduling.settings import setting
 
-__all__ = ["duration", "in_charge", "number", "option", "unwatch", "watch"]
+__all__ = ["duration", "number", "option"]
 
 
 def option(section: str, name: str, value: Any) -> Any:
@@ -56,50 +56,3 @@ def number(
             f"oxigdal.{section}.{name}={raw!r} is not valid: must be {op} {minimum:g}{top}"
         )
     return int(raw) if integer else float(raw)
-
-
-def in_charge(policy: Any) -> bool:
-    """Whether ``policy`` is enabled and its extension is still the installed one.
-
-    The extension does not tell its policies when it is removed from the
-    scheduler (``unregister_scheduler_plugin``), replaced, or when it disables
-    one of them: a policy that must give something back (paused workers, held
-    tasks) watches this.
-    """
-    ext = policy.extension
-    return (
-        ext is not None
-        and ext.scheduler is not None
-        and ext.scheduler.plugins.get(ext.name) is ext
-        and ext._policy_name(policy) not in ext.disabled
-    )
-
-
-def watch(policy: Any, name: str, callback: Any) -> Any:
-    """Start ``callback`` every ``oxigdal.scheduling.interval`` as ``periodic_callbacks[name]``.
-
-    A callback of the same name left by a previous extension is stopped first.
-
-    Returns
-    -------
-    tornado.ioloop.PeriodicCallback
-    """
-    from tornado.ioloop import PeriodicCallback
-
-    ext = policy.extension
-    pcs = ext.scheduler.periodic_callbacks
-    old = pcs.pop(name, None)
-    if old is not None:
-        old.stop()
-    pc = pcs[name] = PeriodicCallback(callback, max(ext.interval, 0.05) * 1000.0)
-    pc.start()
-    return pc
-
-
-def unwatch(scheduler: Any, name: str, pc: Any) -> None:
-    """Stop ``pc``; remove it from ``scheduler.periodic_callbacks`` if it is still ``name``."""
-    if pc is None:
-        return
-    pc.stop()
-    if scheduler is not None and scheduler.periodic_callbacks.get(name) is pc:
-        del scheduler.periodic_callbacks[name]

@@ -57,7 +57,7 @@ from distributed.scheduler import heartbeat_interval
 from distributed.worker import Worker
 
 from dask_oxigdal.exceptions import ConfigError
-from dask_oxigdal.fault._common import duration, in_charge, number, option, unwatch, watch
+from dask_oxigdal.fault._common import duration, number, option
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 
 if TYPE_CHECKING:
@@ -69,8 +69,6 @@ logger = logging.getLogger(__name__)
 
 SECTION = "quarantine"
 STATUS_OP = "worker-status-change"
-#: Name of the policy's watch in ``Scheduler.periodic_callbacks``.
-CALLBACK = "oxigdal-quarantine"
 #: ``heartbeat-timeout`` must be at least this many worker heartbeat intervals.
 HEARTBEAT_FACTOR = 3.0
 
@@ -186,7 +184,6 @@ class Quarantine(SchedulingPolicy):
         self.history: deque[dict[str, Any]] = deque(maxlen=100)
         self._original_handler: Any = None
         self._handler: Any = None  # our wrapper in scheduler.stream_handlers
-        self._watch: Any = None
         self._scheduler: Any = None  # kept: a failed start resets extension.scheduler
         self.closed = False
         self._last_tick = time()
@@ -228,9 +225,6 @@ class Quarantine(SchedulingPolicy):
         handle_worker_status_change._oxigdal_policy = self  # type: ignore[attr-defined]
         self._handler = handle_worker_status_change
         scheduler.stream_handlers[STATUS_OP] = handle_worker_status_change
-        # the extension does not tell a policy that it was removed or disabled:
-        # a watch notices it and gives the paused workers back (close())
-        self._watch = watch(self, CALLBACK, self._check_in_charge)
         for address in scheduler.workers:
             self.breakers.setdefault(address, _Breaker())
         # -- coordinator (issue 6): restore quarantine state, when enabled -------
@@ -267,8 +261,8 @@ class Quarantine(SchedulingPolicy):
         self._original_handler(status, worker, stimulus_id)
 
     def _in_charge(self) -> bool:
-        """Whether this policy is enabled and its extension is still the installed one."""
-        return not self.closed and in_charge(self)
+        """Whether this policy still acts (its extension closes it when removed or disabled)."""
+        return not self.closed
 
     # ---------------------------------------------------------- transitions
     def transition(
@@ -423,16 +417,11 @@ class Quarantine(SchedulingPolicy):
         return worker in getattr(other, "restored", {}) or (b is not None and b.state != "closed")
 
     # ---------------------------------------------------------------- closing
-    def _check_in_charge(self) -> None:
-        if not self.closed and not self._in_charge():
-            self.close()
-
     def close(self) -> None:
         """Stop: resume every worker this policy paused, restore the status handler.
 
-        Called by the policy's own watch when the extension was removed or
-        replaced or the policy was disabled, by the Quarantine of a replacing
-        extension, or directly. Idempotent. The coordinator's record of the
+        Called by the extension when it is removed or replaced or disables
+        the policy, by the Quarantine of a replacing extension, or directly. Idempotent. The coordinator's record of the
         quarantine is kept (a restarted scheduler restores it).
         """
         if self.closed or self.extension is None:
@@ -440,7 +429,6 @@ class Quarantine(SchedulingPolicy):
             return
         self.closed = True
         scheduler = self._scheduler
-        unwatch(scheduler, CALLBACK, self._watch)
         if scheduler is None:
             return
         if scheduler.stream_handlers.get(STATUS_OP) is self._handler:
@@ -534,9 +522,6 @@ class Quarantine(SchedulingPolicy):
     def periodic(self) -> None:
         """Quarantine silent workers; move open workers to half-open after the cooldown."""
         if self.closed:
-            return
-        if not self._in_charge():  # removed: the extension's callback still runs a while
-            self.close()
             return
         scheduler = self.extension.scheduler
         now = time()

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed.metrics import time
 
-from dask_oxigdal.fault._common import duration, in_charge, number, option, unwatch, watch
+from dask_oxigdal.fault._common import duration, number, option
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 
 if TYPE_CHECKING:
@@ -49,8 +49,6 @@ __all__ = ["Retries", "backoff_delay"]
 logger = logging.getLogger(__name__)
 
 SECTION = "retries"
-#: Prefix of the name of the policy's watch in ``Scheduler.periodic_callbacks``.
-CALLBACK = "oxigdal-retries"
 
 
 def backoff_delay(
@@ -137,7 +135,6 @@ class Retries(SchedulingPolicy):
         self.held = 0
         self.history: list[dict[str, Any]] = []
         self.closed = False
-        self._watch: Any = None
         self._scheduler: Any = None  # kept: a failed start resets extension.scheduler
 
     def start(self, extension: Any) -> None:
@@ -156,15 +153,7 @@ class Retries(SchedulingPolicy):
                 f"oxigdal.retries.prefer-other-worker={prefer!r} is not valid: expected true or false"
             )
         self.prefer_other_worker = prefer
-        # removed, replaced or disabled: release the held tasks (close())
-        # (one per instance: a replacing extension's Retries must not stop this one's)
-        self._watch_name = f"{CALLBACK}-{id(self):x}"
         self._scheduler = extension.scheduler
-        self._watch = watch(self, self._watch_name, self._check_in_charge)
-
-    def _check_in_charge(self) -> None:
-        if not self.closed and not in_charge(self):
-            self.close()
 
     def delay(self, attempt: int, backoff: float | None = None) -> float:
         """Backoff before the retry that follows failed attempt ``attempt`` (with jitter).
@@ -253,8 +242,8 @@ class Retries(SchedulingPolicy):
 
     def _timer(self, key: Any) -> None:
         ext = self.extension
-        if not self.closed and in_charge(self):
-            ext.run_policy(self, "release", key)
+        if not self.closed:
+            ext.run_policy(self, "release", key)  # skipped if disabled: close() releases it
             return
         # disabled (or closed) meanwhile: the task must not stay held in no-worker
         try:
@@ -304,7 +293,6 @@ class Retries(SchedulingPolicy):
         self.closed = True
         if self._scheduler is None:
             return 0
-        unwatch(self._scheduler, self._watch_name, self._watch)
         held = [key for key, r in self.tasks.items() if r.held]
         for key in held:
             try:

@@ -346,7 +346,9 @@ class OxigdalScheduling(SchedulerPlugin):
             try:
                 policy.start(self)
             except ConfigError:
-                # bad settings fail the registration (the client sees the error)
+                # bad settings fail the registration (the client sees the error);
+                # the policies started before give back what they took
+                self._close_policies()
                 self.scheduler = None
                 raise
             except Exception as e:
@@ -361,6 +363,9 @@ class OxigdalScheduling(SchedulerPlugin):
         old = scheduler.periodic_callbacks.pop(NAME, None)
         if old is not None:  # left by an extension that was unregistered (replace=True)
             old.stop()
+            previous = getattr(old.callback, "__self__", None)
+            if isinstance(previous, OxigdalScheduling) and previous is not self:
+                previous._close_policies()
         pc = PeriodicCallback(self._periodic, self.interval * 1000.0)
         scheduler.periodic_callbacks[NAME] = pc
         pc.start()
@@ -463,6 +468,12 @@ class OxigdalScheduling(SchedulerPlugin):
                     "error": f"{type(exc).__name__}: {exc}",
                 },
             )
+
+    def _close_policies(self) -> None:
+        """Close every policy that has a ``close()`` (this extension is gone)."""
+        for policy in self.policies:
+            if callable(getattr(policy, "close", None)):
+                self._close_policy(policy)
 
     def _close_policy(self, policy: SchedulingPolicy) -> None:
         try:
@@ -804,6 +815,16 @@ class OxigdalScheduling(SchedulerPlugin):
             self._call(policy, "restart")
 
     def _periodic(self) -> None:
+        scheduler = self.scheduler
+        if scheduler is not None and scheduler.plugins.get(self.name) is not self:
+            # unregistered: distributed's remove_plugin never calls close(); stop
+            # ticking and let the policies give back what they hold
+            pc = scheduler.periodic_callbacks.get(NAME)
+            if pc is not None and getattr(pc.callback, "__self__", None) is self:
+                pc.stop()
+                del scheduler.periodic_callbacks[NAME]
+            self._close_policies()
+            return
         for policy in self._active():
             self._call(policy, "periodic")
         if self.coordinator is not None:
