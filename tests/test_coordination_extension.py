@@ -74,6 +74,15 @@ def test_no_leader_keeps_scheduling_queues_bounded_writes_and_alerts(tmp_path):
             what="t1",
             info=lambda: (coord.snapshot(), dict(coord.state.usage), coord.node.view()),
         )
+        max_queued = [0]
+        enqueue = coord._enqueue
+
+        def watched_enqueue(op, **args):  # records the longest queue seen (the real method runs)
+            out = enqueue(op, **args)
+            max_queued[0] = max(max_queued[0], coord.queued_writes)
+            return out
+
+        coord._enqueue = watched_enqueue
         for proc in group.procs:
             proc.stop()  # SIGSTOP every node: no leader
         try:
@@ -84,7 +93,12 @@ def test_no_leader_keeps_scheduling_queues_bounded_writes_and_alerts(tmp_path):
                     await c.gather(futs)
             await _until(lambda: coord.counters["dropped"] > 0, what="a dropped write")
             snap = (await status(c))["coordinator"]
-            assert snap["queued_writes"] == snap["queue_bound"] == 2
+            # The queue counts the batch in flight. A batch sent just before the SIGSTOPs
+            # may still be acknowledged afterwards (its reply was already on the wire), and
+            # that frees one place after the drop: 1 or 2 queued, never more than the bound.
+            assert snap["queue_bound"] == 2
+            assert 1 <= snap["queued_writes"] <= 2, snap
+            assert max_queued[0] == 2
             await _until(
                 lambda: any(
                     e.get("alert") in ("coordinator-no-leader", "coordinator-queue-full")
