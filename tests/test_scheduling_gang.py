@@ -358,6 +358,18 @@ async def test_vanilla_dask_deadlocks_on_the_same_workload(c, s, a, b):
     # all 4 threads taken: the 2 ordinary tasks and 2 members waiting at their barrier
     await _until(lambda: len(executing()) == 4 and sum(k in member_keys for k in executing()) == 2)
     running = [k for k in executing() if k in member_keys]
+
+    async def started():  # executing on the worker is not yet in the function: wait for it
+        queued = await Queue("A-gate").qsize() + await Queue("B-gate").qsize()
+        own = [
+            await Event(f"{k.split('-')[0]}-arrived-{k.split('-')[1]}").is_set() for k in running
+        ]
+        return queued == 2 and all(own)
+
+    deadline = time.monotonic() + 60
+    while not await started():
+        assert time.monotonic() < deadline, "the running members never entered the function"
+        await asyncio.sleep(0.05)
     # each running member waits for a member of its gang of 3 that has no thread
     for key in running:
         gang = key.split("-")[0]
