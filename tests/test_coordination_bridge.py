@@ -95,7 +95,7 @@ def test_readiness_is_rechecked_on_the_tick_and_on_ready_runs_once(group):
     events: list[dict] = []
 
     async def run():
-        coord = _coordinator(group, events, start_timeout="1s", commit_timeout="2s")
+        coord = _coordinator(group, events, start_timeout="1s", commit_timeout="30s")
         try:
             assert await coord.start() is False
             assert coord.ready is False
@@ -159,7 +159,7 @@ def test_alerts_are_rearmed_when_their_condition_clears(group):
         )
 
     async def run():
-        coord = _coordinator(group, events, queue_size=3, commit_timeout="0.5s")
+        coord = _coordinator(group, events, queue_size=3, commit_timeout="5s")
         try:
             assert await coord.start() is True
             async with Ticker(coord):

@@ -59,10 +59,11 @@ def test_no_leader_keeps_scheduling_queues_bounded_writes_and_alerts(tmp_path):
         "oxigdal.coordinator.partners": group.addresses,
         "oxigdal.coordinator.queue-size": 2,
         "oxigdal.coordinator.commit-timeout": "1s",
+        "oxigdal.coordinator.start-timeout": "120s",  # 3 node processes start on 2 cores
         "oxigdal.scheduling.interval": "100ms",
     }
 
-    @gen_cluster(client=True, config=config, timeout=240)
+    @gen_cluster(client=True, config=config, timeout=360)
     async def run(c, s, a, b):
         await register(c, tenants={"t1": 1, "t2": 1, "t3": 1})
         coord = _ext(s).coordinator
@@ -96,9 +97,9 @@ def test_no_leader_keeps_scheduling_queues_bounded_writes_and_alerts(tmp_path):
             snap = (await status(c))["coordinator"]
             # The queue counts the batch in flight. A batch sent just before the SIGSTOPs
             # may still be acknowledged afterwards (its reply was already on the wire), and
-            # that frees one place after the drop: 1 or 2 queued, never more than the bound.
+            # that frees its places after the drop: never more than the bound.
             assert snap["queue_bound"] == 2
-            assert 1 <= snap["queued_writes"] <= 2, snap
+            assert snap["queued_writes"] <= 2, snap
             assert max_queued[0] == 2
             await _until(
                 lambda: any(
@@ -107,7 +108,11 @@ def test_no_leader_keeps_scheduling_queues_bounded_writes_and_alerts(tmp_path):
                 ),
                 what="an alert",
             )
-            alerts = [e for _, e in s.get_events("oxigdal") if e.get("kind") == "alert"]
+            alerts = [
+                e
+                for _, e in s.get_events("oxigdal")
+                if e.get("kind") == "alert" and e.get("alert", "").startswith("coordinator-")
+            ]
             assert alerts[0]["queue_bound"] == 2
         finally:
             for proc in group.procs:

@@ -169,7 +169,7 @@ def test_scheduler_sigkill_restores_ledgers_quotas_quarantine_and_manifest(tmp_p
                 lambda: (
                     dox.status(client)["policies"]["Quarantine"]["quarantined"] == [quarantined]
                 ),
-                60,
+                120,  # includes starting worker-3's process on a loaded machine
                 "the restored quarantine to apply to the returning worker",
             )
             after = dox.status(client)

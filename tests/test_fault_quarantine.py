@@ -205,7 +205,7 @@ def test_hung_worker_is_quarantined_within_seconds_and_readmitted():
         ) as cluster,
         Client(cluster) as c,
     ):
-        register(c, policies=[quarantine(**{"heartbeat-timeout": "3s", "cooldown": "0.5s"})])
+        register(c, policies=[quarantine(**{"heartbeat-timeout": "5s", "cooldown": "0.5s"})])
         pids = c.run(os.getpid)
         hung, healthy = sorted(pids)
         pid = pids[hung]

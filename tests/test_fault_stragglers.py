@@ -84,7 +84,9 @@ async def test_stalled_first_attempts_are_rescheduled(c, s, a, b, tmp_path):
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1), ("127.0.0.1", 1)], timeout=120)
 async def test_slow_worker_tail_is_moved_to_the_fast_worker(c, s, a, b):
     b.oxigdal_test_slow = 20
-    await register(c, policies=[stragglers()])
+    # min-runtime well above the fast worker's 50 ms tasks (a loop lag under load must
+    # not make one of them look overdue) and well below the slow worker's 1 s
+    await register(c, policies=[stragglers(**{"min-runtime": 8 * MEDIAN})])
     futs = c.map(slow_on_slow_worker, range(30))
     assert await c.gather(futs) == [i * 2 for i in range(30)]
     snap = (await status(c))["policies"]["Stragglers"]

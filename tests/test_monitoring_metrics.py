@@ -58,10 +58,11 @@ async def test_metrics_on_the_schedulers_endpoint(c, s, a):
     with annotate(tenant="team-b"):
         fb = c.map(block, range(3), ev=ev, key=[f"b-{i}" for i in range(3)])
 
-    async def one_running():
+    async def one_running():  # and both graphs arrived (they are processed one by one)
         m = await scrape(s)
         running = m.get("dask_oxigdal_tenant_running", {})
-        return sum(running.values()) >= 1
+        queued = m.get("dask_oxigdal_tenant_queued", {})
+        return sum(running.values()) >= 1 and sum(running.values()) + sum(queued.values()) == 7
 
     await wait_for(one_running)
     m = await scrape(s)

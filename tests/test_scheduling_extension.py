@@ -168,7 +168,15 @@ async def test_entitled_share_counts_tenants_with_work(c, s, a, b):
         fa = c.map(block, range(4), ev=ev)
     with annotate(tenant="b"):
         fb = c.map(block, range(4, 8), ev=ev)
-    await asyncio.sleep(0.05)
+
+    async def both_arrived():  # the two graphs reach the scheduler one after the other
+        tenants = (await status(c))["tenants"]
+        return all(tenants.get(t, {}).get("submitted") == 4 for t in "ab")
+
+    for _ in range(1200):
+        if await both_arrived():
+            break
+        await asyncio.sleep(0.05)
     tenants = (await status(c))["tenants"]
     assert tenants["a"]["entitled_share"] == pytest.approx(0.75)
     assert tenants["b"]["entitled_share"] == pytest.approx(0.25)

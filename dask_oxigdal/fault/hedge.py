@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["hedge"]
 
+_PLACEMENT_POLL = 0.2  # seconds between looks for the primary's worker
+
 
 def hedge(client: Client, func: Any, *args: Any, delay: Any = "1s", **kwargs: Any) -> Any:
     """Run ``func(*args, **kwargs)``; start a second copy if the first is slow; first wins.
@@ -39,7 +41,8 @@ def hedge(client: Client, func: Any, *args: Any, delay: Any = "1s", **kwargs: An
         Its positional arguments.
     delay : str, float or datetime.timedelta, default "1s"
         How long the primary may run before the copy is submitted; ``0`` submits
-        both at once.
+        both at once. A primary still queued on the scheduler after ``delay``
+        gets its copy once it is on a worker (the copy prefers another one).
     **kwargs
         Its keyword arguments (``Client.submit`` options such as ``resources``
         are not accepted: they would apply to both copies).
@@ -67,10 +70,19 @@ def hedge(client: Client, func: Any, *args: Any, delay: Any = "1s", **kwargs: An
             await wait([primary], timeout=seconds)
         except TimeoutError:
             pass
-        if primary.done():
-            return await primary
-        processing = await client.processing()  # inside client.sync: awaitable
-        on = [w for w, keys in processing.items() if primary.key in keys]
+        while True:
+            if primary.done():
+                return await primary
+            processing = await client.processing()  # inside client.sync: awaitable
+            on = [w for w, keys in processing.items() if primary.key in keys]
+            if on or seconds == 0:
+                break
+            # the primary is not on a worker yet (still queued on the scheduler): a copy
+            # now could land on the very worker that gets it; copy once it is placed
+            try:
+                await wait([primary], timeout=_PLACEMENT_POLL)
+            except TimeoutError:
+                pass
         others = [w for w in processing if w not in on]
         copy = client.submit(
             func,
