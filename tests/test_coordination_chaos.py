@@ -267,7 +267,9 @@ def test_linearizable_registers_under_leader_kills(group, client):
                     "a new leader",
                 )
             except AssertionError:
-                slow_failovers.append((old, client.leader()))
+                # what the live nodes logged, for whoever finds two of these in a run
+                logs = {i: p.output()[-800:] for i, p in enumerate(group.procs) if p and i != old}
+                slow_failovers.append((old, client.leader(), logs))
             group.start(old)
     except BaseException:
         stop.set()
