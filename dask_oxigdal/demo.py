@@ -550,7 +550,7 @@ class _Sampler:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=90)  # a kill in progress waits up to 60 s for the worker
         self.sample()
 
     def sample(self) -> dict[str, Any] | None:

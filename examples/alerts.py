@@ -53,10 +53,11 @@ def main() -> None:
         register(client, tenants={"team-a": 1}, policies=POLICIES, interval="200ms")
         client.subscribe_topic("oxigdal", on_event)
         with annotate(tenant="team-a"):
-            # 60 quick tasks: the backlog rule fires while they queue up
-            client.gather(client.map(nap, [0.01] * 60, key=[f"nap-{i}" for i in range(60)]))
+            # 120 quick tasks on 2 threads: more than 20 stay queued for ~2.5 s, a dozen
+            # of the Monitor's 200 ms checks (a backlog shorter than one check can be missed)
+            client.gather(client.map(nap, [0.05] * 120, key=[f"nap-{i}" for i in range(120)]))
             # the same prefix, suddenly 20x slower: an anomaly
-            client.gather(client.map(nap, [0.2, 0.2], key=["nap-60", "nap-61"]))
+            client.gather(client.map(nap, [1.0, 1.0], key=["nap-120", "nap-121"]))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and {a["rule"] for a in received} != {
             "backlog",

@@ -315,7 +315,14 @@ def _where(tag):
     return get_worker().address, tag
 
 
-@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=120)
+# saturation 1.0: the blocker fills a's only slot, so no b task can be queued behind it
+# on a (with 1.1 a 1-thread worker takes 2, and a tie could put one there)
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)] * 2,
+    timeout=120,
+    config={"distributed.scheduler.worker-saturation": 1.0},
+)
 async def test_a_locality_wait_does_not_hold_another_tenants_thread(c, s, a, b):
     """Tenant a's tasks wait for their busy home; tenant b runs on the free thread meanwhile."""
     await register(

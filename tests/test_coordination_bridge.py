@@ -10,6 +10,8 @@ coordinator is an observer in this process, driven by a ticker that calls
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import pytest
@@ -241,3 +243,42 @@ def test_a_resent_batch_is_applied_once(group):
     assert usage == {"worker_seconds": 2.5, "completed": 1, "erred": 0, "submitted": 0}
     assert meta["duplicates"] >= 1
     wait_for(lambda: group.procs[0].alive(), 1, "the node")
+
+
+def test_a_node_never_stopped_does_not_keep_the_interpreter_alive(tmp_path):
+    """A process that ends without closing its coordinator still exits.
+
+    (pysyncobj's tick thread is not a daemon: it ends when the thread that created
+    the node ends, here the loop's executor thread, which is shut down at exit.
+    A node created on a thread that lives for ever would hold the process.)
+    """
+    script = f"""
+import asyncio
+from dask_oxigdal.coordination.bridge import Coordinator
+from dask_oxigdal.coordination.node import CoordinatorSettings
+
+async def main():
+    settings = CoordinatorSettings.from_config(
+        mode="embedded", data_dir={str(tmp_path)!r}, start_timeout="60s"
+    )
+    coord = Coordinator(settings)
+    assert await coord.start() is True
+    print("ready", coord.snapshot()["role"], flush=True)
+    # no coord.close(): the process just ends
+
+asyncio.run(main())
+"""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=60)
+        raise AssertionError(f"the process did not exit:\n{out}\n{err[-2000:]}") from None
+    assert proc.returncode == 0, err[-2000:]
+    assert out.startswith("ready leader"), out

@@ -145,7 +145,7 @@ def test_mixed_array_kinds_are_rejected_naming_each_band():
         ndvi(a, xr.DataArray(a))
 
 
-@gen_cluster(client=True)
+@gen_cluster(client=True, timeout=120)
 async def test_dask_on_a_distributed_cluster(c, s, a, b):
     nir, red = uint16_bands()
     result = spectral_index(

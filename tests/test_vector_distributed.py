@@ -22,7 +22,7 @@ def _frame(n: int = 4000) -> pd.DataFrame:
     )
 
 
-@gen_cluster(client=True)
+@gen_cluster(client=True, timeout=120)
 async def test_shuffle_runs_our_split_tasks_and_matches_p2p(c, s, a, b):
     ddf = dd.from_pandas(_frame(), npartitions=4)
     ours = dox.shuffle(ddf, "s", 3)

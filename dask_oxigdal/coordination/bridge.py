@@ -54,6 +54,7 @@ from dask_oxigdal.coordination.state import SECTIONS, empty_state, make_command
 __all__ = ["Coordinator", "StateView"]
 
 logger = logging.getLogger(__name__)
+_STOP_TIMEOUT = 30.0  # seconds a close waits for the Raft node's thread to stop
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if k.isupper()}
@@ -245,7 +246,14 @@ class Coordinator:
             await asyncio.sleep(0.02)
         node, self.node = self.node, None
         self.role = "stopped"
-        await asyncio.get_running_loop().run_in_executor(None, stop_state, node)
+        stopping = asyncio.get_running_loop().run_in_executor(None, stop_state, node)
+        try:
+            await asyncio.wait_for(stopping, _STOP_TIMEOUT)
+        except TimeoutError:
+            # never hold up the scheduler's close for ever
+            logger.warning(
+                "dask-oxigdal coordinator: the Raft node did not stop within %ss", _STOP_TIMEOUT
+            )
 
     # ------------------------------------------------------------ callbacks (pysyncobj thread)
     def _on_state_changed(self, old: int, new: int) -> None:
