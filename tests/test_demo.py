@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -165,12 +166,14 @@ def test_keep_alive_leaves_the_cluster_up_until_interrupted(tmp_path):
         stdout=subprocess.PIPE,
         stderr=err,
         text=True,
+        # SIGABRT makes faulthandler print every thread's stack (see below)
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )
 
     def stderr_tail():
         err.flush()
         err.seek(0)
-        return err.read()[-3000:]
+        return err.read()[-12000:]
 
     try:
         lines = []
@@ -189,6 +192,9 @@ def test_keep_alive_leaves_the_cluster_up_until_interrupted(tmp_path):
         try:
             rc = proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # where is it stuck?
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
             raise AssertionError(f"the demo did not stop on SIGINT:\n{stderr_tail()}") from None
         assert rc == 0, stderr_tail()
     finally:

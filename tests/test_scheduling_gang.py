@@ -113,7 +113,7 @@ def _gang_snapshot(s):
 
 async def _gate(name):
     """``[(member, gate was set when it started)]`` of gang ``name``, in start order."""
-    q = Queue(f"{name}-gate")
+    q = await Queue(f"{name}-gate")  # created on the scheduler before qsize()
     return [await q.get() for _ in range(await q.qsize())]
 
 
@@ -359,8 +359,10 @@ async def test_vanilla_dask_deadlocks_on_the_same_workload(c, s, a, b):
     await _until(lambda: len(executing()) == 4 and sum(k in member_keys for k in executing()) == 2)
     running = [k for k in executing() if k in member_keys]
 
+    gate_queues = [await Queue("A-gate"), await Queue("B-gate")]  # created on the scheduler
+
     async def started():  # executing on the worker is not yet in the function: wait for it
-        queued = await Queue("A-gate").qsize() + await Queue("B-gate").qsize()
+        queued = sum([await q.qsize() for q in gate_queues])
         own = [
             await Event(f"{k.split('-')[0]}-arrived-{k.split('-')[1]}").is_set() for k in running
         ]
@@ -561,7 +563,7 @@ async def _kill_worker_running(c, s, key):
 
 
 async def _runs(gang):
-    q = Queue(f"{gang}-runs")
+    q = await Queue(f"{gang}-runs")  # created on the scheduler before qsize()
     return sorted([await q.get() for _ in range(await q.qsize())])
 
 
