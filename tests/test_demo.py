@@ -145,6 +145,12 @@ def test_policy_counters_read_defensively():
     assert policy_counters({})["gangs_started"] is None
 
 
+def _default_sigint():
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_keep_alive_leaves_the_cluster_up_until_interrupted(tmp_path):
     import re
     import signal
@@ -168,6 +174,9 @@ def test_keep_alive_leaves_the_cluster_up_until_interrupted(tmp_path):
         text=True,
         # SIGABRT makes faulthandler print every thread's stack (see below)
         env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        # Ctrl-C as in a terminal: a pytest started in the background by a shell
+        # without job control ignores SIGINT, and the demo would inherit that
+        preexec_fn=_default_sigint,
     )
 
     def stderr_tail():
