@@ -18,6 +18,7 @@ import dask_oxigdal  # noqa: F401
 
 # isort: split
 import asyncio
+import inspect
 import os
 import signal
 import time
@@ -97,8 +98,14 @@ class GangRecorder(SchedulerPlugin):
 
 
 async def _until(predicate, timeout=60):
+    """Poll ``predicate`` (a plain or a coroutine function) until it is true."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        ok = predicate()
+        if inspect.isawaitable(ok):
+            ok = await ok
+        if ok:
+            return
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.02)
 
@@ -368,10 +375,7 @@ async def test_vanilla_dask_deadlocks_on_the_same_workload(c, s, a, b):
         ]
         return queued == 2 and all(own)
 
-    deadline = time.monotonic() + 60
-    while not await started():
-        assert time.monotonic() < deadline, "the running members never entered the function"
-        await asyncio.sleep(0.05)
+    await _until(started)
     # each running member waits for a member of its gang of 3 that has no thread
     for key in running:
         gang = key.split("-")[0]
