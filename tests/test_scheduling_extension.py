@@ -153,6 +153,10 @@ async def test_cancelled_tasks_are_counted(c, s, a, b):
     while not any(ts.state == "processing" for ts in s.tasks.values()):
         await asyncio.sleep(0.01)
     await c.cancel(futs)
+    # cancel-keys goes on the batched stream and Event.set on its own comm: wait for
+    # the cancellation to reach the scheduler, or a running task may finish first
+    while any(f.key in s.tasks for f in futs):
+        await asyncio.sleep(0.01)
     await ev.set()
     while _ext(s).info:
         await asyncio.sleep(0.01)
