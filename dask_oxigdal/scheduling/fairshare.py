@@ -3,41 +3,68 @@
 How it works
 ------------
 Start-time fair queuing over estimated task cost, enacted through Dask's own
-task priorities:
+task priorities. A task's priority becomes::
 
-- in ``update_graph`` (before Dask transitions the new tasks) each new task,
-  in Dask's priority order, gets a virtual *start tag*
-  ``max(tenant's last finish tag, virtual time)`` and a *finish tag*
-  ``start + cost / weight``; ``cost`` is Dask's per-prefix duration estimate
-  (``TaskPrefix.duration_average``), or ``oxigdal.scheduling.default-task-cost``
-  when Dask has no estimate yet;
-- the task's priority becomes ``(queue rank, finish tag) + Dask's priority``.
-  Tuples compare element by element, so the queue wins, then the tag, then
-  Dask's own order (user ``priority=``, submission generation, ``dask.order``);
-- the virtual time of a queue is the smallest start tag among its
-  *runnable* tasks (``queued`` on the scheduler or ``processing`` on a
-  worker), kept in a heap with lazy deletion (O(log n) per transition) and
-  never decreasing. Dask serves runnable tasks in priority order, so that is
-  the tag frontier of the work being served. Tasks still ``waiting`` for
-  their dependencies do not hold it back, and it does not jump ahead when
-  Dask dispatches the first tasks of a graph out of order (it does: the
-  first root tasks reach idle workers in dependency-walk order). When
-  nothing is runnable (the queue drained), the virtual time moves up to the
-  largest finish tag served so far, so a tenant whose work was all served
-  keeps no stale lead over the next submissions.
+    (queue rank, finish tag, *Dask's priority)
+
+Tuples compare element by element: the queue wins, then the tag, then Dask's
+own order (user ``priority=``, ``fifo_timeout`` generation, ``dask.order``).
+
+**Between tenants** the tags decide. In ``update_graph`` (before Dask
+transitions the new tasks) each new task gets a virtual *start tag*
+``max(tenant's last finish tag, virtual time)`` and a *finish tag*
+``start + cost / weight``; ``cost`` is the per-prefix cost estimate
+(:meth:`FairShare.estimate`). The virtual time of a queue is the smallest
+start tag among its *runnable* tasks (``queued`` on the scheduler or
+``processing`` on a worker), kept in a heap with lazy deletion (O(log n) per
+transition) and never decreasing. When nothing is runnable it moves up to the
+largest finish tag served, so a tenant whose work was all served keeps no
+stale lead. A tenant that arrives late gets tags that start at the virtual
+time: its tasks go to the front within about one task duration.
+
+**Inside one tenant** Dask's order is kept exactly. Each (queue, tenant) keeps
+its live tasks (tagged, not yet finished) in a sorted list by Dask's priority,
+and every tag is *clamped* so that tags never decrease along that order:
+
+- a new task whose Dask priority is worse than all of the tenant's live work
+  (the common case: a later submission) gets its natural tags;
+- a task that Dask ranks ahead of some of the tenant's live work (a later
+  ``priority=`` submission, a sub-task from ``worker_client``/``get_client``,
+  a persist that interleaves with an earlier one of the same generation) gets
+  a finish tag no later than the next task in Dask's order; a task whose Dask
+  priority equals one already live gets that task's tag, so Dask's ties (and
+  the worker's tie-break between them) are untouched.
+
+Hence, for two tasks of one tenant, ``(tag, dask priority)`` orders them as
+Dask's priority alone does, on the scheduler's queue and in every worker's
+ready heap, with ``worker-saturation`` finite or ``inf``. With a single
+tenant, or no annotations at all, the order is vanilla Dask's.
+
+Urgent work inserted this way runs ahead of the tenant's own backlog at once;
+its cost is still charged to the tenant (its last finish tag moves on). When
+another tenant competes, the tenant's backlog that is still on the scheduler
+(``waiting``/``queued``/``no-worker``) is re-tagged right after the insertion
+(on the next event-loop tick) behind the urgent work, so the other tenants get
+the borrowed time back at once. Tasks already sent to a worker keep their
+priority (Dask cannot change it there) and bound the re-tag from above, so
+the tenant's own order still holds. Sub-tasks get Dask's sub-task generation
+(the parent's Dask priority minus 0.01), read from the ``submitting_task`` of
+the ``update-graph`` message (see :mod:`dask_oxigdal.scheduling._submitting`).
+
+**Cost.** ``update_graph``: O(log n) per new task (a bisection in the
+tenant's sorted list). Transitions: O(log n) when a task becomes runnable,
+finishes or is forgotten. A re-tag (a tenant inserted work ahead of its
+backlog while another tenant competes, or a prefix's cost estimate moved) is
+O(that tenant's live tasks), at most once per event-loop tick and tenant.
 
 Dask then does the rest: root-ish tasks wait in ``scheduler.queued`` (a heap
 ordered by priority) when ``worker-saturation`` is finite, and workers run
 their ready tasks in priority order. Ordering by tags is work-conserving (a
-tenant without work has no tags in the heap), and a tenant that arrives late
-gets tags that start at the current virtual time, so its tasks go to the
-front of the queue within about one task duration instead of waiting behind
-the others' backlog.
-
-With ``worker-saturation: inf`` Dask sends every ready task to a worker at
-once; each worker still runs its own ready tasks by tag, so the share holds
-per worker, but a late tenant's tasks land behind the tasks the worker already
-runs and work stealing may move tasks without regard to tenants.
+tenant without work has no tags in the heap). With ``worker-saturation: inf``
+Dask sends every ready task to a worker at once; each worker still runs its
+own ready tasks by tag, so the share holds per worker, but a late tenant's
+tasks land behind the tasks the worker already runs and work stealing may
+move tasks without regard to tenants.
 """
 
 from __future__ import annotations
@@ -47,8 +74,10 @@ import itertools
 from typing import TYPE_CHECKING, Any
 
 from dask.utils import parse_timedelta
+from sortedcontainers import SortedList
 
 from dask_oxigdal.exceptions import ConfigError
+from dask_oxigdal.scheduling import _submitting
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 from dask_oxigdal.scheduling.settings import setting
 
@@ -70,6 +99,8 @@ PRIOR_WEIGHT = 4
 _RUNNABLE = ("queued", "processing")
 # states of tasks whose priority can still change what runs first
 _PENDING = ("waiting", "queued", "no-worker", "released")
+# states after which a task's order no longer matters
+_DONE = ("memory", "erred", "forgotten")
 
 
 class FairShare(SchedulingPolicy):
@@ -110,8 +141,16 @@ class FairShare(SchedulingPolicy):
         self.cost_samples: dict[str, int] = {}
         # median of the measured prefixes' means: the prior a young mean is shrunk to
         self.prior: float | None = None
-        # per (queue, tenant): the largest Dask priority[0] (= -user priority) tagged
-        self.worst_user_rank: dict[tuple[str, str], float] = {}
+        # per (queue, tenant): its live tasks, sorted by Dask's own priority, as
+        # (dask priority, seq, key, info); tags never decrease along this order
+        self.order: dict[tuple[str, str], SortedList] = {}
+        self._oseq = itertools.count(1)
+        # (queue, tenant)s that inserted work ahead of their backlog while another
+        # tenant competed: their backlog is re-tagged on the next tick
+        self.reorder: set[tuple[str, str]] = set()
+        self._reorder_scheduled = False
+        self.inserted_ahead = 0
+        self.subtasks = 0
         self._check_scheduled = False
         self.retags = 0
         self.retagged_tasks = 0
@@ -130,8 +169,16 @@ class FairShare(SchedulingPolicy):
         self.tagged = 0
 
     def start(self, extension: OxigdalScheduling) -> None:
-        """Attach to the extension."""
+        """Attach to the extension; learn the submitting task of each graph."""
         super().start(extension)
+        if extension.scheduler is not None:
+            _submitting.install(extension.scheduler)
+
+    def close(self) -> None:
+        """Give the scheduler its own ``update-graph`` handler back."""
+        ext = self.extension
+        if ext is not None and ext.scheduler is not None:
+            _submitting.uninstall(ext.scheduler)
 
     def dask_estimate(self, prefix: TaskPrefix) -> float | None:
         """Dask's duration estimate (seconds) of a task prefix, ``None`` if it has none.
@@ -228,6 +275,22 @@ class FairShare(SchedulingPolicy):
         costs = sorted(cost for name, cost in self.prefix_cost.items() if name not in self.guessed)
         self.guess = costs[len(costs) // 2] if costs else self.default_task_cost
 
+    def _subtask_generation(self) -> float | None:
+        """Dask's generation for sub-tasks of the graph being added, or ``None``.
+
+        Dask gives a sub-task ``parent.priority[0] - 0.01``; the parent's first
+        element is our queue rank, so use the parent's own Dask priority instead.
+        """
+        parent = _submitting.submitting_task()
+        if parent is None:
+            return None
+        ext = self.extension
+        assert ext is not None and ext.scheduler is not None
+        pinfo = ext.info.get(parent)
+        if pinfo is not None and pinfo.dprio:
+            return pinfo.dprio[0] - 0.01
+        return None
+
     def update_graph(self, new: list[tuple[TaskState, TaskInfo]]) -> None:
         """Tag the new tasks and rewrite their priorities (before Dask transitions them)."""
         ext = self.extension
@@ -243,7 +306,12 @@ class FairShare(SchedulingPolicy):
         vt = self.virtual_time
         last = self.last_tag
         prefix_cost = self.prefix_cost
-        reorder: set[tuple[str, str]] = set()
+        order = self.order
+        oseq = self._oseq
+        generation = self._subtask_generation()
+        if generation is not None:
+            self.subtasks += len(new)
+        ahead: set[tuple[str, str]] = set()
         for ts, info in new:
             queue = info.queue
             tq = (queue, info.tenant)
@@ -256,26 +324,58 @@ class FairShare(SchedulingPolicy):
                 self.cost_samples[name] = self.stats.get(name, (0,))[0]
             finish = start + cost / weights.get(info.tenant, 1.0)
             last[tq] = finish
-            info.start_tag = start
+            dprio = tuple(ts.priority or (0,))
+            if generation is not None and len(dprio) >= 2:
+                dprio = (dprio[0], generation, *dprio[2:])
+            seq = next(oseq)
+            live = order.get(tq)
+            if live is None:
+                live = order[tq] = SortedList()
+            elif live:
+                # keep tags non-decreasing along Dask's order of the tenant's tasks
+                i = live.bisect_left((dprio, seq))
+                if i > 0:
+                    before = live[i - 1]
+                    if before[0] == dprio or before[3].finish_tag > finish:
+                        # a Dask tie shares the tag; never before an earlier task
+                        finish = before[3].finish_tag
+                if i < len(live):
+                    after = live[i][3].finish_tag
+                    if after < finish:
+                        finish = after
+                        ahead.add(tq)
+            info.dprio = dprio
+            info.oseq = seq
+            live.add((dprio, seq, ts.key, info))
+            info.start_tag = min(start, finish)
             info.finish_tag = finish
-            dask_priority = ts.priority or (0,)
-            ts.priority = (info.rank, finish, *dask_priority)
-            # Dask's user priority orders a tenant's own work across submissions too:
-            # a task more urgent than the tenant's backlog re-orders that backlog
-            user_rank = dask_priority[0]
-            worst = self.worst_user_rank.get(tq)
-            if worst is None or user_rank > worst:
-                self.worst_user_rank[tq] = user_rank
-            elif user_rank < worst:
-                reorder.add(tq)
+            ts.priority = (info.rank, finish, *dprio)
         self.tagged += len(new)
-        if reorder:
-            self.retag(tenants=reorder)
+        if ahead:
+            self.inserted_ahead += 1
+            if self._competing() >= 2:
+                self.reorder |= ahead
+                self._schedule_reorder()
+
+    def _schedule_reorder(self) -> None:
+        """Re-tag the tenants in ``reorder`` on the next event-loop tick."""
+        if self._reorder_scheduled:
+            return
+        ext = self.extension
+        assert ext is not None and ext.scheduler is not None
+        self._reorder_scheduled = True
+        ext.scheduler.loop.add_callback(ext.run_policy, self, "_reorder")
+
+    def _reorder(self) -> None:
+        self._reorder_scheduled = False
+        tenants, self.reorder = self.reorder, set()
+        if tenants:
+            self.retag(tenants=tenants)
 
     def transition(
         self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
     ) -> None:
-        """Track the start tags of the runnable tasks (queued or processing), O(log n)."""
+        """Track the runnable tasks' start tags and the live tasks' order, O(log n)."""
         if finish in _RUNNABLE:
             if not info.pseq:
                 seq = next(self._seq)
@@ -294,6 +394,11 @@ class FairShare(SchedulingPolicy):
                 heapq.heappop(heap)
             if finish == "memory" and start == "processing":
                 self._observe(info.prefix, kwargs)
+        if finish in _DONE and info.oseq:
+            live = self.order.get((info.queue, info.tenant))
+            if live is not None:
+                live.discard((info.dprio, info.oseq, key, info))
+            info.oseq = 0
 
     def _advance(self, queue: str) -> float:
         """Virtual time of ``queue``: smallest start tag of its runnable tasks, never decreasing."""
@@ -392,15 +497,23 @@ class FairShare(SchedulingPolicy):
         changed: set[str] | None = None,
         tenants: set[tuple[str, str]] | None = None,
     ) -> int:
-        """Re-tag the pending tasks of some tenants, in (user priority, tag) order.
+        """Re-tag some tenants' live tasks, in Dask's order, keeping that order.
+
+        Walks each tenant's live tasks in Dask's priority order and gives the
+        ones still on the scheduler (``waiting``, ``queued``, ``no-worker``,
+        ``released``) consecutive tags from the tenant's earliest start tag
+        (or the virtual time, if earlier). Tasks already sent to a worker, and
+        deadline tasks (their priority carries their EDF key), keep their tags;
+        each re-tagged task stays between its neighbours in Dask's order
+        (Dask's ties share a tag), so the tenant's own order is unchanged.
 
         Parameters
         ----------
         changed : set of str, optional
             Prefix names whose cost changed (already updated in ``prefix_cost``):
-            re-tag the tenants that have pending tasks of these prefixes.
+            re-tag the tenants that have live tasks of these prefixes.
         tenants : set of (queue, tenant), optional
-            Re-tag these tenants' pending tasks.
+            Re-tag these tenants' live tasks.
 
         Returns
         -------
@@ -411,47 +524,65 @@ class FairShare(SchedulingPolicy):
         assert ext is not None and ext.scheduler is not None
         scheduler = ext.scheduler
         tasks = scheduler.tasks
-        groups: dict[tuple[str, str], list[tuple[float, TaskInfo, TaskState]]] = {}
-        for key, info in ext.info.items():
-            if info.done or info.running or info.finish_tag == 0.0 or info.edf is not None:
-                # finish_tag 0: a task of the submission being tagged right now; a
-                # deadline task's priority carries its EDF key (see deadline.py)
-                continue
-            ts = tasks.get(key)
-            if ts is None or ts.state not in _PENDING or not ts.priority:
-                continue
-            groups.setdefault((info.queue, info.tenant), []).append((info.finish_tag, info, ts))
         count = 0
         queued_changed = False
         queues = set()
         retagged: set[tuple[str, str]] = set()
-        for (queue, tenant), items in groups.items():
+        inf = float("inf")
+        for (queue, tenant), live in self.order.items():
+            if not live:
+                continue
             if not (
                 (tenants is not None and (queue, tenant) in tenants)
-                or (changed and any(ts.prefix.name in changed for _, _, ts in items))
+                or (changed and any(entry[3].prefix in changed for entry in live))
             ):
                 continue
-            # Dask's user priority first (ts.priority[2] is -priority), then the old tag
-            items.sort(key=lambda item: (item[2].priority[2:3], item[0]))
+            entries = []
+            for dprio, _, key, info in live:
+                ts = tasks.get(key)
+                movable = (
+                    ts is not None
+                    and ts.state in _PENDING
+                    and info.edf is None
+                    and info.finish_tag != 0.0
+                    and bool(ts.priority)
+                )
+                entries.append((dprio, info, ts if movable else None))
+            # bound[i]: the smallest tag of a fixed task at or after position i
+            bound = [inf] * (len(entries) + 1)
+            for i in range(len(entries) - 1, -1, -1):
+                _, info, ts = entries[i]
+                bound[i] = bound[i + 1] if ts is not None else min(bound[i + 1], info.finish_tag)
+            starts = [info.start_tag for _, info, ts in entries if ts is not None]
+            if not starts:
+                continue
             weight = ext.weights.get(tenant, 1.0)
             # keep a tenant that is behind the virtual time behind it; reset a lead
-            start = min(min(info.start_tag for _, info, _ in items), self._advance(queue))
-            for _, info, ts in items:
-                finish = (
-                    start + self.prefix_cost.get(ts.prefix.name, self.default_task_cost) / weight
-                )
-                info.start_tag, info.finish_tag = start, finish
-                ts.priority = (info.rank, finish, *ts.priority[2:])
+            start = min(min(starts), self._advance(queue))
+            prev_tag = -inf
+            prev_dprio: Any = None
+            n = 0
+            for i, (dprio, info, ts) in enumerate(entries):
+                if ts is None:
+                    prev_tag = max(prev_tag, info.finish_tag)
+                    prev_dprio = dprio
+                    continue
+                natural = start + self.prefix_cost.get(info.prefix, self.default_task_cost) / weight
+                if dprio == prev_dprio:
+                    tag = prev_tag
+                else:
+                    tag = max(prev_tag, min(natural, bound[i + 1]))
+                info.start_tag, info.finish_tag = min(start, tag), tag
+                start = natural
+                ts.priority = (info.rank, tag, *ts.priority[2:])
                 queued_changed = queued_changed or ts.state == "queued"
-                start = finish
+                prev_tag, prev_dprio = tag, dprio
+                n += 1
             # the tenant's next submission continues after its re-tagged backlog
-            self.last_tag[(queue, tenant)] = start
-            self.worst_user_rank[(queue, tenant)] = max(
-                (ts.priority[2:3] or (0,))[0] for _, _, ts in items
-            )
+            self.last_tag[(queue, tenant)] = max(start, prev_tag)
             queues.add(queue)
             retagged.add((queue, tenant))
-            count += len(items)
+            count += n
         if queued_changed:
             # scheduler.queued caches priorities at insertion: rebuild it
             queued = list(scheduler.queued)
@@ -459,9 +590,13 @@ class FairShare(SchedulingPolicy):
             for ts in queued:
                 scheduler.queued.add(ts)
         for queue, tenant in list(self.last_tag):
-            # tenants with nothing pending: their last tag is in the old units; one
+            # tenants with no live task: their last tag is in the old units; one
             # in the future would delay their next submission, so bring it to V
-            if queue in queues and (queue, tenant) not in retagged:
+            if (
+                queue in queues
+                and (queue, tenant) not in retagged
+                and not self.order.get((queue, tenant))
+            ):
                 vt = self.virtual_time.get(queue, 0.0)
                 if self.last_tag[(queue, tenant)] > vt:
                     self.last_tag[(queue, tenant)] = vt
@@ -486,7 +621,8 @@ class FairShare(SchedulingPolicy):
         self.max_served.clear()
         self.prefix_cost.clear()
         self.cost_samples.clear()
-        self.worst_user_rank.clear()
+        self.order.clear()
+        self.reorder.clear()
         self.guessed.clear()
         self.deferred.clear()
         self.guess = self.default_task_cost
@@ -514,4 +650,6 @@ class FairShare(SchedulingPolicy):
             "retagged_tasks": self.retagged_tasks,
             "deferred_retag_prefixes": sorted(self.deferred),
             "deferred_retags": self.deferred_retags,
+            "inserted_ahead": self.inserted_ahead,
+            "subtasks": self.subtasks,
         }

@@ -24,11 +24,13 @@ class TaskInfo:
         "admitted",
         "annotations",
         "done",
+        "dprio",
         "edf",
         "finish_tag",
         "gang",
         "holds",
         "nbytes",
+        "oseq",
         "prefix",
         "pseq",
         "queue",
@@ -49,6 +51,10 @@ class TaskInfo:
         self.done = False
         self.nbytes = 0
         self.pseq = 0
+        #: Dask's own priority of the task (``FairShare``), and its place in the
+        #: tenant's sorted list of live tasks (0 when not listed)
+        self.dprio: tuple = ()
+        self.oseq = 0
         self.prefix = ""
         self.admitted = False
         #: policies holding the task (``OxigdalScheduling.hold``), ``None`` when none
