@@ -14,8 +14,7 @@ import threading
 import time
 from typing import Any
 
-from pysyncobj import FAIL_REASON
-
+from dask_oxigdal.coordination._pysyncobj import FAIL_REASON
 from dask_oxigdal.coordination.node import CoordinatorSettings, start_state, stop_state
 from dask_oxigdal.coordination.state import make_command
 
