@@ -334,3 +334,32 @@ def test_dump_is_plain_data_with_an_hmac(tmp_path):
         f.write(raw.replace(b"1.5", b"2.5"))
     with pytest.raises(journal.CorruptJournalError, match="dump HMAC mismatch"):
         journal.read_dump(path, key=key)
+
+
+def test_dask_cli_node_reads_its_secret_from_stdin(tmp_path, monkeypatch):
+    import time
+
+    from dask_oxigdal.coordination.client import GroupClient
+
+    _no_secret_env(monkeypatch)
+    secret = "stdin-" + os.urandom(8).hex()
+    address = f"127.0.0.1:{free_port()}"
+    args = [PYTHON, "-m", "dask", "oxigdal", "coordinator", "--self", address]
+    args += ["--data-dir", str(tmp_path / "d"), "--password-file", "-"]
+    args += ["--ready-file", str(tmp_path / "ready")]
+    log = tmp_path / "node.log"
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=out, stderr=out)
+    try:
+        popen.stdin.write(secret.encode() + b"\n")
+        popen.stdin.close()
+        wait_for(lambda: (tmp_path / "ready").exists() or popen.poll() is not None, 120, "the node")
+        assert popen.poll() is None, log.read_text()[-2000:]
+        # the stdin secret is the group's (no secret was generated in the data dir)
+        assert not (tmp_path / "d" / SECRET_FILE).exists()
+        with GroupClient([address], password=secret) as c:
+            assert c.call("reg_write", key="k", value=1, deadline=time.monotonic() + 60).value
+    finally:
+        if popen.poll() is None:
+            popen.terminate()
+        popen.wait(timeout=30)
