@@ -48,7 +48,9 @@ class GroupClient:
     partners : list of str
         ``HOST:PORT`` of the group's voting nodes.
     password : str, optional
-        The group's password.
+        The group's secret. Default: the file named by
+        ``oxigdal.coordinator.password-file``, else ``$OXIGDAL_COORDINATOR_PASSWORD``
+        (a :class:`~dask_oxigdal.exceptions.ConfigError` when neither is set).
     attempt_timeout : float
         Seconds to wait for one attempt before resending (same request id).
     **settings
