@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
 import statistics
@@ -65,6 +66,8 @@ class Nodes:
         self.root = tempfile.mkdtemp(prefix="oxigdal-coord-bench-")
         self.addresses = [f"127.0.0.1:{free_port()}" for _ in range(n)]
         self.procs: list[subprocess.Popen | None] = [None] * n
+        # a group always has a secret (through the environment, never argv)
+        self.password = secrets.token_urlsafe(16)
 
     def start(self, i: int) -> None:
         args = [sys.executable, "-m", "dask_oxigdal.coordination", "--self", self.addresses[i]]
@@ -72,7 +75,10 @@ class Nodes:
             if j != i:
                 args += ["--partner", a]
         args += ["--data-dir", os.path.join(self.root, f"node{i}")]
-        self.procs[i] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {**os.environ, "OXIGDAL_COORDINATOR_PASSWORD": self.password}
+        self.procs[i] = subprocess.Popen(
+            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
     def kill(self, i: int) -> None:
         p = self.procs[i]
@@ -222,13 +228,19 @@ def _bench_group(args, nsync, nsingle, nbatched, kills) -> bool:
     """The 3-node measurements; whether their targets are met."""
     ok = True
     # each group starts from its own fresh data directory (Nodes)
-    with Nodes() as nodes, GroupClient(nodes.addresses, attempt_timeout=2.0) as client:
+    with (
+        Nodes() as nodes,
+        GroupClient(nodes.addresses, password=nodes.password, attempt_timeout=2.0) as client,
+    ):
         client.call("reg_write", key="warm", value=0, deadline=time.monotonic() + 60)
         sync = bench_sync(client, nsync)
         single = bench_pipelined(client, nsingle, 1)
         batched = bench_pipelined(client, nbatched, args.batch)
     # a short attempt timeout: a write sent to the dead leader is resent quickly
-    with Nodes() as nodes, GroupClient(nodes.addresses, attempt_timeout=0.2) as client:
+    with (
+        Nodes() as nodes,
+        GroupClient(nodes.addresses, password=nodes.password, attempt_timeout=0.2) as client,
+    ):
         client.call("reg_write", key="warm", value=0, deadline=time.monotonic() + 60)
         fail = bench_failover(nodes, client, kills)
     print("\n## Commits on 3 local nodes (fsync on; client = observer node in this process)")

@@ -118,7 +118,7 @@ def _password_warning(ctx: click.Context, param: click.Parameter, value: str | N
     if value is not None and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
         click.echo(
             "warning: --password on the command line is visible to every local user "
-            "(ps, /proc); set $DASK_OXIGDAL_COORDINATOR_PASSWORD instead",
+            "(ps, /proc); use --password-file or set $OXIGDAL_COORDINATOR_PASSWORD instead",
             err=True,
         )
     return value
@@ -142,17 +142,19 @@ def _password_warning(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option(
     "--password",
     default=None,
-    envvar="DASK_OXIGDAL_COORDINATOR_PASSWORD",
+    envvar="OXIGDAL_COORDINATOR_PASSWORD",
     callback=_password_warning,
-    help="Group password (oxigdal.coordinator.password); also read from "
-    "$DASK_OXIGDAL_COORDINATOR_PASSWORD.",
+    help="Group secret (the same on every node); prefer --password-file or "
+    "$OXIGDAL_COORDINATOR_PASSWORD: the command line is visible in ps.",
 )
 @click.option(
-    "--insecure",
-    is_flag=True,
+    "--password-file",
     default=None,
-    help="Allow a password-less group on non-loopback addresses (remote code execution risk).",
+    metavar="PATH",
+    help="Read the group secret from the first line of this file (mode 0600; '-': stdin). "
+    "A node without --partner generates a secret in --data-dir when none is given.",
 )
+@click.option("--insecure", is_flag=True, default=None, hidden=True)
 @click.option("--ready-file", default=None, hidden=True)
 @click.option("--state-file", default=None, hidden=True)
 def coordinator(
@@ -160,22 +162,32 @@ def coordinator(
     partners: tuple[str, ...],
     data_dir: str,
     password: str | None,
+    password_file: str | None,
     insecure: bool | None,
     ready_file: str | None,
     state_file: str | None,
 ) -> None:
     """Run one voting node of a coordinator group (replicated policy state) until SIGTERM."""
     from dask_oxigdal.coordination.journal import CorruptJournalError
-    from dask_oxigdal.coordination.node import CoordinatorSettings, run_node
+    from dask_oxigdal.coordination.node import (
+        _INSECURE_REMOVED,
+        CoordinatorSettings,
+        _read_password,
+        run_node,
+    )
     from dask_oxigdal.exceptions import ConfigError
 
     try:
+        if insecure:
+            raise ConfigError(_INSECURE_REMOVED)
+        if password is None or password_file:
+            # --password-file wins over the environment (click already read $OXIGDAL_...)
+            password = _read_password(None, password_file)
         settings = CoordinatorSettings.from_config(
             self=self_address,
             partners=list(partners),
             data_dir=data_dir,
             password=password,
-            insecure=insecure,
         )
         sys.exit(run_node(settings, ready_file=ready_file, state_file=state_file))
     except (ConfigError, CorruptJournalError) as e:
@@ -194,13 +206,24 @@ def coordinator(
 @click.option(
     "--password",
     default=None,
-    envvar="DASK_OXIGDAL_COORDINATOR_PASSWORD",
+    envvar="OXIGDAL_COORDINATOR_PASSWORD",
     callback=_password_warning,
-    help="Group password.",
+    help="Group secret; prefer --password-file or $OXIGDAL_COORDINATOR_PASSWORD.",
+)
+@click.option(
+    "--password-file",
+    default=None,
+    metavar="PATH",
+    help="Read the group secret from the first line of this file (mode 0600; '-': stdin).",
 )
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds.")
 def membership(
-    action: str, node: str | None, connect: str, password: str | None, timeout: float
+    action: str,
+    node: str | None,
+    connect: str,
+    password: str | None,
+    password_file: str | None,
+    timeout: float,
 ) -> None:
     """Add or remove ONE coordinator node, or print a node's Raft status.
 
@@ -209,7 +232,7 @@ def membership(
     ``membership remove OLD --connect MEMBER``, then stop the old node.
     Change one node at a time and wait for each change to finish.
     """
-    from pysyncobj.utility import TcpUtility, UtilityException
+    from dask_oxigdal.coordination._pysyncobj import TcpUtility, UtilityException
 
     if action != "status" and not node:
         raise click.UsageError(f"membership {action} needs the node's HOST:PORT")
@@ -219,6 +242,19 @@ def membership(
             if not sep or not host or not port.isdigit():
                 raise click.BadParameter(f"{value!r}: expected HOST:PORT")
     message = ["status"] if action == "status" else [action, node]
+    from dask_oxigdal.coordination.node import _read_password
+    from dask_oxigdal.exceptions import ConfigError
+
+    try:
+        if password is None or password_file:
+            password = _read_password(None, password_file)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
+    if not password:
+        raise click.UsageError(
+            "membership needs the group's secret: --password-file PATH or "
+            "$OXIGDAL_COORDINATOR_PASSWORD"
+        )
     try:
         result = TcpUtility(password, timeout=timeout).executeCommand(connect, message)
     except UtilityException as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -102,10 +103,20 @@ class Group:
         self.ports = [free_port() for _ in range(n)]
         self.addresses = [f"127.0.0.1:{p}" for p in self.ports]
         self.extra = list(extra or [])
-        # the password goes through the environment, never argv (visible in ps)
-        self.env = {"DASK_OXIGDAL_COORDINATOR_PASSWORD": password} if password else {}
+        # a group always has a secret; it goes through the environment, never argv (ps)
+        self.password = password or secrets.token_urlsafe(16)
+        self.env = {"OXIGDAL_COORDINATOR_PASSWORD": self.password}
         self.procs: list[Proc | None] = [None] * n
         self.starts = 0
+
+    @property
+    def password_file(self) -> str:
+        """A file of mode 0600 holding the group's secret (for oxigdal.coordinator.password-file)."""
+        path = str(self.tmp / "group.secret")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.password + "\n")
+        return path
 
     def data_dir(self, i: int) -> str:
         return str(self.tmp / f"node{i}")

@@ -117,7 +117,7 @@ def test_password_on_the_command_line_warns_and_the_environment_does_not():
     args = ["membership", "status", "--connect", "127.0.0.1:1", "--timeout", "0.2"]
     loud = CliRunner().invoke(oxigdal, [*args, "--password", "s3cret"])
     assert "visible to every local user" in loud.stderr
-    quiet = CliRunner().invoke(oxigdal, args, env={"DASK_OXIGDAL_COORDINATOR_PASSWORD": "s3cret"})
+    quiet = CliRunner().invoke(oxigdal, args, env={"OXIGDAL_COORDINATOR_PASSWORD": "s3cret"})
     assert "visible to every local user" not in quiet.stderr
     # nothing listens on port 1: both fail cleanly, naming the node
     for result in (loud, quiet):

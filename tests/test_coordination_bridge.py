@@ -33,7 +33,10 @@ def group(tmp_path):
 
 def _coordinator(group, events, **overrides):
     settings = CoordinatorSettings.from_config(
-        mode="observer", partners=group.addresses, **{"start_timeout": "60s", **overrides}
+        mode="observer",
+        partners=group.addresses,
+        password=group.password,
+        **{"start_timeout": "60s", **overrides},
     )
 
     def emit(kind, **fields):
@@ -79,13 +82,13 @@ class Ticker:
 
 
 def _read(group, section, key=None):
-    with GroupClient(group.addresses) as c:
+    with GroupClient(group.addresses, password=group.password) as c:
         value = c.call("read", section=section, key=key, deadline=time.monotonic() + 60).value
         return value, c.node.view()["meta"]
 
 
 def _seed(group):
-    with GroupClient(group.addresses) as c:
+    with GroupClient(group.addresses, password=group.password) as c:
         c.call(
             "usage_add", tenant="t", worker_seconds=7.5, completed=3, deadline=time.monotonic() + 60
         )

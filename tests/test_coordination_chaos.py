@@ -41,7 +41,7 @@ def group(tmp_path):
 
 @pytest.fixture
 def client(group):
-    c = GroupClient(group.addresses, attempt_timeout=1.0)
+    c = GroupClient(group.addresses, password=group.password, attempt_timeout=1.0)
     try:
         wait_for(c.leader, 120, "a leader")
         c.call("reg_write", key="warm-up", value=1, deadline=time.monotonic() + 120)

@@ -15,6 +15,8 @@ import time
 import dask
 import pysyncobj
 import pysyncobj.syncobj
+import pysyncobj.tcp_connection
+import pysyncobj.transport
 import pytest
 from _coord_procs import Group
 from distributed.utils_test import gen_cluster
@@ -57,6 +59,7 @@ def test_no_leader_keeps_scheduling_queues_bounded_writes_and_alerts(tmp_path):
         "oxigdal.coordinator.enabled": True,
         "oxigdal.coordinator.mode": "observer",
         "oxigdal.coordinator.partners": group.addresses,
+        "oxigdal.coordinator.password-file": group.password_file,
         "oxigdal.coordinator.queue-size": 2,
         "oxigdal.coordinator.commit-timeout": "1s",
         "oxigdal.coordinator.start-timeout": "120s",  # 3 node processes start on 2 cores
@@ -146,7 +149,7 @@ def test_coordinator_not_ready_at_start_restores_the_ledgers_on_a_later_tick(tmp
     group = Group(tmp_path, n=1)
     try:
         group.start_all()
-        with GroupClient(group.addresses) as gc:
+        with GroupClient(group.addresses, password=group.password) as gc:
             gc.call(
                 "usage_add",
                 tenant="t1",
@@ -161,6 +164,7 @@ def test_coordinator_not_ready_at_start_restores_the_ledgers_on_a_later_tick(tmp
             "oxigdal.coordinator.enabled": True,
             "oxigdal.coordinator.mode": "observer",
             "oxigdal.coordinator.partners": group.addresses,
+            "oxigdal.coordinator.password-file": group.password_file,
             "oxigdal.coordinator.start-timeout": "1s",
             "oxigdal.scheduling.interval": "100ms",
         }
@@ -228,6 +232,17 @@ def test_guard_pysyncobj_internals():
     conf = pysyncobj.SyncObjConf()
     for attr in ("serializer", "deserializer", "onStateChanged", "dynamicMembershipChange"):
         assert hasattr(conf, attr), attr
+    # a voting node binds conf.bindAddress when it is set (else 0.0.0.0 / ::)
+    src = inspect.getsource(pysyncobj.transport.TCPTransport._createServer)
+    assert "bindAddr = conf.bindAddress" in src and "if bindAddr is not None:" in src
+    # with a password, a message is decrypted (Fernet: HMAC checked first) before unpickling
+    src = inspect.getsource(pysyncobj.tcp_connection.TcpConnection)
+    assert src.index("self.encryptor.decrypt(data)") < src.index(
+        "pickle.loads(zlib.decompress(data))"
+    )
+    # log commands: a type byte, then (for these types) a pickle the journal turns into JSON
+    t = pysyncobj.syncobj._COMMAND_TYPE
+    assert (t.REGULAR, t.NO_OP, t.MEMBERSHIP, t.VERSION) == (0, 1, 2, 3)
     # pinned: earlier releases lost committed data after simultaneous restarts
     from pysyncobj.version import VERSION
 
@@ -251,7 +266,7 @@ def test_corrupt_journal_fails_the_extension_start_loudly(tmp_path):
 
     @gen_cluster(client=True, config=config)
     async def second(c, s, a, b):
-        with pytest.raises(Exception, match="checksum mismatch"):
+        with pytest.raises(Exception, match="HMAC mismatch"):
             await register(c)
         assert "oxigdal" not in s.plugins or _ext(s).coordinator is None
 

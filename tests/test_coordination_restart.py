@@ -227,8 +227,10 @@ async def _committed(coord):
 
 def _dump_members(data_dir):
     from dask_oxigdal.coordination import journal
+    from dask_oxigdal.coordination.node import embedded_secret
 
-    raft = journal.read_dump(str(data_dir / "embedded.dump"))["raft"]
+    key = journal.derive_key(embedded_secret(str(data_dir)))
+    raft = journal.read_dump(str(data_dir / "embedded.dump"), key=key)["raft"]
     return sorted(str(getattr(n, "address", n)) for n in raft[2])
 
 

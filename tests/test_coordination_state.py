@@ -1,4 +1,4 @@
-"""The state machine, the checksummed journal and the security rules, on real node processes."""
+"""The state machine, the HMAC'd plain-data journal and the security rules, on real node processes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from _coord_procs import PYTHON, Group, free_port, wait_for
 
 from dask_oxigdal.coordination import journal
 from dask_oxigdal.coordination.client import GroupClient, NotAcknowledged
-from dask_oxigdal.coordination.node import CoordinatorSettings, check_security
+from dask_oxigdal.coordination.node import CoordinatorSettings
 from dask_oxigdal.coordination.state import make_command
 from dask_oxigdal.exceptions import ConfigError
 
@@ -30,7 +30,7 @@ def _node_cmd(tmp_path, address, *extra):
 def _fill(tmp_path, n=40):
     g = _single(tmp_path)
     try:
-        with GroupClient(g.addresses) as c:
+        with GroupClient(g.addresses, password=g.password) as c:
             for i in range(n):
                 c.call("reg_append", key="log", value=i, deadline=time.monotonic() + 60)
             assert c.call("read", section="registers", key="log").value == list(range(n))
@@ -45,6 +45,7 @@ def _restart_fails(g, needle):
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, **g.env},
     )
     assert out.returncode == 2, out.stderr
     assert needle in out.stderr, out.stderr
@@ -65,7 +66,7 @@ def test_flipped_byte_in_the_journal_is_detected_at_start(tmp_path):
         f.seek(size // 2)
         f.write(bytes([b[0] ^ 0x40]))
     err = _restart_fails(g, "embedded.journal")
-    assert "checksum mismatch" in err or "truncated" in err or "expected" in err
+    assert "HMAC mismatch" in err or "truncated" in err or "expected" in err
 
 
 def test_truncated_journal_is_detected_at_start(tmp_path):
@@ -78,7 +79,7 @@ def test_truncated_journal_is_detected_at_start(tmp_path):
 def test_journal_cut_at_a_record_boundary_is_detected_at_start(tmp_path):
     g = _fill(tmp_path)
     path = _journal_path(g)
-    _, offsets, _ = journal._parse_journal(path)
+    _, _, offsets, _ = journal._parse_journal(path, journal.derive_key(g.password))
     os.truncate(path, offsets[len(offsets) // 2])
     _restart_fails(g, "the commit index is")
 
@@ -87,7 +88,7 @@ def test_intact_journal_restarts_with_its_state_and_private_files(tmp_path):
     g = _fill(tmp_path, n=10)
     g.start(0)
     try:
-        with GroupClient(g.addresses) as c:
+        with GroupClient(g.addresses, password=g.password) as c:
             assert c.call("read", section="registers", key="log").value == list(range(10))
     finally:
         g.stop_all()
@@ -96,11 +97,11 @@ def test_intact_journal_restarts_with_its_state_and_private_files(tmp_path):
         assert os.stat(os.path.join(g.data_dir(0), name)).st_mode & 0o077 == 0, name
 
 
-def test_log_compaction_dump_is_checksummed_and_restored(tmp_path):
+def test_log_compaction_dump_is_authenticated_and_restored(tmp_path):
     g = _single(tmp_path, extra=["--log-compaction-entries", "300"])
     n = 400  # pysyncobj compacts the log after 300 entries here (5000 by default)
     try:
-        with GroupClient(g.addresses) as c:
+        with GroupClient(g.addresses, password=g.password) as c:
             c.call("reg_write", key="warm", value=0, deadline=time.monotonic() + 60)
             done = threading.Semaphore(0)
             errors = []
@@ -121,10 +122,11 @@ def test_log_compaction_dump_is_checksummed_and_restored(tmp_path):
         g.procs[0].terminate()
     assert os.stat(dump).st_mode & 0o077 == 0
     # the journal shrank to the entries after the dump
-    assert journal.verify_data_dir(_journal_path(g), dump)["entries"] < n
+    key = journal.derive_key(g.password)
+    assert journal.verify_data_dir(_journal_path(g), dump, key=key)["entries"] < n
     g.start(0)
     try:
-        with GroupClient(g.addresses) as c:
+        with GroupClient(g.addresses, password=g.password) as c:
             usage = c.call("read", section="usage", key="t", deadline=time.monotonic() + 60).value
             assert usage["worker_seconds"] == n
     finally:
@@ -132,13 +134,13 @@ def test_log_compaction_dump_is_checksummed_and_restored(tmp_path):
     with open(dump, "r+b") as f:
         f.seek(os.path.getsize(dump) - 10)
         f.write(b"\x00\x01\x02")
-    _restart_fails(g, "dump checksum mismatch")
+    _restart_fails(g, "dump HMAC mismatch")
 
 
 def test_retried_request_id_is_applied_once(tmp_path):
     g = _single(tmp_path)
     try:
-        with GroupClient(g.addresses) as c:
+        with GroupClient(g.addresses, password=g.password) as c:
             first = c.call("usage_add", tenant="t", worker_seconds=2.5, request_id="rid-1")
             again = c.call("usage_add", tenant="t", worker_seconds=2.5, request_id="rid-1")
             assert first.value == again.value
@@ -176,7 +178,7 @@ def _send_raw(client, batch):
 def test_invalid_commands_that_reach_the_log_are_rejected_and_change_nothing(tmp_path):
     g = _single(tmp_path)
     try:
-        with GroupClient(g.addresses) as c:
+        with GroupClient(g.addresses, password=g.password) as c:
             c.call("quarantine_set", worker="w", state="open", deadline=time.monotonic() + 60)
             before = c.call("read", section="quarantine", key=None).value
             meta0 = c.node.view()["meta"]
@@ -237,19 +239,7 @@ def test_bad_commands_are_refused_before_the_log(op, args, needle):
     assert needle in str(info.value)
 
 
-def test_password_less_group_on_a_public_address_refuses_to_start(tmp_path):
-    with pytest.raises(ConfigError, match="remote code execution"):
-        check_security(["10.0.0.5:4321"], None, False)
-    check_security(["10.0.0.5:4321"], "secret", False)
-    check_security(["10.0.0.5:4321"], None, True)
-    check_security(["127.0.0.1:4321", "localhost:1", "[::1]:2"], None, False)
-    out = subprocess.run(
-        [*_node_cmd(tmp_path, "10.0.0.5:4321"), "--data-dir", str(tmp_path / "d")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 2 and "insecure: true" in out.stderr
+def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="valid modes: embedded, observer"):
         CoordinatorSettings.from_config(mode="cluster")
     with pytest.raises(ConfigError, match="more than 3 x heartbeat"):
@@ -292,11 +282,13 @@ def test_node_password_comes_from_the_environment_a_file_or_stdin(tmp_path, monk
     from dask_oxigdal.coordination import node
 
     monkeypatch.delenv(node.PASSWORD_ENV, raising=False)
+    monkeypatch.delenv(node.LEGACY_PASSWORD_ENV, raising=False)
     assert node._read_password(None, None) is None
     monkeypatch.setenv(node.PASSWORD_ENV, "from-env")
     assert node._read_password(None, None) == "from-env"
     path = tmp_path / "pw"
     path.write_text("from-file\n")
+    path.chmod(0o600)
     assert node._read_password(None, str(path)) == "from-file"
     monkeypatch.setattr("sys.stdin", io.StringIO("from-stdin\nrest"))
     assert node._read_password(None, "-") == "from-stdin"

@@ -41,8 +41,7 @@ import time
 from types import MappingProxyType
 from typing import Any
 
-from pysyncobj import FAIL_REASON
-
+from dask_oxigdal.coordination._pysyncobj import FAIL_REASON
 from dask_oxigdal.coordination.node import (
     CoordinatorSettings,
     embedded_address,
@@ -459,7 +458,7 @@ class Coordinator:
         return len(self._queue)
 
     def leader(self) -> str | None:
-        """Address of the leader this replica knows of, or ``None``."""
+        """Address of the leader this replica knows of, or ``None`` (not in :meth:`snapshot`)."""
         node = self.node
         if node is None:
             return None
@@ -467,19 +466,26 @@ class Coordinator:
         return None if leader is None else str(getattr(leader, "address", leader))
 
     def snapshot(self) -> dict[str, Any]:
-        """``role``, ``leader``, ``commit_index``, ``queued_writes`` and counters (JSON)."""
+        """``role``, ``leader``, ``commit_index``, ``queued_writes`` and counters (JSON).
+
+        Public (``dox.status`` and the dashboard's ``/oxigdal/state.json``): it
+        names no address or port. ``leader`` is ``"self"`` when this node leads,
+        ``"peer"`` when another member does, ``None`` when none is known.
+        """
         node = self.node
+        leader = None
+        if node is not None and node._getLeader() is not None:
+            leader = "self" if node._isLeader() else "peer"
         return {
             "role": self.role,
-            "leader": self.leader(),
+            "leader": leader,
             "commit_index": int(node.raftCommitIndex) if node is not None else 0,
             "term": int(node.raftCurrentTerm) if node is not None else 0,
             "queued_writes": self.queued_writes,
             "queue_bound": self.settings.queue_size,
             "in_flight": len(self._in_flight or ()),
             "mode": self.settings.mode,
-            "address": self.address,
-            "partners": list(self.settings.partners),
+            "members": len(self.settings.partners) + (self.address is not None),
             "ready": self._ready,
             "last_error": self.last_error,
             **self.counters,

@@ -14,8 +14,7 @@ import threading
 import time
 from typing import Any
 
-from pysyncobj import FAIL_REASON
-
+from dask_oxigdal.coordination._pysyncobj import FAIL_REASON
 from dask_oxigdal.coordination.node import CoordinatorSettings, start_state, stop_state
 from dask_oxigdal.coordination.state import make_command
 
@@ -49,7 +48,9 @@ class GroupClient:
     partners : list of str
         ``HOST:PORT`` of the group's voting nodes.
     password : str, optional
-        The group's password.
+        The group's secret. Default: the file named by
+        ``oxigdal.coordinator.password-file``, else ``$OXIGDAL_COORDINATOR_PASSWORD``
+        (a :class:`~dask_oxigdal.exceptions.ConfigError` when neither is set).
     attempt_timeout : float
         Seconds to wait for one attempt before resending (same request id).
     **settings

@@ -3,9 +3,17 @@
 ``python -m dask_oxigdal.coordination --self HOST:PORT --partner HOST:PORT
 ... --data-dir DIR`` runs one voting node in the foreground until SIGTERM or
 SIGINT (``dask oxigdal coordinator`` is the same command). The tests spawn it
-with ``subprocess`` and stop it by pid. The group password is read from
-``$DASK_OXIGDAL_COORDINATOR_PASSWORD`` or ``--password-file`` (never put it on
-the command line: every user sees it in ``ps``).
+with ``subprocess`` and stop it by pid.
+
+Security (docs/security.md): a node binds to its own configured address only
+(the embedded single-node group to 127.0.0.1), and a group secret is always
+required: pysyncobj unpickles what reaches its port unless the traffic is
+authenticated with a password. The secret comes from a file of mode 0600
+(``oxigdal.coordinator.password-file`` or ``--password-file``, whose *path*
+is configuration), from ``$OXIGDAL_COORDINATOR_PASSWORD`` in the node's or the
+scheduler's environment, or, for the embedded single-node group, from a random
+secret generated once per data directory (:data:`SECRET_FILE`). Never from the
+dask config: nannies copy it to every worker, where any task can read it.
 """
 
 from __future__ import annotations
@@ -15,28 +23,32 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
+import stat
 import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from dask.utils import parse_timedelta
-from pysyncobj import SyncObjConf
 
 from dask_oxigdal.coordination import journal as _journal
+from dask_oxigdal.coordination._pysyncobj import SyncObjConf
 from dask_oxigdal.exceptions import ConfigError
 
 __all__ = [
     "PASSWORD_ENV",
+    "SECRET_FILE",
     "CoordinatorSettings",
-    "check_security",
     "embedded_address",
+    "embedded_secret",
     "is_loopback",
     "make_conf",
     "node_files",
     "port_is_free",
+    "read_password_file",
     "recorded_addresses",
     "run_node",
     "start_state",
@@ -47,9 +59,15 @@ logger = logging.getLogger(__name__)
 
 MODES = ("embedded", "observer")
 
-#: environment variable a node process reads its group password from (never argv:
-#: the command line of a process is visible to every user in ``ps``)
-PASSWORD_ENV = "DASK_OXIGDAL_COORDINATOR_PASSWORD"
+#: environment variable a node or scheduler process reads its group secret from (never
+#: argv: the command line of a process is visible to every user in ``ps``). Not
+#: ``DASK_*``: dask loads every ``DASK_*`` variable into its config, which nannies copy
+#: to the workers.
+PASSWORD_ENV = "OXIGDAL_COORDINATOR_PASSWORD"
+#: the earlier name, refused (dask.config loads it as ``oxigdal_coordinator_password``)
+LEGACY_PASSWORD_ENV = "DASK_OXIGDAL_COORDINATOR_PASSWORD"
+#: file in ``data-dir`` holding the embedded single-node group's generated secret (0600)
+SECRET_FILE = "coordinator.secret"
 
 #: file in ``data-dir`` recording the embedded single-node group's address
 #: (current first, then the addresses it had before)
@@ -180,6 +198,90 @@ def embedded_address(data_dir: str) -> str:
     return f"127.0.0.1:{free_port()}"
 
 
+def read_password_file(path: str, *, name: str = "oxigdal.coordinator.password-file") -> str:
+    """The secret in ``path`` (its first line), refusing a file others can read.
+
+    Parameters
+    ----------
+    path : str
+        A regular file of mode 0600 or 0400 (no group or world permission bits).
+    name : str
+        The setting or option that named it, for error messages.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ConfigError
+        Missing or unreadable file, group/world permissions, or an empty first line.
+    """
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"{name}={path!r} is not a regular file")
+            if st.st_mode & 0o077:
+                raise ConfigError(
+                    f"{name}={path!r} has mode {stat.S_IMODE(st.st_mode):04o}: group or other "
+                    f"users can access it. Run `chmod 600 {path}` (the secret guards the "
+                    "coordinator's port against remote code execution)"
+                )
+            line = f.readline().decode().rstrip("\r\n")
+    except OSError as e:
+        raise ConfigError(f"{name}={path!r}: {e.strerror}") from e
+    if not line:
+        raise ConfigError(f"{name}={path!r}: the first line (the secret) is empty")
+    return line
+
+
+def embedded_secret(data_dir: str) -> str:
+    """The embedded single-node group's secret: generated once per data directory.
+
+    A random 256-bit secret is written to ``data_dir/`` :data:`SECRET_FILE`
+    (mode 0600, the directory 0700) the first time, and read from there after.
+
+    Parameters
+    ----------
+    data_dir : str
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ConfigError
+        The file exists with group/world permissions, or is empty.
+    """
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(data_dir, SECRET_FILE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, secrets.token_urlsafe(32).encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return read_password_file(path, name=f"the embedded coordinator's secret file {path}")
+
+
+def _environment_secret() -> str | None:
+    if os.environ.get(LEGACY_PASSWORD_ENV):
+        raise ConfigError(
+            f"${LEGACY_PASSWORD_ENV} is set: dask loads every DASK_* variable into its config "
+            "(as oxigdal_coordinator_password), and nannies copy that config to every worker. "
+            f"Rename it to ${PASSWORD_ENV}, set only in the coordinator node's or the "
+            "scheduler's environment, or use oxigdal.coordinator.password-file"
+        )
+    return os.environ.get(PASSWORD_ENV) or None
+
+
 @dataclass
 class CoordinatorSettings:
     """Validated ``oxigdal.coordinator.*`` settings.
@@ -191,8 +293,12 @@ class CoordinatorSettings:
     self_address: str | None = None
     partners: list[str] = field(default_factory=list)
     data_dir: str = "oxigdal-coordinator"
-    password: str | None = None
-    insecure: bool = False
+    #: the group secret (never from the dask config); ``None`` with
+    #: ``password_source == "generated"`` until :func:`start_state` reads the data dir
+    password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
+    #: where the secret comes from: ``argument``, ``file``, ``environment`` or ``generated``
+    password_source: str = "generated"
     fsync: bool = True
     heartbeat: float = 0.1
     election_timeout_min: float = 0.4
@@ -209,13 +315,25 @@ class CoordinatorSettings:
     log_compaction_entries: int = 5000
 
     @classmethod
-    def from_config(cls, **overrides: Any) -> CoordinatorSettings:
+    def from_config(cls, *, password: str | None = None, **overrides: Any) -> CoordinatorSettings:
         """Read ``oxigdal.coordinator.*`` (``overrides`` win when not ``None``).
+
+        Parameters
+        ----------
+        password : str, optional
+            The group secret, given by the caller (Python API or the node's command
+            line reading a file, stdin or its environment). Otherwise it comes from
+            ``password-file``, then ``$OXIGDAL_COORDINATOR_PASSWORD``, then (the
+            embedded single-node group only) the secret generated in ``data-dir``.
+        **overrides
+            Settings by name (``self``, ``partners``, ``data_dir``, ``password_file``, ...).
 
         Raises
         ------
         ConfigError
-            A value out of range, naming it and the valid choices.
+            A value out of range, naming it and the valid choices; a secret in the
+            dask config (``oxigdal.coordinator.password``) or ``insecure`` set; no
+            secret for a group member or an observer.
         """
         import dask
 
@@ -225,6 +343,20 @@ class CoordinatorSettings:
         cfg = dict(_config.load_defaults()["oxigdal"]["coordinator"])
         for k, v in (dask.config.get("oxigdal.coordinator", default={}) or {}).items():
             cfg[str(k).replace("_", "-")] = v
+        if cfg.get("password") is not None:
+            raise ConfigError(
+                "oxigdal.coordinator.password is not accepted: the dask config is copied to "
+                "every worker (nannies pass it on), where any task can read it. Put the secret "
+                "in a file of mode 0600 and set oxigdal.coordinator.password-file to its path, "
+                f"or set ${PASSWORD_ENV} in the scheduler's environment only"
+            )
+        if cfg.get("insecure"):
+            raise ConfigError(
+                "oxigdal.coordinator.insecure is no longer supported: a coordinator group "
+                "always needs a secret (without one pysyncobj unpickles whatever reaches its "
+                "port: remote code execution). Remove the setting; the embedded coordinator "
+                "generates its own secret"
+            )
         for k, v in overrides.items():
             if v is not None:
                 cfg[k.replace("_", "-")] = v
@@ -267,13 +399,35 @@ class CoordinatorSettings:
                 raise ConfigError(f"oxigdal.coordinator.{key}={value!r} must be an integer >= 1")
             return value
 
+        password_file = get("password-file")
+        if password_file is not None and (not isinstance(password_file, str) or not password_file):
+            raise ConfigError(
+                f"oxigdal.coordinator.password-file={password_file!r}: expected the path of a "
+                "file of mode 0600 holding the secret, or null"
+            )
+        source = "generated"
+        if password:
+            source = "argument"
+        elif password_file:
+            password, source = read_password_file(os.path.expanduser(password_file)), "file"
+        else:
+            password = _environment_secret()
+            if password:
+                source = "environment"
+        if password is None and (mode == "observer" or partners):
+            raise ConfigError(
+                f"the coordinator group of {', '.join(partners)} needs its secret (the same on "
+                "every node): set oxigdal.coordinator.password-file to a file of mode 0600 "
+                f"holding it, or ${PASSWORD_ENV} in this process's environment"
+            )
         s = cls(
             mode=mode,
             self_address=self_address,
             partners=partners,
             data_dir=str(get("data-dir") or "oxigdal-coordinator"),
-            password=get("password") or None,
-            insecure=bool(get("insecure")),
+            password=password,
+            password_file=password_file,
+            password_source=source,
             fsync=bool(get("fsync")),
             heartbeat=seconds("heartbeat"),
             election_timeout_min=seconds("election-timeout-min"),
@@ -289,7 +443,7 @@ class CoordinatorSettings:
         return s
 
     def validate(self) -> None:
-        """Check the timeouts' relations (pysyncobj asserts them) and the security rule."""
+        """Check the timeouts' relations (pysyncobj asserts them)."""
         if not self.election_timeout_min > 3 * self.heartbeat:
             raise ConfigError(
                 f"oxigdal.coordinator.election-timeout-min={self.election_timeout_min}s must be "
@@ -300,40 +454,6 @@ class CoordinatorSettings:
                 f"oxigdal.coordinator.election-timeout-max={self.election_timeout_max}s must be "
                 f"more than election-timeout-min ({self.election_timeout_min}s)"
             )
-        check_security(
-            [a for a in [self.self_address, *self.partners] if a], self.password, self.insecure
-        )
-
-
-def check_security(addresses: list[str], password: str | None, insecure: bool) -> None:
-    """Refuse a password-less group that listens beyond loopback.
-
-    Without a password pysyncobj unpickles whatever a peer sends: anyone who
-    can reach the port can run code in the node's process.
-
-    Parameters
-    ----------
-    addresses : list of str
-        This node's and its partners' ``HOST:PORT``.
-    password : str or None
-    insecure : bool
-        Explicit opt-out (``oxigdal.coordinator.insecure: true``).
-
-    Raises
-    ------
-    ConfigError
-        Non-loopback addresses without a password and without ``insecure``.
-    """
-    if password or insecure:
-        return
-    public = [a for a in addresses if not is_loopback(a)]
-    if public:
-        raise ConfigError(
-            f"coordinator addresses {', '.join(public)} are not loopback and no password is set: "
-            "without oxigdal.coordinator.password pysyncobj unpickles whatever a peer sends "
-            "(remote code execution). Set a password, or set oxigdal.coordinator.insecure: true "
-            "on an isolated network."
-        )
 
 
 def node_files(data_dir: str, name: str) -> tuple[str, str]:
@@ -349,23 +469,44 @@ def make_conf(
     journal: str | None,
     dump: str | None,
     on_state_changed: Any = None,
+    self_address: str | None = None,
 ) -> SyncObjConf:
-    """The pysyncobj configuration for ``settings`` (checksummed journal, tuned timeouts).
+    """The pysyncobj configuration for ``settings`` (secret, bind address, HMAC'd journal, timeouts).
+
+    A voting node binds to its own configured address (``self``; pysyncobj's
+    default would be every interface). An observer binds nothing.
 
     Parameters
     ----------
     settings : CoordinatorSettings
+        With its ``password`` resolved (see :func:`start_state`).
     journal, dump : str or None
         Files (``None``: in memory, for observers).
     on_state_changed : callable, optional
         ``f(old, new)`` on Raft role changes (pysyncobj's thread).
+    self_address : str, optional
+        This voting node's ``HOST:PORT`` (default ``settings.self_address``): the
+        address it binds to.
 
     Returns
     -------
     pysyncobj.SyncObjConf
+
+    Raises
+    ------
+    ConfigError
+        No secret.
     """
+    if not settings.password:
+        raise ConfigError(
+            "the coordinator needs a secret: set oxigdal.coordinator.password-file or "
+            f"${PASSWORD_ENV} (pysyncobj without a password unpickles whatever reaches its port)"
+        )
+    key = _journal.derive_key(settings.password)
     conf = SyncObjConf(
         password=settings.password,
+        # pysyncobj binds 0.0.0.0 unless told otherwise
+        bindAddress=self_address or settings.self_address,
         appendEntriesPeriod=settings.heartbeat,
         raftMinTimeout=settings.election_timeout_min,
         raftMaxTimeout=settings.election_timeout_max,
@@ -379,7 +520,9 @@ def make_conf(
         # ids, applied once by the state machine), and two retry mechanisms would pile up
         # copies of every batch in that queue during an outage
         commandsWaitLeader=False,
-        journalFile=_journal.checksummed_path(journal, fsync=settings.fsync) if journal else None,
+        journalFile=(
+            _journal.checksummed_path(journal, key=key, fsync=settings.fsync) if journal else None
+        ),
         fullDumpFile=dump,
         dynamicMembershipChange=settings.dynamic_membership,
         logCompactionMinEntries=settings.log_compaction_entries,
@@ -417,16 +560,30 @@ def start_state(settings: CoordinatorSettings, self_address: str | None, **conf_
     Raises
     ------
     dask_oxigdal.coordination.journal.CorruptJournalError
-        The journal, its metadata or the dump is corrupt or truncated.
+        The journal, its metadata or the dump is corrupt, truncated, rewritten (HMAC)
+        or in the earlier pickle format.
+    ConfigError
+        No secret for a group member or an observer; a secret file others can read.
     """
+    import dataclasses
+
     from dask_oxigdal.coordination.state import OxigdalState
 
     journal = dump = None
     aliases: list[str] = []
+    if settings.password is None:
+        if self_address is None or settings.partners:
+            raise ConfigError(
+                "the coordinator group needs its secret: set oxigdal.coordinator.password-file "
+                f"or ${PASSWORD_ENV}"
+            )
+        # the embedded single-node group: a secret generated once for its data dir
+        settings = dataclasses.replace(settings, password=embedded_secret(settings.data_dir))
+    key = _journal.derive_key(settings.password)
     if self_address is not None:
         name = self_address if settings.partners else "embedded"
         journal, dump = node_files(settings.data_dir, name)
-        _journal.verify_data_dir(journal, dump)
+        _journal.verify_data_dir(journal, dump, key=key)
         if not settings.partners:
             # a single-node group: the addresses this node had before are itself
             history = recorded_addresses(settings.data_dir)
@@ -438,7 +595,7 @@ def start_state(settings: CoordinatorSettings, self_address: str | None, **conf_
         import tempfile
 
         dump = os.path.join(tempfile.mkdtemp(prefix="oxigdal-observer-"), "observer.dump")
-    conf = make_conf(settings, journal=journal, dump=dump, **conf_kwargs)
+    conf = make_conf(settings, journal=journal, dump=dump, self_address=self_address, **conf_kwargs)
     node = OxigdalState(
         self_address,
         [p for p in settings.partners if p != self_address],
@@ -529,9 +686,10 @@ def _write_state(node: Any, path: str) -> None:
 
 
 def _read_password(argument: str | None, path: str | None) -> str | None:
-    """The group password: ``--password-file``, else ``$DASK_OXIGDAL_COORDINATOR_PASSWORD``.
+    """The group secret: ``--password-file`` (a 0600 file, or ``-`` for stdin), else the environment.
 
     ``--password`` still works but is visible in ``ps``: a warning says so.
+    ``None`` when none is given (a single-node group then generates its own).
     """
     if argument:
         print(
@@ -542,20 +700,28 @@ def _read_password(argument: str | None, path: str | None) -> str | None:
         return argument
     if path:
         if path == "-":
-            return sys.stdin.readline().rstrip("\r\n") or None
-        try:
-            with open(path) as f:
-                return f.readline().rstrip("\r\n") or None
-        except OSError as e:
-            raise ConfigError(f"--password-file={path!r}: {e.strerror}") from e
-    return os.environ.get(PASSWORD_ENV) or None
+            line = sys.stdin.readline().rstrip("\r\n")
+            if not line:
+                raise ConfigError(
+                    "--password-file=-: the first line of stdin (the secret) is empty"
+                )
+            return line
+        return read_password_file(path, name="--password-file")
+    return _environment_secret()
+
+
+_INSECURE_REMOVED = (
+    "--insecure is no longer supported: a coordinator group always needs a secret (without "
+    "one pysyncobj unpickles whatever reaches its port: remote code execution)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``python -m dask_oxigdal.coordination``).
 
-    The group password comes from ``$DASK_OXIGDAL_COORDINATOR_PASSWORD`` or
-    ``--password-file`` (a file, or ``-`` for stdin), so it never shows in ``ps``.
+    The group secret comes from ``--password-file`` (a file of mode 0600, or ``-``
+    for stdin) or ``$OXIGDAL_COORDINATOR_PASSWORD``, so it never shows in ``ps``;
+    a node without partners generates one in its data directory.
 
     Parameters
     ----------
@@ -580,9 +746,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--password-file",
         default=None,
-        help="read the group password from this file ('-': the first line of stdin)",
+        help="read the group secret from this file, mode 0600 ('-': the first line of stdin)",
     )
-    p.add_argument("--insecure", action="store_true")
+    p.add_argument("--insecure", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ready-file", default=None)
     p.add_argument("--state-file", default=None)
     p.add_argument("--election-timeout-min", default=None)
@@ -591,13 +757,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-compaction-entries", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
+        if args.insecure:
+            raise ConfigError(_INSECURE_REMOVED)
         password = _read_password(args.password, args.password_file)
         settings = CoordinatorSettings.from_config(
             self=args.self_address,
             partners=args.partners,
             data_dir=args.data_dir,
             password=password,
-            insecure=args.insecure or None,
             election_timeout_min=args.election_timeout_min,
             election_timeout_max=args.election_timeout_max,
             heartbeat=args.heartbeat,

@@ -30,9 +30,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pysyncobj import SyncObj, SyncObjConf, replicated
-
 from dask_oxigdal.coordination import journal as _journal
+from dask_oxigdal.coordination._pysyncobj import SyncObj, SyncObjConf, replicated
 
 __all__ = [
     "OPS",
@@ -278,6 +277,13 @@ class OxigdalState(SyncObj):
             "audit_seq": 0,
         }
         self._listeners: list[Callable[[], None]] = []
+        if not conf.password:
+            # without a password pysyncobj unpickles whatever reaches its port
+            raise ValueError(
+                "a coordinator node needs the group's secret (SyncObjConf(password=...)); "
+                "see dask_oxigdal.coordination.node.make_conf"
+            )
+        self._key = _journal.derive_key(conf.password)
         if conf.fullDumpFile is not None:
             conf.serializer = self._serialize_dump
             conf.deserializer = self._deserialize_dump
@@ -437,12 +443,14 @@ class OxigdalState(SyncObj):
                 "dedupe": list(self._dedupe.items()),
                 "meta": dict(self._meta),
             }
-        _journal.write_dump(filename, {"state": state, "raft": raft}, fsync=self._fsync)
+        _journal.write_dump(
+            filename, {"state": state, "raft": raft}, key=self._key, fsync=self._fsync
+        )
 
     def _deserialize_dump(self, filename: str) -> Any:
         # a snapshot received from the leader was written by pysyncobj with the umask's mode
         os.chmod(filename, _journal.FILE_MODE)
-        payload = _journal.read_dump(filename)
+        payload = _journal.read_dump(filename, key=self._key)
         state = payload["state"]
         with self._lock:
             self._data = state["data"]
