@@ -1,7 +1,7 @@
 """dask-oxigdal: multi-tenant geospatial processing on Dask.
 
 Importing the package is light: it registers the ``oxigdal`` config defaults
-and nothing more. The public names below load their modules on first access
+and sets ``OMP_WAIT_POLICY``, nothing more. The public names below load their modules on first access
 (PEP 562), so numba, pandas, pyarrow, scipy and the geo libraries are only
 imported by the processes that use a kernel or a front end (see "Import cost"
 in docs/architecture.md).
@@ -14,8 +14,11 @@ import sys as _sys
 import types as _types
 from typing import TYPE_CHECKING
 
-from dask_oxigdal import config as _config  # noqa: F401  (registers the oxigdal config defaults)
+# config: registers the oxigdal config defaults; kernels._parallel: sets OMP_WAIT_POLICY
+# for this process and its children (it imports no numba)
+from dask_oxigdal import config as _config  # noqa: F401
 from dask_oxigdal._version import __version__
+from dask_oxigdal.kernels import _parallel  # noqa: F401
 
 if TYPE_CHECKING:
     from dask_oxigdal.annotations import annotate
@@ -86,6 +89,11 @@ class _Package(_types.ModuleType):
         if name in ("shuffle", "knn") and isinstance(value, _types.ModuleType):
             return
         super().__setattr__(name, value)
+
+    def __reduce__(self) -> tuple:
+        # by reference, as (cloud)pickle does for a plain module: a task whose
+        # function refers to ``dox`` unpickles to the worker's own package
+        return _importlib.import_module, (self.__name__,)
 
 
 _sys.modules[__name__].__class__ = _Package

@@ -195,3 +195,28 @@ def test_unknown_attribute_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no_such_name"):
         dask_oxigdal.no_such_name  # noqa: B018
     assert not hasattr(dask_oxigdal, "no_such_name")
+
+
+def test_package_pickles_by_reference():
+    # a task function that refers to ``dox`` (cloudpickled by value, globals included)
+    # must unpickle in a fresh worker process to that process's own package
+    import pickle
+
+    import cloudpickle
+
+    assert pickle.loads(pickle.dumps(dask_oxigdal)) is dask_oxigdal
+    dox = dask_oxigdal
+    payload = cloudpickle.dumps(lambda: (dox.__version__, dox.cached.__module__))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import pickle, sys; print(*pickle.loads(sys.stdin.buffer.read())())",
+        ],
+        input=payload,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert out.returncode == 0, out.stderr.decode()[-4000:]
+    assert out.stdout.decode().split() == [dask_oxigdal.__version__, "dask_oxigdal.cache"]
