@@ -174,11 +174,16 @@ def measure(cases: list, repeat: int) -> dict[str, list[dict]]:
 
 
 def table(cases: list, runs: dict[str, list[dict]]) -> list[str]:
-    """Markdown rows: medians, deltas and ratios against each case's reference."""
+    """Markdown rows: medians, and deltas / ratios against each case's reference.
+
+    ``delta s`` and ``ratio`` compare the medians; ``paired delta s`` is the
+    median over rounds of (this run - the reference's run in the same round),
+    less sensitive to a load that changes during the benchmark.
+    """
     rows = [
-        "| case | import s (median) | delta s | ratio | wall s | peak RSS MiB | delta MiB "
-        "| heavy modules loaded |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | import s (median) | delta s | paired delta s | ratio | wall s | peak RSS MiB "
+        "| delta MiB | heavy modules loaded |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     med = {
         label: {k: statistics.median(r[k] for r in runs[label]) for k in ("s", "wall", "rss_mb")}
@@ -188,14 +193,16 @@ def table(cases: list, runs: dict[str, list[dict]]) -> list[str]:
         m = med[label]
         heavy = sorted({h for r in runs[label] for h in r["heavy"]})
         if ref is None:
-            ds, ratio, dm = "", "x1.00", ""
+            ds, paired, ratio, dm = "", "", "x1.00", ""
         else:
             base = med[ref]
             ds = f"{m['s'] - base['s']:+.3f}"
+            pairs = [r["s"] - b["s"] for r, b in zip(runs[label], runs[ref], strict=True)]
+            paired = f"{statistics.median(pairs):+.3f}"
             ratio = f"x{m['s'] / base['s']:.2f}"
             dm = f"{m['rss_mb'] - base['rss_mb']:+.1f}"
         rows.append(
-            f"| `{label}` | {m['s']:.3f} | {ds} | {ratio} | {m['wall']:.3f} | "
+            f"| `{label}` | {m['s']:.3f} | {ds} | {paired} | {ratio} | {m['wall']:.3f} | "
             f"{m['rss_mb']:.1f} | {dm} | {', '.join(heavy) or 'none'} |"
         )
     return rows
