@@ -1,15 +1,34 @@
-"""dask-oxigdal: multi-tenant geospatial processing on Dask."""
+"""dask-oxigdal: multi-tenant geospatial processing on Dask.
 
-from dask_oxigdal import config as _config  # noqa: F401  (registers the oxigdal config defaults)
+Importing the package is light: it registers the ``oxigdal`` config defaults
+and sets ``OMP_WAIT_POLICY``, nothing more. The public names below load their modules on first access
+(PEP 562), so numba, pandas, pyarrow, scipy and the geo libraries are only
+imported by the processes that use a kernel or a front end (see "Import cost"
+in docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import importlib as _importlib
+import sys as _sys
+import types as _types
+from typing import TYPE_CHECKING
+
+# config: registers the oxigdal config defaults; kernels._parallel: sets OMP_WAIT_POLICY
+# for this process and its children (it imports no numba)
+from dask_oxigdal import config as _config  # noqa: F401
 from dask_oxigdal._version import __version__
-from dask_oxigdal.annotations import annotate
-from dask_oxigdal.cache import cached
-from dask_oxigdal.fault.hedge import hedge
-from dask_oxigdal.knn import knn
-from dask_oxigdal.monitoring import progress
-from dask_oxigdal.scheduling import register, status
-from dask_oxigdal.spectral import INDICES, ndvi, spectral_index
-from dask_oxigdal.vector import shuffle, spatial_shuffle
+from dask_oxigdal.kernels import _parallel  # noqa: F401
+
+if TYPE_CHECKING:
+    from dask_oxigdal.annotations import annotate
+    from dask_oxigdal.cache import cached
+    from dask_oxigdal.fault.hedge import hedge
+    from dask_oxigdal.knn import knn
+    from dask_oxigdal.monitoring.progress import progress
+    from dask_oxigdal.scheduling.extension import register, status
+    from dask_oxigdal.spectral import INDICES, ndvi, spectral_index
+    from dask_oxigdal.vector import shuffle, spatial_shuffle
 
 __all__ = [
     "INDICES",
@@ -26,3 +45,55 @@ __all__ = [
     "spectral_index",
     "status",
 ]
+
+#: public name -> the module that defines it, imported on first access
+_LAZY = {
+    "INDICES": "dask_oxigdal.spectral",
+    "annotate": "dask_oxigdal.annotations",
+    "cached": "dask_oxigdal.cache",
+    "hedge": "dask_oxigdal.fault.hedge",
+    "knn": "dask_oxigdal.knn",
+    "ndvi": "dask_oxigdal.spectral",
+    "progress": "dask_oxigdal.monitoring.progress",
+    "register": "dask_oxigdal.scheduling.extension",
+    "shuffle": "dask_oxigdal.vector",
+    "spatial_shuffle": "dask_oxigdal.vector",
+    "spectral_index": "dask_oxigdal.spectral",
+    "status": "dask_oxigdal.scheduling.extension",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(_types.ModuleType):
+    """The package's module type: ``dox.shuffle`` and ``dox.knn`` stay the functions.
+
+    Importing the submodules :mod:`dask_oxigdal.shuffle` or :mod:`dask_oxigdal.knn`
+    binds the package attribute of the same name to the submodule; the public
+    names are the functions, so that binding is skipped (the submodules stay
+    in ``sys.modules``, where ``from dask_oxigdal.shuffle import ...`` finds them).
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in ("shuffle", "knn") and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+    def __reduce__(self) -> tuple:
+        # by reference, as (cloud)pickle does for a plain module: a task whose
+        # function refers to ``dox`` unpickles to the worker's own package
+        return _importlib.import_module, (self.__name__,)
+
+
+_sys.modules[__name__].__class__ = _Package

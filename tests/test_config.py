@@ -70,6 +70,8 @@ def test_defaults_are_registered_with_dask():
 def test_no_distributed_settings_are_changed():
     # NUMBA_NUM_THREADS must never go through the nanny's pre-spawn-environ: the
     # nanny copies it into the parent process (see test_parallel_policy).
+    import distributed  # noqa: F401  (its config defaults: dask_oxigdal no longer imports it)
+
     assert set(config.load_defaults()) == {"oxigdal"}
     assert "NUMBA_NUM_THREADS" not in dask.config.get("distributed.nanny.pre-spawn-environ")
 

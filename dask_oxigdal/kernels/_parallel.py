@@ -41,7 +41,6 @@ import threading
 from collections.abc import Iterator
 
 import dask.config
-import numba
 
 from dask_oxigdal import config as _config  # noqa: F401  (registers the oxigdal defaults)
 
@@ -132,6 +131,8 @@ def parallel_threads(n_elements: int) -> int:
         return 1
     if getattr(_local, "serial_depth", 0):
         return 1
+    import numba  # here, not at the top: `import dask_oxigdal` imports this module
+
     available = max(1, numba.get_num_threads())
     worker_threads = _dask_worker_threads()
     if worker_threads is None:
@@ -164,6 +165,8 @@ def parallel_launch(n_elements: int) -> Iterator[int]:
     if guarded and not _launch_lock.acquire(blocking=False):
         yield 1
         return
+    import numba
+
     previous = numba.get_num_threads()
     try:
         numba.set_num_threads(threads)
@@ -175,6 +178,8 @@ def parallel_launch(n_elements: int) -> Iterator[int]:
 
 
 def _needs_guard() -> bool:
+    import numba
+
     layer = numba.config.THREADING_LAYER
     try:
         active = numba.threading_layer()
