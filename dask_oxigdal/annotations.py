@@ -314,9 +314,9 @@ def annotate(
         docs/fault-tolerance.md).
     retries : int, optional
         Retries with backoff (the ``Retries`` policy,
-        docs/fault-tolerance.md); ``>= 0``.
+        docs/fault-tolerance.md); from 0 to :data:`MAX_RETRIES` (1000).
     backoff : str, float or datetime.timedelta, optional
-        Delay before a retry; ``>= 0``.
+        Delay before a retry; from 0 to :data:`MAX_BACKOFF` (one week).
 
     Returns
     -------
@@ -328,7 +328,12 @@ def annotate(
     TypeError
         An unknown keyword; the message lists the valid ones.
     ValueError
-        A bad value (``deadline="soon"``, ``tenant=""``, ``backoff=-1`` ...).
+        A bad value (``deadline="soon"``, ``tenant=""``, ``backoff=-1`` ...),
+        or one out of range: names longer than :data:`MAX_NAME` characters
+        or not encodable as UTF-8, ``retries`` over :data:`MAX_RETRIES`,
+        ``backoff`` over :data:`MAX_BACKOFF`, a ``deadline`` after
+        :data:`MAX_DEADLINE` (9999-12-31). The scheduler applies the same
+        limits to hand-written ``oxigdal_*`` annotations.
 
     Examples
     --------

@@ -15,13 +15,14 @@ from __future__ import annotations
 import dask_oxigdal  # noqa: F401
 
 # isort: split
+import asyncio
 import math
 import random
 import time
 
 import dask
 import pytest
-from distributed import wait
+from distributed import Event, wait
 from distributed.utils_test import gen_cluster
 
 from dask_oxigdal.annotations import (
@@ -57,6 +58,11 @@ def inc(x):
     return x + 1
 
 
+def block(ev):
+    ev.wait()
+    return 1
+
+
 def fail(x):
     raise RuntimeError(f"attempt failed {x}")
 
@@ -76,10 +82,11 @@ class Unhashable:
 
 # ------------------------------------------------------------------ generator
 _UNICODE = "äöüßéñ中文字符🙂🚀ΩЖ\u200b\u00a0"
+_ALPHABET = _UNICODE + "abcxyz-_/:"
 
 
 def _text(rng: random.Random, n: int) -> str:
-    return "".join(rng.choice(_UNICODE + "abcxyz-_/:") for _ in range(n))
+    return "".join(rng.choices(_ALPHABET, k=n))
 
 
 # Bad values for any key; each one is invalid for every oxigdal annotation,
@@ -119,7 +126,7 @@ def _value(rng: random.Random, keyword: str, i: int, now: float, bad: bool):
             return _text(rng, rng.randint(MAX_NAME + 1, 2000)), False, False
         if rng.random() < 0.5:
             return rng.choice(["a", "b", "unknown-tenant"]), True, True
-        return _text(rng, rng.randint(1, MAX_NAME)), True, True
+        return "t" + _text(rng, rng.randint(0, MAX_NAME - 1)), True, True  # not blank
     if keyword == "queue":
         if bad:
             v = rng.choice(["urgent", _text(rng, 8), True, 3])
@@ -213,11 +220,12 @@ async def test_fuzzed_annotations_never_disable_a_policy(c, s, a, b, tmp_path):
         futures.extend(c.compute(batch))
         await wait(futures[-BATCH:])
     bad_messages = 0
+    good_futures = []
     for i, fut in enumerate(futures):
         ann, good, _ = sets[i]
         if good:
             assert fut.status == "finished", (i, ann, fut.status)
-            assert await fut == i + 1
+            good_futures.append(fut)
             continue
         assert fut.status == "error", (i, ann)
         exc = await fut.exception()
@@ -227,6 +235,7 @@ async def test_fuzzed_annotations_never_disable_a_policy(c, s, a, b, tmp_path):
         assert len(msg) < 2000, (i, len(msg))  # 1 MB values are cut short
         bad_messages += 1
     assert bad_messages == sum(not good for _, good, _ in sets)
+    assert await c.gather(good_futures) == [int(f.key[3:]) + 1 for f in good_futures]
     snap = await status(c)
     assert snap["disabled"] == {}, snap["disabled"]
     assert set(snap["policies"]) == DEFAULT_POLICIES
@@ -340,6 +349,31 @@ async def test_a_policys_own_fault_still_disables_it(c, s, a, b):
     assert await c.submit(inc, 1, key="bug-x") == 2  # the bug is the policy's: task runs
     assert set(ext.disabled) == {"own-bug"} and "KeyError" in ext.disabled["own-bug"]
     assert (await status(c))["task_faults"] == {}
+
+
+class FailsOnForget(SchedulingPolicy):
+    name = "fails-on-forget"
+
+    def transition(self, key, start, finish, info, kwargs):
+        if finish == "forgotten":
+            raise ZeroDivisionError(f"bad bookkeeping for {key!r}")
+
+
+@gen_cluster(client=True)
+async def test_per_task_error_on_a_forgotten_task_is_only_counted(c, s, a, b):
+    await register(c, policies=[FailsOnForget()])
+    ext = s.plugins[NAME]
+    ev = Event()
+    fut = c.submit(block, ev, key="gone")
+    while "gone" not in s.tasks or s.tasks["gone"].state != "processing":
+        await asyncio.sleep(0.01)
+    await fut.cancel()
+    while "gone" in s.tasks:
+        await asyncio.sleep(0.01)
+    await ev.set()
+    assert ext.disabled == {} and ext.task_faults == {"fails-on-forget": 1}
+    assert not ext._rejected and not ext.info  # nothing left behind
+    assert await c.submit(inc, 1, key="next") == 2
 
 
 # ------------------------------------------------ the Retries example

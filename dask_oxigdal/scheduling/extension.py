@@ -499,17 +499,21 @@ class OxigdalScheduling(SchedulerPlugin):
         self,
         policy: SchedulingPolicy,
         method: str,
-        tasks: list[tuple[TaskState, TaskInfo]],
+        tasks: list[tuple[Any, TaskInfo]],
         exc: BaseException,
     ) -> None:
-        """``policy`` failed in ``method`` on the input of ``tasks``: fail them, keep the policy."""
-        tasks = [(ts, info) for ts, info in tasks if ts.key not in self._rejected]
+        """``policy`` failed in ``method`` on the input of ``tasks`` (key, info): fail them.
+
+        The policy stays enabled. Tasks already finished or forgotten are only
+        counted and reported.
+        """
+        tasks = [(key, info) for key, info in tasks if key not in self._rejected]
         if not tasks:
             return  # already being failed (the policy raised again on a later transition)
         name = self._policy_name(policy)
         text = _error_text(exc)
         self.task_faults[name] = self.task_faults.get(name, 0) + len(tasks)
-        first = tasks[0][0].key if tasks else None
+        first = tasks[0][0]
         what = f"task {first!r}" if len(tasks) == 1 else f"{len(tasks)} tasks of one submission"
         logger.warning(
             "oxigdal policy %s failed in %s() on %s; rejecting it: %s", name, method, what, text
@@ -518,11 +522,15 @@ class OxigdalScheduling(SchedulerPlugin):
             f"{what} rejected by dask-oxigdal: policy {name} could not handle "
             f"{'its' if len(tasks) == 1 else 'their'} annotations/events in {method}(): {text}"
         )
-        for ts, info in tasks:
-            if not info.done and self.scheduler is not None:
-                live = self.scheduler.tasks.get(ts.key)
-                if live is ts:
-                    self.reject(ts, info, error)
+        for key, info in tasks:
+            ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
+            if (
+                ts is not None
+                and not info.done
+                and ts.state not in ("forgotten", "memory", "erred")
+                and self.info.get(key) is info
+            ):
+                self.reject(ts, info, error)
         if self.scheduler is not None:
             self.scheduler.log_event(
                 NAME,
@@ -664,7 +672,7 @@ class OxigdalScheduling(SchedulerPlugin):
                 # the policy stopped part-way through this submission: its tasks
                 # cannot be known to be handled, so the whole submission is failed
                 # (the policies before it see them err; the ones after never see them)
-                self._task_fault(policy, "update_graph", new, e)
+                self._task_fault(policy, "update_graph", [(ts.key, i) for ts, i in new], e)
                 return
 
     def _hold_malformed(self, ts: TaskState, message: str) -> None:
@@ -844,12 +852,10 @@ class OxigdalScheduling(SchedulerPlugin):
             try:
                 policy.transition(key, start, finish, info, kwargs)
             except Exception as e:
-                if _is_task_fault(e) and self.scheduler is not None:
-                    ts = self.scheduler.tasks.get(key)
-                    if ts is not None:
-                        self._task_fault(policy, "transition", [(ts, info)], e)
-                        continue
-                self._disable(policy, "transition", e)
+                if _is_task_fault(e):
+                    self._task_fault(policy, "transition", [(key, info)], e)
+                else:
+                    self._disable(policy, "transition", e)
         if finish == "forgotten":
             del self.info[key]
             if not info.done:
