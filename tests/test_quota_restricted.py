@@ -16,6 +16,8 @@ import dask_oxigdal  # noqa: F401
 import asyncio
 import time
 
+import dask
+import pytest
 from distributed import get_worker
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils_test import gen_cluster
@@ -152,3 +154,15 @@ async def test_guard_hold_with_host_and_resource_restrictions(c, s, a):
     assert s.valid_workers(ts) == set()  # the resource does not
     ts.worker_restrictions = None
     assert s.valid_workers(ts) == {s.workers[a.address]}
+
+
+@gen_cluster(client=True)
+async def test_malformed_tasks_with_host_restrictions_are_held_then_failed(c, s, a, b):
+    """A hand-made bad annotation on a task restricted to a host name never runs."""
+    await register(c)
+    with dask.annotate(oxigdal_retries=10**9):
+        bad = c.submit(work, 1, key="bad-host", workers=["127.0.0.1"], allow_other_workers=True)
+    with pytest.raises(ValueError, match="oxigdal_retries=1000000000"):
+        await bad
+    # it never ran (before the fix the host restriction let it run and return)
+    assert s.tasks["bad-host"].state == "erred"

@@ -681,6 +681,7 @@ class OxigdalScheduling(SchedulerPlugin):
         self.malformed[ts.key] = message
         self.malformed_tasks += 1
         ts.worker_restrictions = {HOLD_ADDRESS}
+        ts.host_restrictions = None  # a host restriction would add its workers back
         ts.loose_restrictions = False
 
     # ------------------------------------------------- holds shared by policies
