@@ -33,6 +33,10 @@ from dask.utils import parse_timedelta
 
 __all__ = [
     "ANNOTATION_KEYS",
+    "MAX_BACKOFF",
+    "MAX_DEADLINE",
+    "MAX_NAME",
+    "MAX_RETRIES",
     "PREFIX",
     "VALID_KEYWORDS",
     "TaskAnnotations",
@@ -59,7 +63,35 @@ VALID_KEYWORDS = (
 #: The dask annotation keys, ``oxigdal_<keyword>``.
 ANNOTATION_KEYS = tuple(PREFIX + k for k in VALID_KEYWORDS)
 
-_MAX_NAME = 256
+#: Longest ``tenant`` / ``queue`` / ``gang`` / ``locality`` name (characters).
+MAX_NAME = 256
+#: Most ``retries`` one task may ask for.
+MAX_RETRIES = 1000
+#: Longest ``backoff`` (seconds): one week.
+MAX_BACKOFF = 7 * 24 * 3600.0
+#: Latest ``deadline`` (UNIX seconds): 9999-12-31T23:59:59Z, the last second
+#: ``datetime`` can represent.
+MAX_DEADLINE = 253402300799.0
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters; never raises.
+
+    Error messages name the bad value, but a 1 MB string or a 10,000-digit int
+    must not become a 1 MB message (nor raise: ``repr`` of a huge int does).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"<int of {value.bit_length()} bits>"
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + f"...(<str of {len(value)} characters>)"
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__} (no repr)>"
+    if len(text) > limit:
+        text = text[:limit] + f"...(<{type(value).__name__}>)"
+    return text
+
 
 _UNIT_ALIASES = {
     "min": "m",
@@ -77,15 +109,24 @@ _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)
 def _name(keyword: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(
-            f"{keyword}={value!r} is not valid: expected a non-empty string, "
+            f"{keyword}={_short(value)} is not valid: expected a non-empty string, "
             f"got {type(value).__name__}"
+        )
+    if len(value) > MAX_NAME:
+        raise ValueError(
+            f"{keyword}={value[:40]!r}... is not valid: at most {MAX_NAME} characters "
+            f"(got {len(value)})"
         )
     if not value.strip():
         raise ValueError(f"{keyword}={value!r} is not valid: expected a non-empty string")
-    if len(value) > _MAX_NAME:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # a lone surrogate: cannot go into events, logs or msgpack messages
         raise ValueError(
-            f"{keyword}={value[:40]!r}... is not valid: at most {_MAX_NAME} characters"
-        )
+            f"{keyword}={_short(value)} is not valid: not encodable as UTF-8 "
+            "(it holds a lone surrogate code point)"
+        ) from None
     return value
 
 
@@ -96,18 +137,23 @@ def _seconds(keyword: str, value: Any) -> float:
     if isinstance(value, datetime.timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, numbers.Real):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except (OverflowError, ValueError, TypeError):
+            raise ValueError(f"{keyword}={_short(value)} is not a finite duration") from None
     elif isinstance(value, str):
-        match = _DURATION.match(value)
+        match = _DURATION.match(value) if len(value) <= 64 else None
         if not match:
             raise ValueError(
-                f"{keyword}={value!r} is not a duration: use a number of seconds, a "
+                f"{keyword}={_short(value)} is not a duration: use a number of seconds, a "
                 "datetime.timedelta, or a string such as '90s', '10min', '2h'"
             )
         number, unit = match.groups()
         unit = _UNIT_ALIASES.get(unit, unit) or "s"
         try:
             seconds = float(parse_timedelta(f"{number}{unit}"))
+        except OverflowError:
+            raise ValueError(f"{keyword}={value!r} is not a finite duration") from None
         except (KeyError, ValueError, TypeError) as e:
             raise ValueError(
                 f"{keyword}={value!r} is not a duration: unknown unit {unit!r} "
@@ -115,11 +161,11 @@ def _seconds(keyword: str, value: Any) -> float:
             ) from e
     else:
         raise ValueError(
-            f"{keyword}={value!r} is not a duration: expected a number of seconds, a "
+            f"{keyword}={_short(value)} is not a duration: expected a number of seconds, a "
             f"timedelta or a string, got {type(value).__name__}"
         )
     if not math.isfinite(seconds):
-        raise ValueError(f"{keyword}={value!r} is not a finite duration")
+        raise ValueError(f"{keyword}={_short(value)} is not a finite duration")
     return seconds
 
 
@@ -128,38 +174,55 @@ def _deadline(value: Any, now: float | None = None) -> float:
     now = time.time() if now is None else now
     if isinstance(value, datetime.datetime):
         # naive datetimes are local time, as datetime.timestamp() reads them
-        ts = value.timestamp()
+        try:
+            ts = value.timestamp()
+        except (OverflowError, ValueError, OSError) as e:
+            raise ValueError(f"deadline={value!r} is not a valid time: {e}") from None
         if ts <= now:
             raise ValueError(f"deadline={value!r} is in the past (now is {now:.3f})")
-        return ts
-    seconds = _seconds("deadline", value)
-    if seconds <= 0:
-        raise ValueError(f"deadline={value!r} is not valid: a relative deadline must be > 0")
-    return now + seconds
+    else:
+        seconds = _seconds("deadline", value)
+        if seconds <= 0:
+            raise ValueError(
+                f"deadline={_short(value)} is not valid: a relative deadline must be > 0"
+            )
+        ts = now + seconds
+    if ts > MAX_DEADLINE:
+        raise ValueError(
+            f"deadline={_short(value)} is not valid: it lies after 9999-12-31 "
+            f"(at most {MAX_DEADLINE - now:.0f}s from now)"
+        )
+    return ts
 
 
-def _retries(value: Any) -> int:
+def _retries(value: Any, keyword: str = "retries") -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(
-            f"retries={value!r} is not valid: expected a non-negative int, "
-            f"got {type(value).__name__}"
+            f"{keyword}={_short(value)} is not valid: expected an int from 0 to "
+            f"{MAX_RETRIES}, got {type(value).__name__}"
         )
-    if value < 0:
-        raise ValueError(f"retries={value!r} is not valid: expected a non-negative int")
+    if not 0 <= value <= MAX_RETRIES:
+        raise ValueError(
+            f"{keyword}={_short(value)} is not valid: expected an int from 0 to {MAX_RETRIES}"
+        )
     return int(value)
 
 
 def _backoff(value: Any) -> float:
     seconds = _seconds("backoff", value)
-    if seconds < 0:
-        raise ValueError(f"backoff={value!r} is not valid: must be >= 0")
+    if not 0 <= seconds <= MAX_BACKOFF:
+        raise ValueError(
+            f"backoff={_short(value)} is not valid: must be >= 0 and at most "
+            f"{MAX_BACKOFF:g}s (one week)"
+        )
     return seconds
 
 
-def _checkpoint(value: Any) -> bool:
+def _checkpoint(value: Any, keyword: str = "checkpoint") -> bool:
     if not isinstance(value, bool):
         raise ValueError(
-            f"checkpoint={value!r} is not valid: expected True or False, got {type(value).__name__}"
+            f"{keyword}={_short(value)} is not valid: expected True or False, "
+            f"got {type(value).__name__}"
         )
     return value
 
@@ -251,9 +314,9 @@ def annotate(
         docs/fault-tolerance.md).
     retries : int, optional
         Retries with backoff (the ``Retries`` policy,
-        docs/fault-tolerance.md); ``>= 0``.
+        docs/fault-tolerance.md); from 0 to :data:`MAX_RETRIES` (1000).
     backoff : str, float or datetime.timedelta, optional
-        Delay before a retry; ``>= 0``.
+        Delay before a retry; from 0 to :data:`MAX_BACKOFF` (one week).
 
     Returns
     -------
@@ -265,7 +328,12 @@ def annotate(
     TypeError
         An unknown keyword; the message lists the valid ones.
     ValueError
-        A bad value (``deadline="soon"``, ``tenant=""``, ``backoff=-1`` ...).
+        A bad value (``deadline="soon"``, ``tenant=""``, ``backoff=-1`` ...),
+        or one out of range: names longer than :data:`MAX_NAME` characters
+        or not encodable as UTF-8, ``retries`` over :data:`MAX_RETRIES`,
+        ``backoff`` over :data:`MAX_BACKOFF`, a ``deadline`` after
+        :data:`MAX_DEADLINE` (9999-12-31). The scheduler applies the same
+        limits to hand-written ``oxigdal_*`` annotations.
 
     Examples
     --------
@@ -306,19 +374,30 @@ EMPTY = TaskAnnotations()
 def _finite_number(keyword: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(
-            f"{PREFIX}{keyword}={value!r} is not valid: expected a number, "
+            f"{PREFIX}{keyword}={_short(value)} is not valid: expected a number, "
             f"got {type(value).__name__}"
         )
-    value = float(value)
+    try:
+        value = float(value)
+    except (OverflowError, ValueError, TypeError):
+        value = math.inf
     if not math.isfinite(value):
-        raise ValueError(f"{PREFIX}{keyword}={value!r} is not valid: expected a finite number")
+        raise ValueError(
+            f"{PREFIX}{keyword}={_short(value)} is not valid: expected a finite number"
+        )
     return value
 
 
 def parse_annotations(annotations: Mapping[str, Any] | None) -> TaskAnnotations:
     """Validate the ``oxigdal_*`` entries of a task's annotations (scheduler side).
 
-    Other annotations (Dask's ``priority``, ``retries``, ...) are ignored.
+    Other annotations (Dask's ``priority``, ``retries``, ...) are ignored. The
+    same ranges as :func:`annotate` apply, so that no policy sees a value it
+    cannot compute with: names are non-empty UTF-8 strings of at most
+    :data:`MAX_NAME` characters, ``retries`` an int in ``[0, MAX_RETRIES]``,
+    ``backoff`` a number of seconds in ``[0, MAX_BACKOFF]``, ``deadline`` a
+    UNIX time in ``(0, MAX_DEADLINE]`` (a deadline in the past is accepted:
+    the ``Deadline`` policy reports it as infeasible).
 
     Parameters
     ----------
@@ -334,7 +413,8 @@ def parse_annotations(annotations: Mapping[str, Any] | None) -> TaskAnnotations:
     ------
     ValueError
         An unknown ``oxigdal_*`` key or a value of the wrong type/range; the
-        message names the key, the value and the valid choices.
+        message names the key, the value (cut short when long) and the valid
+        choices. Never another exception type.
     """
     if not annotations:
         return EMPTY
@@ -345,8 +425,8 @@ def parse_annotations(annotations: Mapping[str, Any] | None) -> TaskAnnotations:
         keyword = key[len(PREFIX) :]
         if keyword not in VALID_KEYWORDS:
             raise ValueError(
-                f"unknown annotation {key!r}={value!r}; valid oxigdal annotations are: "
-                f"{', '.join(ANNOTATION_KEYS)}"
+                f"unknown annotation {_short(key)}={_short(value)}; valid oxigdal annotations "
+                f"are: {', '.join(ANNOTATION_KEYS)}"
             )
         if value is None:
             continue
@@ -355,17 +435,24 @@ def parse_annotations(annotations: Mapping[str, Any] | None) -> TaskAnnotations:
                 value = _name(key, value)
             except ValueError as e:
                 raise ValueError(f"malformed annotation: {e}") from None
-        elif keyword in ("deadline", "backoff"):
+        elif keyword == "deadline":
             value = _finite_number(keyword, value)
-            if keyword == "backoff" and value < 0:
-                raise ValueError(f"{key}={value!r} is not valid: must be >= 0")
+            if not 0 < value <= MAX_DEADLINE:
+                raise ValueError(
+                    f"{key}={value!r} is not valid: expected a UNIX time in seconds, "
+                    f"> 0 and at most {MAX_DEADLINE:.0f} (9999-12-31)"
+                )
+        elif keyword == "backoff":
+            value = _finite_number(keyword, value)
+            if not 0 <= value <= MAX_BACKOFF:
+                raise ValueError(
+                    f"{key}={value!r} is not valid: must be >= 0 and at most "
+                    f"{MAX_BACKOFF:g}s (one week)"
+                )
         elif keyword == "checkpoint":
-            if not isinstance(value, bool):
-                raise ValueError(f"{key}={value!r} is not valid: expected True or False")
+            value = _checkpoint(value, key)
         elif keyword == "retries":
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-                raise ValueError(f"{key}={value!r} is not valid: expected a non-negative int")
-            value = int(value)
+            value = _retries(value, key)
         found[keyword] = value
     if not found:
         return EMPTY

@@ -25,3 +25,14 @@ class DeadlineInfeasible(OxigdalError):
 
 class DeadlineMissed(OxigdalError):
     """A task was cancelled because its deadline passed (``on-miss: cancel``)."""
+
+
+class TaskRejected(OxigdalError, ValueError):
+    """A task was refused because of its own input (annotations, events), not a policy bug.
+
+    A policy raises it (or a ``ValueError``, ``TypeError`` or
+    ``ArithmeticError``) while it handles one task; the extension then fails
+    that task with this error, whose message names the policy and the value,
+    and keeps the policy enabled. See
+    :class:`~dask_oxigdal.scheduling.policy.SchedulingPolicy`.
+    """

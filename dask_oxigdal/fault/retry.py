@@ -33,6 +33,7 @@ once (without waiting out the rest of its backoff).
 from __future__ import annotations
 
 import logging
+import math
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -74,9 +75,17 @@ def backoff_delay(
     Returns
     -------
     float
-        Seconds, ``>= 0``.
+        Seconds, ``>= 0``. Never raises for a large ``attempt`` (Dask's own
+        ``retries=`` has no upper bound): the growth stops at ``max_backoff``.
     """
-    base = min(max_backoff, backoff * multiplier ** (attempt - 1))
+    if backoff <= 0.0:
+        base = 0.0
+    else:
+        try:
+            grown = backoff * multiplier ** (attempt - 1)
+        except OverflowError:  # float ** int past 1.8e308
+            grown = math.inf
+        base = min(max_backoff, grown)
     return max(0.0, base * (1.0 + rng.uniform(-jitter, jitter)))
 
 
@@ -90,7 +99,7 @@ class _Retry:
         self.worker: str | None = None  # where the current attempt runs
         self.failed_on: list[str] = []
         self.held = False
-        self.restrictions: tuple[Any, bool] = (None, False)
+        self.restrictions: tuple[Any, Any, bool] = (None, None, False)
 
 
 class Retries(SchedulingPolicy):
@@ -218,9 +227,10 @@ class Retries(SchedulingPolicy):
         if r.worker is not None:
             r.failed_on.append(r.worker)
         if r.attempts == 1:  # the task's own restrictions, before any of ours
-            r.restrictions = (ts.worker_restrictions, ts.loose_restrictions)
+            r.restrictions = (ts.worker_restrictions, ts.host_restrictions, ts.loose_restrictions)
         r.held = True
         ts.worker_restrictions = {HOLD_ADDRESS}
+        ts.host_restrictions = None  # Dask adds a host's workers to the valid ones
         ts.loose_restrictions = False
         self.held += 1
         self.retried += 1
@@ -266,10 +276,11 @@ class Retries(SchedulingPolicy):
             return
         r.held = False
         self.held -= 1
-        restrictions, loose = r.restrictions
+        restrictions, hosts, loose = r.restrictions
         ts.worker_restrictions = restrictions
+        ts.host_restrictions = hosts
         ts.loose_restrictions = loose
-        if self.prefer_other_worker and not restrictions:
+        if self.prefer_other_worker and not restrictions and not hosts:
             running = {ws.address for ws in scheduler.running}
             # a worker it never failed on; else any but the last one it failed on
             others = (running - set(r.failed_on)) or (running - set(r.failed_on[-1:]))

@@ -16,8 +16,12 @@ The extension itself owns what every policy shares:
   bytes in memory, recent and entitled share);
 - robustness: tasks whose ``oxigdal_*`` annotations are malformed are held
   (restricted to an address no worker has) and then failed with a
-  ``ValueError``, without touching other submissions; a policy that raises is
-  logged and disabled, never the scheduler.
+  ``ValueError``, without touching other submissions. A policy that fails
+  while it handles one task's input (a :data:`TASK_FAULTS` exception from its
+  ``update_graph`` or ``transition`` hook) fails that task (or that
+  submission) with :class:`~dask_oxigdal.exceptions.TaskRejected` and stays
+  enabled; any other exception is the policy's own fault: it is logged and
+  the policy is disabled, never the scheduler.
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ from tornado.ioloop import PeriodicCallback
 
 from dask_oxigdal import config as _config  # noqa: F401  (registers the defaults)
 from dask_oxigdal.annotations import parse_annotations
-from dask_oxigdal.exceptions import ConfigError
+from dask_oxigdal.exceptions import ConfigError, TaskRejected
 from dask_oxigdal.monitoring.status import Status
-from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
+from dask_oxigdal.scheduling.policy import TASK_FAULTS, SchedulingPolicy, TaskInfo
 from dask_oxigdal.scheduling.settings import setting
 
 if TYPE_CHECKING:
@@ -53,6 +57,26 @@ logger = logging.getLogger(__name__)
 
 #: A worker address no worker can have: tasks restricted to it wait in ``no-worker``.
 HOLD_ADDRESS = "oxigdal-hold://nowhere:0"
+
+#: Longest error text kept in events, logs and task errors (characters).
+_MAX_ERROR = 500
+
+
+def _error_text(exc: BaseException) -> str:
+    """``"Type: message"``, cut to :data:`_MAX_ERROR` characters; never raises."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:
+        text = f"{type(exc).__name__} (no message)"
+    if len(text) > _MAX_ERROR:
+        text = text[:_MAX_ERROR] + f"... ({len(text)} characters)"
+    return text
+
+
+def _is_task_fault(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while a policy handled one task, is that task's fault."""
+    return isinstance(exc, TASK_FAULTS) and not isinstance(exc, ConfigError)
+
 
 #: Name of the plugin, of its periodic callback and prefix of its handlers.
 NAME = "oxigdal"
@@ -226,6 +250,8 @@ class OxigdalScheduling(SchedulerPlugin):
         # key -> exception of tasks a policy rejected (``reject``), failed once in no-worker
         self._rejected: dict[Any, BaseException] = {}
         self._reject_scheduled = False
+        #: tasks failed because a policy could not handle their input, per policy
+        self.task_faults: dict[str, int] = {}
         self._transition_policies: list[SchedulingPolicy] = []
         self._parse_cache: dict[Any, Any] = {}
         self.started_at = 0.0
@@ -469,6 +495,55 @@ class OxigdalScheduling(SchedulerPlugin):
                 },
             )
 
+    def _task_fault(
+        self,
+        policy: SchedulingPolicy,
+        method: str,
+        tasks: list[tuple[Any, TaskInfo]],
+        exc: BaseException,
+    ) -> None:
+        """``policy`` failed in ``method`` on the input of ``tasks`` (key, info): fail them.
+
+        The policy stays enabled. Tasks already finished or forgotten are only
+        counted and reported.
+        """
+        tasks = [(key, info) for key, info in tasks if key not in self._rejected]
+        if not tasks:
+            return  # already being failed (the policy raised again on a later transition)
+        name = self._policy_name(policy)
+        text = _error_text(exc)
+        self.task_faults[name] = self.task_faults.get(name, 0) + len(tasks)
+        first = tasks[0][0]
+        what = f"task {first!r}" if len(tasks) == 1 else f"{len(tasks)} tasks of one submission"
+        logger.warning(
+            "oxigdal policy %s failed in %s() on %s; rejecting it: %s", name, method, what, text
+        )
+        error = TaskRejected(
+            f"{what} rejected by dask-oxigdal: policy {name} could not handle "
+            f"{'its' if len(tasks) == 1 else 'their'} annotations/events in {method}(): {text}"
+        )
+        for key, info in tasks:
+            ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
+            if (
+                ts is not None
+                and not info.done
+                and ts.state not in ("forgotten", "memory", "erred")
+                and self.info.get(key) is info
+            ):
+                self.reject(ts, info, error)
+        if self.scheduler is not None:
+            self.scheduler.log_event(
+                NAME,
+                {
+                    "action": "task-rejected",
+                    "policy": name,
+                    "method": method,
+                    "key": str(first),
+                    "tasks": len(tasks),
+                    "error": text,
+                },
+            )
+
     def _close_policies(self) -> None:
         """Close every policy that has a ``close()`` (this extension is gone)."""
         for policy in self.policies:
@@ -514,8 +589,9 @@ class OxigdalScheduling(SchedulerPlugin):
 
     def _parse(self, annotations: Mapping[str, Any] | None) -> tuple[Any, str, str]:
         if annotations:
+            # the type is part of the key: 1 == True == 1.0, but only some are valid
             items = tuple(
-                (k, v)
+                (k, type(v), v)
                 for k, v in annotations.items()
                 if isinstance(k, str) and k.startswith("oxigdal_")
             )
@@ -525,15 +601,17 @@ class OxigdalScheduling(SchedulerPlugin):
             return self._parse_cache[items]
         except KeyError:
             pass
-        except TypeError:  # unhashable values: parse without the cache
+        except Exception:  # unhashable values (or a hash that raises): parse without the cache
             items = None
-        parsed = parse_annotations(dict(items) if items is not None else annotations)
+        parsed = parse_annotations(
+            {k: v for k, _, v in items} if items is not None else annotations
+        )
         tenant = self.resolve_tenant(parsed.tenant)
         queue = parsed.queue if parsed.queue is not None else self.default_queue
         if queue not in self.queue_rank:
             raise ValueError(
-                f"unknown queue {queue!r}; valid queues (highest priority first): "
-                f"{', '.join(self.queues)}"
+                f"unknown queue {queue!r} (annotation oxigdal_queue); valid queues "
+                f"(highest priority first): {', '.join(self.queues)}"
             )
         result = (parsed, tenant, queue)
         if items is not None:
@@ -568,7 +646,10 @@ class OxigdalScheduling(SchedulerPlugin):
             try:
                 parsed, tenant, queue = self._parse(ts.annotations)
             except ValueError as e:
-                self._hold_malformed(ts, str(e))
+                self._hold_malformed(ts, _error_text(e).removeprefix(f"{type(e).__name__}: "))
+                continue
+            except Exception as e:  # anything else about one task's annotations: its fault too
+                self._hold_malformed(ts, _error_text(e))
                 continue
             info = TaskInfo(tenant, queue, self.queue_rank[queue], parsed)
             info_map[key] = info
@@ -582,7 +663,17 @@ class OxigdalScheduling(SchedulerPlugin):
             return
         new.sort(key=lambda pair: pair[0].priority or ())
         for policy in self._active():
-            self._call(policy, "update_graph", new)
+            try:
+                policy.update_graph(new)
+            except Exception as e:
+                if not _is_task_fault(e):
+                    self._disable(policy, "update_graph", e)
+                    continue
+                # the policy stopped part-way through this submission: its tasks
+                # cannot be known to be handled, so the whole submission is failed
+                # (the policies before it see them err; the ones after never see them)
+                self._task_fault(policy, "update_graph", [(ts.key, i) for ts, i in new], e)
+                return
 
     def _hold_malformed(self, ts: TaskState, message: str) -> None:
         # Restricting a task to an address no worker has sends it to no-worker;
@@ -590,6 +681,7 @@ class OxigdalScheduling(SchedulerPlugin):
         self.malformed[ts.key] = message
         self.malformed_tasks += 1
         ts.worker_restrictions = {HOLD_ADDRESS}
+        ts.host_restrictions = None  # a host restriction would add its workers back
         ts.loose_restrictions = False
 
     # ------------------------------------------------- holds shared by policies
@@ -598,7 +690,13 @@ class OxigdalScheduling(SchedulerPlugin):
 
         A held task waits in ``no-worker`` (once its dependencies are done).
         Several policies may hold the same task; it is runnable again only when
-        every one of them called :meth:`unhold`.
+        every one of them called :meth:`unhold`. The task's own restrictions
+        (``workers=``, ``allow_other_workers=``, host names) are saved by the
+        first hold and restored by the last :meth:`unhold`; a host restriction
+        is cleared meanwhile (Dask adds the workers of a restricted host to the
+        valid ones, which would let a held task run). ``resources=`` are left
+        as they are: Dask intersects them with the hold address, which no
+        worker has.
 
         Parameters
         ----------
@@ -609,9 +707,16 @@ class OxigdalScheduling(SchedulerPlugin):
         """
         if info.holds is None:
             info.holds = {by}
+            if info.restrictions is None and ts.worker_restrictions != {HOLD_ADDRESS}:
+                info.restrictions = (
+                    ts.worker_restrictions,
+                    ts.host_restrictions,
+                    ts.loose_restrictions,
+                )
         else:
             info.holds.add(by)
         ts.worker_restrictions = {HOLD_ADDRESS}
+        ts.host_restrictions = None
         ts.loose_restrictions = False
 
     def unhold(self, ts: TaskState, info: TaskInfo, by: str) -> bool:
@@ -636,8 +741,12 @@ class OxigdalScheduling(SchedulerPlugin):
             if holds:
                 return False
         info.holds = None
+        saved, info.restrictions = info.restrictions, None
         if ts.worker_restrictions == {HOLD_ADDRESS}:
-            ts.worker_restrictions = None
+            if saved is None:
+                ts.worker_restrictions = None
+            else:
+                ts.worker_restrictions, ts.host_restrictions, ts.loose_restrictions = saved
         return True
 
     def reject(self, ts: TaskState, info: TaskInfo, exc: BaseException) -> None:
@@ -744,7 +853,10 @@ class OxigdalScheduling(SchedulerPlugin):
             try:
                 policy.transition(key, start, finish, info, kwargs)
             except Exception as e:
-                self._disable(policy, "transition", e)
+                if _is_task_fault(e):
+                    self._task_fault(policy, "transition", [(key, info)], e)
+                else:
+                    self._disable(policy, "transition", e)
         if finish == "forgotten":
             del self.info[key]
             if not info.done:
@@ -995,7 +1107,8 @@ class OxigdalScheduling(SchedulerPlugin):
         dict
             ``installed``, ``policies`` (each with ``enabled`` and its own
             state), ``disabled`` (name -> reason), ``tenants``, ``queues``,
-            ``tasks_tracked``, ``malformed_tasks``.
+            ``tasks_tracked``, ``malformed_tasks``, ``task_faults`` (policy ->
+            tasks it rejected because it could not handle their input).
         """
         policies: dict[str, Any] = {}
         for policy in self.policies:
@@ -1018,6 +1131,7 @@ class OxigdalScheduling(SchedulerPlugin):
             "strict": self.strict,
             "tasks_tracked": len(self.info),
             "malformed_tasks": self.malformed_tasks,
+            "task_faults": dict(self.task_faults),
             "coordinator": (
                 self.coordinator.snapshot()
                 if self.coordinator is not None

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dask_oxigdal.exceptions import TaskRejected
+
 if TYPE_CHECKING:
     from distributed.scheduler import TaskState
 
     from dask_oxigdal.scheduling.extension import OxigdalScheduling
 
-__all__ = ["SchedulingPolicy", "TaskInfo"]
+__all__ = ["TASK_FAULTS", "SchedulingPolicy", "TaskInfo"]
+
+#: Exceptions that, raised by a policy while it handles one task (its
+#: ``update_graph`` or ``transition`` hook), are the fault of that task's input
+#: rather than of the policy: the task is failed with
+#: :class:`~dask_oxigdal.exceptions.TaskRejected` and the policy stays enabled.
+#: ``ConfigError`` (a ``ValueError``) is excluded: bad settings are the policy's.
+TASK_FAULTS: tuple[type[BaseException], ...] = (
+    TaskRejected,
+    ValueError,
+    TypeError,
+    ArithmeticError,
+)
 
 
 class TaskInfo:
@@ -35,6 +49,7 @@ class TaskInfo:
         "pseq",
         "queue",
         "rank",
+        "restrictions",
         "running",
         "start_tag",
         "tenant",
@@ -59,6 +74,8 @@ class TaskInfo:
         self.admitted = False
         #: policies holding the task (``OxigdalScheduling.hold``), ``None`` when none
         self.holds: set[str] | None = None
+        #: the task's own (worker, host, loose) restrictions, saved while it is held
+        self.restrictions: tuple[Any, Any, bool] | None = None
         #: the task's gang (``Gang`` policy), ``None`` for ordinary tasks
         self.gang: Any = None
         #: absolute deadline (UNIX time) the ``Deadline`` policy orders it by, or ``None``
@@ -75,9 +92,39 @@ class SchedulingPolicy:
     """A policy of :class:`~dask_oxigdal.scheduling.extension.OxigdalScheduling`.
 
     Policies decide, the extension enacts. Each hook is called by the
-    extension inside a ``try``: an exception is logged, reported with
-    ``scheduler.log_event("oxigdal", ...)`` and the policy is disabled; the
-    scheduler and the other policies carry on.
+    extension inside a ``try``, and what happens to an exception depends on
+    whose fault it is:
+
+    - **the task's fault.** An exception of one of the :data:`TASK_FAULTS`
+      types (:class:`~dask_oxigdal.exceptions.TaskRejected`, ``ValueError``,
+      ``TypeError``, ``ArithmeticError`` such as ``OverflowError``; not
+      ``ConfigError``) raised by :meth:`transition` fails the task the call
+      was about; raised by :meth:`update_graph`, it fails every task of that
+      submission (the policy stopped part-way, so none of them is known to be
+      handled; the policies after it do not see them). The tasks err with
+      ``TaskRejected``, whose message names the policy, the hook and the
+      original error; the event ``{"action": "task-rejected", ...}`` is
+      published on the ``oxigdal`` topic and ``status()["task_faults"]``
+      counts them. The policy **stays enabled**: one tenant's annotations
+      cannot switch a policy off for everyone. A policy that finds a task's
+      input unusable should raise ``TaskRejected`` with a message that names
+      the value and the valid choices.
+    - **the policy's own fault.** Any other exception (``KeyError``,
+      ``AttributeError``, ``RuntimeError``, ...), and any exception from the
+      hooks that are not about one task's input (:meth:`start`,
+      :meth:`periodic`, :meth:`add_worker`, :meth:`remove_worker`,
+      :meth:`restart`, deferred work run with
+      :meth:`~dask_oxigdal.scheduling.extension.OxigdalScheduling.run_policy`),
+      is logged, reported with ``scheduler.log_event("oxigdal", {"action":
+      "policy-disabled", ...})`` and the policy is disabled; the scheduler
+      and the other policies carry on.
+
+    The annotations a policy sees were validated by
+    :func:`~dask_oxigdal.annotations.parse_annotations` (types and ranges), so
+    ordinary arithmetic on them does not overflow; the rule above is the
+    safety net for what validation cannot foresee. A policy whose bug raises a
+    ``ValueError`` for every task therefore fails every task (loudly, naming
+    itself) instead of being switched off.
 
     Subclasses override the hooks they need; the extension only calls the
     ``transition`` hook of policies that override it (it runs on every task

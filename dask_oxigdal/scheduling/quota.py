@@ -35,8 +35,14 @@ usual. Admission runs in two passes:
 An admitted task stops counting when it finishes, errs or is forgotten. Held
 tasks do not count, so a limited tenant's backlog never blocks other tenants.
 
-Tasks that carry their own worker/host/resource restrictions are not held
-(they are rare and Dask already constrains them); they are still counted.
+Tasks that carry their own restrictions (``workers=``, ``allow_other_workers=``,
+host names, ``resources=``) are held and admitted like the others: the hold
+saves their restrictions and the admission restores them
+(:meth:`OxigdalScheduling.hold <dask_oxigdal.scheduling.extension.OxigdalScheduling.hold>`),
+so Dask then places them as they asked. So is a task with a ``locality``
+annotation (``Locality``, listed after ``Quota``, leaves held tasks to it).
+The bound holds for every task of a limited tenant: its tasks in
+``processing`` never exceed its ``max-tasks``.
 """
 
 from __future__ import annotations
@@ -148,9 +154,7 @@ class Quota(SchedulingPolicy):
                 continue
             if gangs and info.annotations.gang is not None:
                 continue  # the Gang policy admits its members (see headroom/admit)
-            if ts.worker_restrictions or ts.host_restrictions or ts.resource_restrictions:
-                self._admit(info)  # not held, but counted
-                continue
+            # restricted tasks too: the hold saves their restrictions, release restores them
             ext.hold(ts, info, self.name)
             self.held_keys.add(ts.key)
 
