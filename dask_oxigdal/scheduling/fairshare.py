@@ -56,6 +56,8 @@ tenant's sorted list). Transitions: O(log n) when a task becomes runnable,
 finishes or is forgotten. A re-tag (a tenant inserted work ahead of its
 backlog while another tenant competes, or a prefix's cost estimate moved) is
 O(that tenant's live tasks), at most once per event-loop tick and tenant.
+(When a re-tag changes the units after a cost estimate moved, a task already
+on a worker keeps its tag in the old units; see :meth:`FairShare.retag`.)
 
 Dask then does the rest: root-ish tasks wait in ``scheduler.queued`` (a heap
 ordered by priority) when ``worker-saturation`` is finite, and workers run
@@ -503,9 +505,15 @@ class FairShare(SchedulingPolicy):
         ones still on the scheduler (``waiting``, ``queued``, ``no-worker``,
         ``released``) consecutive tags from the tenant's earliest start tag
         (or the virtual time, if earlier). Tasks already sent to a worker, and
-        deadline tasks (their priority carries their EDF key), keep their tags;
-        each re-tagged task stays between its neighbours in Dask's order
-        (Dask's ties share a tag), so the tenant's own order is unchanged.
+        deadline tasks (their priority carries their EDF key), keep their tags.
+        The new tags never decrease along Dask's order (Dask's ties share a
+        tag) and stay at or below the tag of every later task already on a
+        worker, so the tenant's own order holds wherever its tasks meet. One
+        exception: after a cost change, a task already on a worker keeps its
+        tag in the old units, which may be larger than the new tags of tasks
+        Dask ranks after it; they would overtake it only on that worker's
+        ready heap (with a finite ``worker-saturation``, a worker holds few
+        tasks that have not started).
 
         Parameters
         ----------
@@ -559,27 +567,28 @@ class FairShare(SchedulingPolicy):
             weight = ext.weights.get(tenant, 1.0)
             # keep a tenant that is behind the virtual time behind it; reset a lead
             start = min(min(starts), self._advance(queue))
-            prev_tag = -inf
-            prev_dprio: Any = None
+            prev_tag = -inf  # the last re-tagged task's tag: tags never decrease
+            tie_dprio: Any = None  # the previous task's Dask priority and tag (Dask ties)
+            tie_tag = 0.0
             n = 0
             for i, (dprio, info, ts) in enumerate(entries):
                 if ts is None:
-                    prev_tag = max(prev_tag, info.finish_tag)
-                    prev_dprio = dprio
+                    tie_dprio, tie_tag = dprio, info.finish_tag
                     continue
                 natural = start + self.prefix_cost.get(info.prefix, self.default_task_cost) / weight
-                if dprio == prev_dprio:
-                    tag = prev_tag
+                if dprio == tie_dprio:
+                    tag = tie_tag
                 else:
                     tag = max(prev_tag, min(natural, bound[i + 1]))
                 info.start_tag, info.finish_tag = min(start, tag), tag
                 start = natural
                 ts.priority = (info.rank, tag, *ts.priority[2:])
                 queued_changed = queued_changed or ts.state == "queued"
-                prev_tag, prev_dprio = tag, dprio
+                prev_tag = tie_tag = tag
+                tie_dprio = dprio
                 n += 1
             # the tenant's next submission continues after its re-tagged backlog
-            self.last_tag[(queue, tenant)] = max(start, prev_tag)
+            self.last_tag[(queue, tenant)] = max(start, prev_tag, entries[-1][1].finish_tag)
             queues.add(queue)
             retagged.add((queue, tenant))
             count += n
