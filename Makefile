@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench bench-quick lint format clean venv chaos browser
+.PHONY: demo test bench bench-quick lint format clean venv chaos browser dask-tests
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,31 @@ browser:
 	  $$SUDO apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
 
+# Dask's own test modules (unchanged copies in ../shared/dask-tests, see its README),
+# run against the installed distributed with our extension preloaded in every
+# scheduler and the full default policy list. tests/dask_suite/oxigdal_dask_suite.py
+# fails the run if no scheduler ran the extension or a policy was disabled.
+# A Dask test that fails the same way without the preload may be deselected here,
+# each with its reason (none is today).
+DASK_TESTS_DIR     := ../shared/dask-tests
+DASK_TEST_MODULES  := test_priorities.py test_steal.py test_resources.py test_reschedule.py \
+                      test_failed_workers.py test_worker_client.py test_cancelled_state.py \
+                      test_spans.py
+DASK_TESTS_DESELECT :=
+
+dask-tests: $(VENV)/.stamp-all
+	cd $(DASK_TESTS_DIR) && \
+	  DASK_DISTRIBUTED__SCHEDULER__PRELOAD='["dask_oxigdal.preload"]' \
+	  PYTHONPATH=$(CURDIR)/tests/dask_suite \
+	  $(CURDIR)/$(BIN)/python -m pytest -p no:randomly -p oxigdal_dask_suite \
+	    $(DASK_TEST_MODULES) $(DASK_TESTS_DESELECT)
+
 # pytest runs last so that its closing "N passed" line is the last thing CI prints.
 test: $(VENV)/.stamp-all browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python benchmarks/bench_kernels.py --quick
+	$(MAKE) --no-print-directory dask-tests
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # the coordinator's full chaos runs: 10 runs x 1,000 acknowledged writes per test (CI runs 2 x 300)

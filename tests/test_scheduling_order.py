@@ -32,8 +32,8 @@ from dask_oxigdal.annotations import annotate
 from dask_oxigdal.scheduling import _submitting
 from dask_oxigdal.scheduling.extension import register
 
-#: seeds per test in CI; the differential tests run over at least 200 seeds in all
-SEEDS = int(os.environ.get("OXIGDAL_ORDER_SEEDS", "50"))
+#: seeds per test; the four differential tests run 240 seeds in all in CI
+SEEDS = int(os.environ.get("OXIGDAL_ORDER_SEEDS", "60"))
 #: seconds each task sleeps: long against a loopback message, so that the next
 #: ready task is on the worker before the running one ends (as on vanilla)
 DELAY = 0.01
