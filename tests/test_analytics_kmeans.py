@@ -1,0 +1,197 @@
+"""dox.KMeans: equal to scikit-learn with a fixed init, k-means|| reproducible, NaN, xarray, dask."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans as SKKMeans
+from sklearn.metrics import adjusted_rand_score
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from dask_oxigdal.analytics import KMeans
+from dask_oxigdal.kernels import kmeans as _k
+
+
+def _blobs(n=600, d=5, k=4, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(-20, 20, (k, d))
+    X = np.concatenate([rng.normal(c, 1.5, (n // k, d)) for c in centers])
+    return X[rng.permutation(X.shape[0])].astype(dtype)
+
+
+def _same_partition(a, b):
+    """Labels equal up to a permutation of the cluster ids."""
+    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+@parametrize_with_checks([KMeans(n_clusters=3, random_state=0)])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_equal_to_sklearn_with_a_fixed_init(dtype):
+    X = _blobs(dtype=dtype)
+    rng = np.random.default_rng(3)
+    init = X[rng.choice(X.shape[0], 4, replace=False)]
+    ours = KMeans(4, init=init, max_iter=100, tol=1e-6).fit(X)
+    ref = SKKMeans(4, init=init, n_init=1, max_iter=100, tol=1e-6, algorithm="lloyd").fit(X)
+    assert _same_partition(ours.labels_, ref.labels_)
+    rtol = 1e-5 if dtype == np.float64 else 1e-4
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=rtol)
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=rtol, atol=1e-4)
+    assert ours.n_iter_ == ref.n_iter_
+    assert ours.cluster_centers_.dtype == dtype
+    assert ours.transform(X).dtype == dtype
+    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+    assert ours.score(X) == pytest.approx(ref.score(X), rel=rtol)
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++"])
+def test_init_is_reproducible_with_a_seed_and_finds_the_blobs(init):
+    X = _blobs(n=2000, k=5, seed=7)
+    a = KMeans(5, init=init, random_state=42).fit(X)
+    b = KMeans(5, init=init, random_state=42).fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    ref = SKKMeans(5, n_init=10, random_state=0).fit(X)
+    assert adjusted_rand_score(a.labels_, ref.labels_) == pytest.approx(1.0)
+    assert a.inertia_ == pytest.approx(ref.inertia_, rel=1e-5)
+
+
+def test_kmeans_parallel_same_result_for_numpy_and_dask_with_the_same_blocks(monkeypatch):
+    from dask_oxigdal.analytics import kmeans as mod
+
+    monkeypatch.setattr(mod, "BLOCK_ROWS", 250)
+    X = _blobs(n=2000, k=5, seed=1)
+    a = KMeans(5, random_state=3).fit(X)
+    with dask.config.set(scheduler="threads"):
+        b = KMeans(5, random_state=3).fit(da.from_array(X, chunks=(250, 5)))
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    np.testing.assert_array_equal(a.labels_, b.labels_.compute())
+    assert a.inertia_ == pytest.approx(b.inertia_, rel=1e-12)
+
+
+def test_nan_pixels_are_skipped_and_labelled_minus_one():
+    X = _blobs(n=400, k=4, seed=2)
+    bad = np.zeros(X.shape[0], bool)
+    bad[::7] = True
+    Xn = X.copy()
+    Xn[bad, np.arange(bad.sum()) % X.shape[1]] = np.nan
+    init = X[[1, 2, 3, 4]]
+    ours = KMeans(4, init=init, tol=0).fit(Xn)
+    ref = SKKMeans(4, init=init, n_init=1, tol=0, algorithm="lloyd").fit(X[~bad])
+    assert (ours.labels_[bad] == -1).all()
+    assert _same_partition(ours.labels_[~bad], ref.labels_)
+    assert ours.inertia_ == pytest.approx(ref.inertia_, rel=1e-9)
+    assert (ours.predict(Xn)[bad] == -1).all()
+    assert np.isnan(ours.transform(Xn)[bad]).all()
+    with pytest.raises(ValueError, match="n_samples=2"):
+        KMeans(3).fit(np.array([[1.0, 2.0], [np.nan, 1.0], [3.0, 4.0], [np.nan, np.nan]]))
+
+
+def test_bad_parameters_name_the_value_and_the_choices():
+    X = _blobs(n=40, k=2)
+    with pytest.raises(
+        ValueError, match=r"init='kmeans' is not one of \('k-means\|\|', 'k-means\+\+'\)"
+    ):
+        KMeans(2, init="kmeans").fit(X)
+    with pytest.raises(ValueError, match="n_clusters must be an integer >= 1, got 0"):
+        KMeans(0).fit(X)
+    with pytest.raises(ValueError, match=r"expected \(n_clusters, n_features\) = \(2, 5\)"):
+        KMeans(2, init=np.zeros((3, 5))).fit(X)
+    with pytest.raises(ValueError, match="infinity"):
+        KMeans(2).fit(np.r_[X, [[np.inf] * 5]])
+
+
+def test_xarray_input_keeps_the_spatial_coords():
+    xr = pytest.importorskip("xarray")
+    rng = np.random.default_rng(0)
+    cls = (np.arange(20)[:, None] // 10 + 2 * (np.arange(30)[None, :] // 15)).astype(float)
+    bands = np.stack([cls * 10 + rng.normal(0, 0.5, cls.shape) for _ in range(3)]).astype(
+        np.float32
+    )
+    bands[:, 0, 0] = np.nan
+    arr = xr.DataArray(
+        bands,
+        dims=("band", "y", "x"),
+        coords={"band": ["r", "g", "b"], "y": np.arange(20) * -10.0, "x": np.arange(30) * 10.0},
+    )
+    km = KMeans(4, random_state=0)
+    labels = km.fit_predict(arr, dim="band")
+    assert isinstance(labels, xr.DataArray) and labels.dims == ("y", "x")
+    np.testing.assert_array_equal(labels["x"], arr["x"])
+    np.testing.assert_array_equal(labels["y"], arr["y"])
+    assert labels.values[0, 0] == -1
+    ok = ~np.isnan(bands[0])
+    assert adjusted_rand_score(labels.values[ok], cls[ok]) == pytest.approx(1.0)
+    assert km.labels_.equals(labels)
+    assert km.cluster_centers_.dtype == np.float32
+    dist = km.transform(arr, dim="band")
+    assert dist.dims == ("y", "x", "cluster") and dist.sizes["cluster"] == 4
+    # dask-backed DataArray, band dimension not first: the same labels, lazily
+    lazy = arr.transpose("y", "band", "x").chunk({"y": 7, "x": 11})
+    lab2 = km.predict(lazy, dim="band")
+    assert isinstance(lab2.data, da.Array)
+    np.testing.assert_array_equal(lab2.values, labels.values)
+    with pytest.raises(ValueError, match="dim='bands' must name the band dimension"):
+        km.fit(arr, dim="bands")
+
+
+def test_dask_input_on_a_local_cluster_equals_numpy():
+    from distributed import Client, LocalCluster
+
+    X = _blobs(n=4000, k=6, seed=5)
+    init = X[:6]
+    ref = KMeans(6, init=init, max_iter=50).fit(X)
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cl,
+        Client(cl) as client,
+    ):
+        km = KMeans(6, init=init, max_iter=50).fit(da.from_array(X, chunks=(500, 5)))
+        assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.task_groups)) > 0
+        labels = km.labels_.compute()
+    np.testing.assert_array_equal(labels, ref.labels_)
+    np.testing.assert_allclose(km.cluster_centers_, ref.cluster_centers_, rtol=1e-12)
+    assert km.n_iter_ == ref.n_iter_
+
+
+def _spilled(dask_worker):
+    data = dask_worker.data
+    return {"slow": len(getattr(data, "slow", {})), "managed": dask_worker.state.nbytes}
+
+
+def test_out_of_core_data_four_times_the_cluster_memory_does_not_spill():
+    """800 MB generated lazily on 2 workers x 100 MB: every pass regenerates the blocks."""
+    from distributed import Client, LocalCluster
+
+    rows, bands = 800 * 2**20 // (8 * 6), 6
+    with (
+        dask.config.set(
+            {
+                "distributed.worker.memory.pause": False,
+                "distributed.worker.memory.terminate": False,
+            }
+        ),
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            memory_limit="100MB",
+            processes=True,
+            dashboard_address=None,
+        ) as cl,
+        Client(cl) as client,
+    ):
+        X = da.random.default_rng(11).random((rows, bands), chunks=(200_000, bands))
+        assert X.nbytes >= 4 * 2 * 100e6
+        km = KMeans(3, init="k-means++", max_iter=3, random_state=0).fit(X)
+        assert km.n_iter_ <= 3
+        # uniform data in [0, 1)^6: inertia about n * 6 * (1/12) * (reduction by 3 clusters)
+        assert 0 < km.inertia_ < rows * bands / 12
+        for info in client.run(_spilled).values():
+            assert info["slow"] == 0, info
