@@ -27,6 +27,30 @@ def _same_partition(a, b):
     return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fused_kernel_equals_a_numpy_reference(dtype):
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(1000, 6)).astype(dtype)
+    X[::13, 3] = np.nan
+    C = rng.normal(size=(5, 6)).astype(dtype)
+    sums = np.zeros((5, 6))
+    counts = np.zeros(5, np.int64)
+    inertia = _k.lloyd_partial(X, C, sums, counts)
+    d2 = ((X[:, None, :].astype(np.float64) - C[None].astype(np.float64)) ** 2).sum(axis=2)
+    ok = ~np.isnan(X).any(axis=1)
+    lab = np.where(ok, np.nan_to_num(d2, nan=np.inf).argmin(axis=1), -1)
+    np.testing.assert_array_equal(counts, np.bincount(lab[ok], minlength=5))
+    for c in range(5):
+        np.testing.assert_allclose(sums[c], X[lab == c].astype(np.float64).sum(axis=0))
+    assert inertia == pytest.approx(d2[ok].min(axis=1).sum(), rel=1e-12)
+    labels = np.empty(1000, np.int64)
+    dist = np.empty(1000)
+    _k.assign_labels(X, C, labels, dist)
+    np.testing.assert_array_equal(labels, lab)
+    # an empty block
+    assert _k.lloyd_partial(X[:0], C, sums, counts) == 0.0
+
+
 @parametrize_with_checks([KMeans(n_clusters=3, random_state=0)])
 def test_sklearn_compatible(estimator, check):
     check(estimator)
@@ -141,39 +165,23 @@ def test_xarray_input_keeps_the_spatial_coords():
         km.fit(arr, dim="bands")
 
 
-def test_dask_input_on_a_local_cluster_equals_numpy():
-    from distributed import Client, LocalCluster
-
-    X = _blobs(n=4000, k=6, seed=5)
-    init = X[:6]
-    ref = KMeans(6, init=init, max_iter=50).fit(X)
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cl,
-        Client(cl) as client,
-    ):
-        km = KMeans(6, init=init, max_iter=50).fit(da.from_array(X, chunks=(500, 5)))
-        assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.task_groups)) > 0
-        labels = km.labels_.compute()
-    np.testing.assert_array_equal(labels, ref.labels_)
-    np.testing.assert_allclose(km.cluster_centers_, ref.cluster_centers_, rtol=1e-12)
-    assert km.n_iter_ == ref.n_iter_
-
-
 def _spilled(dask_worker):
-    data = dask_worker.data
-    return {"slow": len(getattr(data, "slow", {})), "managed": dask_worker.state.nbytes}
+    metrics = getattr(dask_worker.data, "cumulative_metrics", None)
+    assert metrics is not None, "the worker's data is not a SpillBuffer"
+    return {f"{label}/{unit}": v for (label, unit), v in metrics.items() if "disk" in label}
 
 
-def test_out_of_core_data_four_times_the_cluster_memory_does_not_spill():
-    """800 MB generated lazily on 2 workers x 100 MB: every pass regenerates the blocks."""
+def test_dask_input_on_a_local_cluster_and_out_of_core_without_spilling():
+    """200 MB generated lazily on 2 workers x 25 MB (spill at 60%): every pass regenerates the blocks."""
     from distributed import Client, LocalCluster
 
-    rows, bands = 800 * 2**20 // (8 * 6), 6
+    rows, bands = 200 * 2**20 // (8 * 6), 6
     with (
         dask.config.set(
             {
+                # spill on the managed data only (target 60%): the process memory of a
+                # worker alone exceeds such a tiny limit
+                "distributed.worker.memory.spill": False,
                 "distributed.worker.memory.pause": False,
                 "distributed.worker.memory.terminate": False,
             }
@@ -181,17 +189,26 @@ def test_out_of_core_data_four_times_the_cluster_memory_does_not_spill():
         LocalCluster(
             n_workers=2,
             threads_per_worker=1,
-            memory_limit="100MB",
+            memory_limit="25MB",
             processes=True,
             dashboard_address=None,
         ) as cl,
         Client(cl) as client,
     ):
-        X = da.random.default_rng(11).random((rows, bands), chunks=(200_000, bands))
-        assert X.nbytes >= 4 * 2 * 100e6
-        km = KMeans(3, init="k-means++", max_iter=3, random_state=0).fit(X)
+        X = da.random.default_rng(11).random((rows, bands), chunks=(25_000, bands))
+        assert X.nbytes >= 4 * 2 * 25e6
+        km = KMeans(3, init="k-means++", init_sample_size=1000, max_iter=3, random_state=0).fit(X)
         assert km.n_iter_ <= 3
         # uniform data in [0, 1)^6: inertia about n * 6 * (1/12) * (reduction by 3 clusters)
         assert 0 < km.inertia_ < rows * bands / 12
         for info in client.run(_spilled).values():
-            assert info["slow"] == 0, info
+            assert not any(info.values()), info
+
+        # in-memory dask input on the same cluster: the same answer as numpy
+        Xs = _blobs(n=4000, k=6, seed=5)
+        ref = KMeans(6, init=Xs[:6], max_iter=50).fit(Xs)
+        km = KMeans(6, init=Xs[:6], max_iter=50).fit(da.from_array(Xs, chunks=(500, 5)))
+        assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.task_groups)) > 0
+        np.testing.assert_array_equal(km.labels_.compute(), ref.labels_)
+        np.testing.assert_allclose(km.cluster_centers_, ref.cluster_centers_, rtol=1e-12)
+        assert km.n_iter_ == ref.n_iter_

@@ -495,7 +495,10 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         seeds = rs.randint(_INT_SEED, size=n_init)
         dtype = data.dtype
 
-        m = max(self.init_sample_size, self.n_clusters)
+        # k-means|| needs one uniform row (its first center) plus a few for padding
+        m = self.n_clusters + 16
+        if isinstance(self.init, str) and self.init == "k-means++":
+            m = max(self.init_sample_size, self.n_clusters)
         stats = data.map_reduce(_stats_sample, _combine_stats, int(seeds[0]), m)
         n = stats["n"]
         if n < self.n_clusters:
@@ -508,7 +511,7 @@ class KMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
         best = None
         for run, seed in enumerate(seeds):
-            if run > 0 and self.init in ("k-means++", "k-means||"):
+            if run > 0:
                 stats = data.map_reduce(_stats_sample, _combine_stats, int(seed), m)
             centers = self._init_centers(data, stats, int(seed), dtype)
             centers, inertia, n_iter = self._lloyd(data, centers, tol)
