@@ -17,7 +17,7 @@ def __getattr__(name: str) -> Any:
 
         return KMeans
     if name == "geofence":
-        from dask_oxigdal.analytics.geofence import geofence
+        from dask_oxigdal.analytics.geofencing import geofence
 
         return geofence
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
