@@ -184,8 +184,10 @@ def bench_geofence(size: dict) -> list[str]:
 
     zones = synthetic_polygons(size["polygons"])
     npts, batch = size["points"], size["batch"]
+    holes = sum(any(len(q.interiors) for q in getattr(p, "geoms", [p])) for p in zones)
+    multi = sum(p.geom_type == "MultiPolygon" for p in zones)
     out = [
-        f"geofence: {len(zones):,} polygons ({sum(len(p.interiors) if p.geom_type == 'Polygon' else 1 for p in zones)} with holes), "
+        f"geofence: {len(zones):,} polygons ({holes:,} with holes, {multi:,} multipolygons), "
         f"{npts:,} points in batches of {batch:,}"
     ]
     list(geofence(_feed(batch, batch), zones))  # compile
