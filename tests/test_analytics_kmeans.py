@@ -212,3 +212,19 @@ def test_dask_input_on_a_local_cluster_and_out_of_core_without_spilling():
         np.testing.assert_array_equal(km.labels_.compute(), ref.labels_)
         np.testing.assert_allclose(km.cluster_centers_, ref.cluster_centers_, rtol=1e-12)
         assert km.n_iter_ == ref.n_iter_
+
+
+def test_importing_the_analytics_package_imports_neither_sklearn_nor_streamz():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dask_oxigdal.analytics as a; "
+        "print(sorted(m for m in ('sklearn', 'streamz', 'matplotlib') if m in sys.modules)); "
+        "print(a.KMeans.__module__, a.geofence.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == [
+        "[]",
+        "dask_oxigdal.analytics.kmeans dask_oxigdal.analytics.geofencing",
+    ]
