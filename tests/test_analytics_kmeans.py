@@ -172,10 +172,10 @@ def _spilled(dask_worker):
 
 
 def test_dask_input_on_a_local_cluster_and_out_of_core_without_spilling():
-    """200 MB generated lazily on 2 workers x 25 MB (spill at 60%): every pass regenerates the blocks."""
+    """128 MB generated lazily on 2 workers x 16 MB (spill at 60%): every pass regenerates the blocks."""
     from distributed import Client, LocalCluster
 
-    rows, bands = 200 * 2**20 // (8 * 6), 6
+    rows, bands = 128 * 2**20 // (8 * 6), 6
     with (
         dask.config.set(
             {
@@ -189,14 +189,14 @@ def test_dask_input_on_a_local_cluster_and_out_of_core_without_spilling():
         LocalCluster(
             n_workers=2,
             threads_per_worker=1,
-            memory_limit="25MB",
+            memory_limit="16MB",
             processes=True,
             dashboard_address=None,
         ) as cl,
         Client(cl) as client,
     ):
-        X = da.random.default_rng(11).random((rows, bands), chunks=(25_000, bands))
-        assert X.nbytes >= 4 * 2 * 25e6
+        X = da.random.default_rng(11).random((rows, bands), chunks=(16_000, bands))
+        assert X.nbytes >= 4 * 2 * 16e6
         km = KMeans(3, init="k-means++", init_sample_size=1000, max_iter=3, random_state=0).fit(X)
         assert km.n_iter_ <= 3
         # uniform data in [0, 1)^6: inertia about n * 6 * (1/12) * (reduction by 3 clusters)
