@@ -21,6 +21,8 @@ from dask_oxigdal._version import __version__
 from dask_oxigdal.kernels import _parallel  # noqa: F401
 
 if TYPE_CHECKING:
+    from dask_oxigdal.analytics.geofencing import geofence
+    from dask_oxigdal.analytics.kmeans import KMeans
     from dask_oxigdal.annotations import annotate
     from dask_oxigdal.cache import cached
     from dask_oxigdal.fault.hedge import hedge
@@ -32,9 +34,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INDICES",
+    "KMeans",
     "__version__",
     "annotate",
     "cached",
+    "geofence",
     "hedge",
     "knn",
     "ndvi",
@@ -49,8 +53,10 @@ __all__ = [
 #: public name -> the module that defines it, imported on first access
 _LAZY = {
     "INDICES": "dask_oxigdal.spectral",
+    "KMeans": "dask_oxigdal.analytics.kmeans",
     "annotate": "dask_oxigdal.annotations",
     "cached": "dask_oxigdal.cache",
+    "geofence": "dask_oxigdal.analytics.geofencing",
     "hedge": "dask_oxigdal.fault.hedge",
     "knn": "dask_oxigdal.knn",
     "ndvi": "dask_oxigdal.spectral",

@@ -69,3 +69,19 @@ def test_geo_workflow_example_matches_the_single_machine_answers():
     assert [p for p, _ in passes] == ["1", "2", "3"]
     # passes 2 and 3 run where pass 1 cached the tiles (the Locality policy)
     assert int(passes[1][1]) >= 12 and int(passes[2][1]) >= 12, passes
+
+
+def test_imagery_classification_example_writes_the_classes_png(tmp_path):
+    png = tmp_path / "classes.png"
+    out = _run("imagery_classification.py", "--size", "128", "--out", str(png))
+    assert "labels: dims ('y', 'x'), coords kept: True" in out
+    shares = [float(s) for s in re.findall(r"class \d: +([\d.]+)% of the pixels", out)]
+    assert len(shares) == 5 and abs(sum(shares) - 100) < 0.5
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_geofencing_example_matches_sjoin_and_reports_events():
+    out = _run("geofencing.py", "--vehicles", "50", "--steps", "20")
+    assert "matches equal to geopandas.sjoin(within): True" in out
+    m = re.search(r"events: (\d+) enter, (\d+) exit over 20 batches", out)
+    assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0, out
