@@ -273,12 +273,15 @@ class Gang(SchedulingPolicy):
 
     def _too_large(self, gang: _Gang, total: int) -> GangTooLarge:
         wait = self._wait_for_workers()
-        hint = (
-            f"it waited {wait:g}s (oxigdal.gang.timeout, or oxigdal.autoscaling.gang-timeout "
-            "while the Autoscaling policy is on) for workers to join"
-            if wait
-            else "set oxigdal.gang.timeout to wait for workers to join (autoscaling)"
-        )
+        if self.timeout:
+            hint = f"it waited oxigdal.gang.timeout={self.timeout:g}s for workers to join"
+        elif wait:
+            hint = (
+                f"it waited oxigdal.autoscaling.gang-timeout={wait:g}s for workers to join "
+                "(the Autoscaling policy is on)"
+            )
+        else:
+            hint = "set oxigdal.gang.timeout to wait for workers to join (autoscaling)"
         return GangTooLarge(
             f"gang {gang.name!r} needs {gang.k} worker slots (threads) at once but the "
             f"cluster has {total}; {hint}"
