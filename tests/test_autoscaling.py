@@ -221,7 +221,8 @@ async def test_tenant_over_its_quota_triggers_no_scale_up(c, s, a):
     await register(
         c,
         tenants={"capped": {"weight": 1, "max-tasks": 1}, "free": 1},
-        policies=[FAIRSHARE, QUOTA, AUTOSCALING],
+        # no start latency: every backlog is worth a new worker
+        policies=[FAIRSHARE, QUOTA, {**AUTOSCALING, "start-latency": "0s"}],
     )
     with dox.annotate(tenant="capped"):
         capped = c.map(_sleep, range(8), pure=False)

@@ -437,6 +437,7 @@ class Autoscaling(SchedulingPolicy):
         arrived = self.arrived
         tenant_of = self._tenant_of
         cost_cache: dict[str, float] = {}
+        deadline = False
         for ts, info in new:
             tenant = info.tenant
             prefix = ts.prefix
@@ -450,6 +451,8 @@ class Autoscaling(SchedulingPolicy):
             else:
                 entry[0] += 1
             tenant_of[ts.key] = (tenant, pname)
+            if info.edf is not None:
+                deadline = True
             cost = cost_cache.get(pname)
             if cost is None:
                 cost = cost_cache[pname] = self.task_cost(prefix)
@@ -462,6 +465,11 @@ class Autoscaling(SchedulingPolicy):
                     continue
                 self._locality_of[ts.key] = lkey
                 self.wanted[lkey] = self.wanted.get(lkey, 0) + 1
+        if deadline:
+            # a new deadline job (Deadline runs first): the target reflects it now,
+            # not at the next tick
+            ext = self.extension
+            ext.scheduler.loop.add_callback(ext.run_policy, self, "compute", None)
 
     def transition(
         self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
@@ -632,7 +640,16 @@ class Autoscaling(SchedulingPolicy):
                 need = min(need, limit)
             demand[tenant] = float(need)
             per_tenant.setdefault(tenant, {})["demand_work"] = work
-        rules["demand"] = sum(demand.values())
+        total_demand = sum(demand.values())
+        if total_demand > nthreads > 0:
+            # workers asked for now arrive after the start latency: ask only for
+            # the work the current threads will not have done by then
+            work = sum(
+                min(per_tenant[t]["demand_work"], demand[t] * target_duration) for t in demand
+            )
+            useful = math.ceil(max(work - nthreads * latency, 0.0) / target_duration)
+            total_demand = min(total_demand, max(float(nthreads), float(useful)))
+        rules["demand"] = total_demand
         why["demand"] = max(demand, key=demand.get) if demand else None
 
         # guaranteed slots of tenants with work
