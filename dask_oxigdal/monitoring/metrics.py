@@ -79,8 +79,8 @@ TENANT_METRICS: tuple[tuple[str, str, str, Any], ...] = (
 )
 
 #: Policy metrics: (name, kind, help, policy, snapshot key, labels, default when absent).
-#: ``labels`` ``("tenant", "queue")`` reads a ``{tenant: {queue: n}}`` value; ``()`` a
-#: number, or a list (counted).
+#: ``labels`` ``("tenant", "queue")`` reads a ``{tenant: {queue: n}}`` value,
+#: ``("tenant",)`` a ``{tenant: n}`` value; ``()`` a number, or a list (counted).
 POLICY_METRICS: tuple[tuple[str, str, str, str, str, tuple[str, ...], float | None], ...] = (
     ("gangs_waiting", "gauge", "Gangs waiting to start", "Gang", "waiting", (), 0),
     ("gangs_running", "gauge", "Gangs running", "Gang", "running", (), 0),
@@ -171,6 +171,24 @@ POLICY_METRICS: tuple[tuple[str, str, str, str, str, tuple[str, ...], float | No
         None,
     ),
     (
+        "desired_workers",
+        "gauge",
+        "Workers the Autoscaling policy wants for the tenant (its fair share when capped)",
+        "Autoscaling",
+        "desired_workers",
+        ("tenant",),
+        None,
+    ),
+    (
+        "forecast_task_seconds",
+        "gauge",
+        "Forecast work arriving per forecast interval for the tenant (task-seconds)",
+        "Autoscaling",
+        "forecast_task_seconds",
+        ("tenant",),
+        None,
+    ),
+    (
         "locality_misses",
         "counter",
         "Tasks placed away from their data",
@@ -240,6 +258,9 @@ def metric_families(snapshot: dict[str, Any]) -> list[MetricFamily]:
                         fam.samples.append(((str(tenant), str(queue)), _number(n)))
                 else:
                     fam.samples.append(((str(tenant), ""), _number(per_queue)))
+        elif labels == ("tenant",):
+            for tenant, n in sorted((value or {}).items()):
+                fam.samples.append(((str(tenant),), _number(n)))
         elif value is not None:
             fam.samples.append(((), _number(value)))
         elif default is not None:

@@ -14,7 +14,8 @@ How it works
   :meth:`OxigdalScheduling.hold`); Dask parks each one in ``no-worker`` once
   its dependencies are done. A gang larger than the cluster's slots
   (``Scheduler.total_nthreads``) is refused with :class:`GangTooLarge`, at
-  once or after ``oxigdal.gang.timeout`` when set.
+  once or after ``oxigdal.gang.timeout`` when set (while the ``Autoscaling``
+  policy is on, a ``0s`` timeout means ``oxigdal.autoscaling.gang-timeout``).
 - From a later event-loop tick (scheduled when a member becomes ready, when
   any task leaves ``processing``, when a worker joins, and periodically), the
   policy looks at the waiting gangs in (queue, arrival) order. A gang starts
@@ -251,17 +252,36 @@ class Gang(SchedulingPolicy):
             )
         total = scheduler.total_nthreads
         if gang.k > total:
-            if not self.timeout:
+            wait = self._wait_for_workers()
+            if not wait:
                 return self._too_large(gang, total)
-            gang.expires = time.time() + self.timeout
+            gang.expires = time.time() + wait
         return None
 
+    def _wait_for_workers(self) -> float:
+        """How long a gang larger than the cluster waits for workers to join.
+
+        ``oxigdal.gang.timeout``; when that is ``0s`` and the ``Autoscaling``
+        policy is on, its ``gang-timeout`` (the autoscaler adds the workers).
+        """
+        if self.timeout:
+            return self.timeout
+        for policy in self.extension._active():
+            if getattr(policy, "name", "") == "Autoscaling":
+                return float(getattr(policy, "gang_timeout", 0.0) or 0.0)
+        return 0.0
+
     def _too_large(self, gang: _Gang, total: int) -> GangTooLarge:
-        hint = (
-            f"it waited oxigdal.gang.timeout={self.timeout:g}s for workers to join"
-            if self.timeout
-            else "set oxigdal.gang.timeout to wait for workers to join (autoscaling)"
-        )
+        wait = self._wait_for_workers()
+        if self.timeout:
+            hint = f"it waited oxigdal.gang.timeout={self.timeout:g}s for workers to join"
+        elif wait:
+            hint = (
+                f"it waited oxigdal.autoscaling.gang-timeout={wait:g}s for workers to join "
+                "(the Autoscaling policy is on)"
+            )
+        else:
+            hint = "set oxigdal.gang.timeout to wait for workers to join (autoscaling)"
         return GangTooLarge(
             f"gang {gang.name!r} needs {gang.k} worker slots (threads) at once but the "
             f"cluster has {total}; {hint}"
@@ -665,7 +685,7 @@ class Gang(SchedulingPolicy):
             if gang.k > total:
                 if gang.expires is None:
                     # accepted when the cluster was big enough: workers left since
-                    gang.expires = now + max(self.timeout, self.shrink_wait)
+                    gang.expires = now + max(self._wait_for_workers(), self.shrink_wait)
                 if now >= gang.expires:
                     self._refuse(gang, self._too_large(gang, total))
             else:

@@ -1,0 +1,349 @@
+"""The Autoscaling policy on real clusters: Dask's Adaptive follows our target.
+
+Scale-up/down is driven by ``distributed.deploy.Adaptive`` on a LocalCluster
+(in-process workers, so that workers start in a fraction of a second on a
+2-core machine); the other tests call the scheduler's ``adaptive_target`` /
+``workers_to_close`` (the methods and RPC handlers Adaptive and the HTTP
+route use). Intervals and the cooldown are short through config. No
+wall-clock assertions: every wait is "until a condition holds".
+"""
+
+from __future__ import annotations
+
+# Import dask_oxigdal before distributed.utils_test (see test_scheduling_extension.py).
+import dask_oxigdal  # noqa: F401
+
+# isort: split
+import asyncio
+import inspect
+import time
+
+import dask
+import pytest
+from distributed import Client, Event, LocalCluster, get_worker
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.scheduler import Scheduler
+from distributed.utils_test import gen_cluster
+from tornado.httpclient import AsyncHTTPClient
+
+import dask_oxigdal as dox
+from dask_oxigdal.exceptions import ConfigError
+from dask_oxigdal.monitoring.metrics import metric_families
+from dask_oxigdal.scheduling.autoscaling import Autoscaling, Forecaster, water_fill
+from dask_oxigdal.scheduling.extension import register, status
+
+AUTOSCALING = {"class": "dask_oxigdal.scheduling.autoscaling.Autoscaling"}
+FAIRSHARE = {"class": "dask_oxigdal.scheduling.fairshare.FairShare"}
+QUOTA = {"class": "dask_oxigdal.scheduling.quota.Quota"}
+GANG = {"class": "dask_oxigdal.scheduling.gang.Gang"}
+DEADLINE = {"class": "dask_oxigdal.scheduling.deadline.Deadline"}
+LOCALITY = {"class": "dask_oxigdal.scheduling.locality.Locality", "wait": "1h"}
+
+
+async def _until(predicate, timeout=45.0):
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
+def _sleep(x, seconds=0.2):
+    time.sleep(seconds)
+    return x
+
+
+def _wait_event(name, x=None):
+    Event(name).wait(60)
+    return x
+
+
+def _events(s, kind="autoscale"):
+    return [e for _, e in s.get_events("oxigdal") if e.get("kind") == kind]
+
+
+class ComputeCounter(SchedulerPlugin):
+    """Counts how often each key finished computing (processing -> memory)."""
+
+    name = "compute-counter"
+
+    def __init__(self):
+        self.computed: dict = {}
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if start == "processing" and finish == "memory":
+            self.computed[key] = self.computed.get(key, 0) + 1
+
+
+# ------------------------------------------------------------------- guards
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
+async def test_guard_adaptive_target_hooks(c, s, a):
+    """What the override relies on in distributed (docs/architecture.md)."""
+    # the RPC handlers are bound methods taken at Scheduler.__init__: we replace them too
+    assert s.handlers["adaptive_target"] == s.adaptive_target
+    assert s.handlers["workers_to_close"] == s.workers_to_close
+    params = inspect.signature(Scheduler.workers_to_close).parameters
+    assert list(params)[1:] == ["memory_ratio", "n", "key", "minimum", "target", "attribute"]
+    assert "target_duration" in inspect.signature(Scheduler.adaptive_target).parameters
+    # the HTTP route, the JSON route and the Prometheus gauge call it through the instance
+    from distributed.http.scheduler import api
+    from distributed.http.scheduler import json as json_route
+    from distributed.http.scheduler.prometheus import core
+
+    assert "scheduler.adaptive_target()" in inspect.getsource(api.AdaptiveTargetHandler)
+    assert "scheduler.adaptive_target()" in inspect.getsource(json_route)
+    assert "self.server.adaptive_target()" in inspect.getsource(core)
+    # Dask's own target and retire_workers ask the instance for workers_to_close
+    assert "self.workers_to_close(" in inspect.getsource(Scheduler.adaptive_target)
+    assert "self.workers_to_close(" in inspect.getsource(Scheduler.retire_workers)
+    ws = s.workers[a.address]
+    for attr in ("processing", "has_what", "nbytes", "memory_limit", "long_running", "nthreads"):
+        assert hasattr(ws, attr), attr
+    assert hasattr(SchedulerPlugin, "valid_workers_downscaling")
+
+    await register(c, policies=[AUTOSCALING])
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    for name in ("adaptive_target", "workers_to_close"):
+        assert getattr(s, name).__self__ is policy
+        assert s.handlers[name].__self__ is policy
+    assert await c.scheduler.adaptive_target(target_duration="5s") == 1
+    # replacing the extension closes the policy: Dask's own methods are back
+    await register(c, replace=True, policies=[FAIRSHARE])
+    for name in ("adaptive_target", "workers_to_close"):
+        assert getattr(s, name).__func__ is getattr(Scheduler, name)
+        assert s.handlers[name].__func__ is getattr(Scheduler, name)
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)],
+    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    timeout=60,
+)
+async def test_http_gauge_and_metrics_follow_our_target(c, s, a):
+    await register(c, policies=[FAIRSHARE, GANG, AUTOSCALING])
+    ev = Event("as-http-block")
+    with dox.annotate(gang="big", tenant="default"):
+        gang = c.map(_wait_event, ["as-http-block"] * 3, range(3), pure=False)
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    await _until(lambda: s.plugins["oxigdal"].get_policy("Gang").waiting)
+    assert s.adaptive_target() == 3  # the waiting gang (Dask's rule would ask 1)
+    port = s.http_server.port
+    body = (await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/metrics")).body.decode()
+    assert "dask_scheduler_desired_workers 3.0" in body
+    assert 'dask_oxigdal_desired_workers{tenant="default"} 3.0' in body
+    assert 'dask_oxigdal_forecast_task_seconds{tenant="default"}' in body
+    snap = await status(c)
+    auto = snap["policies"]["Autoscaling"]
+    assert auto["target"] == 3 and auto["rule"] == "gang" and auto["tenant"] == "default"
+    assert auto["tenants"]["default"]["desired_workers"] == 3
+    names = {f.name for f in metric_families(snap)}
+    assert {"desired_workers", "forecast_task_seconds"} <= names
+    events = _events(s)
+    assert events[-1]["rule"] == "gang" and events[-1]["target"] == 3
+    assert policy.gang_timeout > 0
+    await ev.set()
+    del gang
+
+
+# ------------------------------------------------------------- scale up/down
+def test_adapt_scales_up_for_a_gang_and_a_deadline_then_down_without_recomputing():
+    """LocalCluster + Adaptive(minimum=1, maximum=6): gang of 4, a deadline job, a tree."""
+    config = {
+        "distributed.adaptive.interval": "100ms",
+        "distributed.adaptive.wait-count": 1,
+        "distributed.scheduler.unknown-task-duration": "1s",
+        "oxigdal.scheduling.interval": "100ms",
+        "oxigdal.autoscaling.cooldown": "1s",
+        "oxigdal.autoscaling.max-down-fraction": 0.5,
+        "oxigdal.autoscaling.start-latency": "200ms",
+        "oxigdal.autoscaling.forecast.model": "none",
+    }
+    with dask.config.set(config):
+        asyncio.run(_adapt_scenario())
+
+
+async def _adapt_scenario():
+    async with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        dashboard_address=":0",
+        asynchronous=True,
+    ) as cluster:
+        s = cluster.scheduler
+        counter = ComputeCounter()
+        s.add_plugin(counter)
+        async with Client(cluster, asynchronous=True) as c:
+            await register(c, policies=[FAIRSHARE, GANG, DEADLINE, AUTOSCALING])
+            # target_duration=60s: Dask's occupancy rule alone would keep 1 worker
+            cluster.adapt(minimum=1, maximum=6, target_duration="60s")
+
+            # 1. a gang of 4 on a 1-thread cluster waits for workers (no GangTooLarge)
+            with dox.annotate(gang="four"):
+                gang = c.map(_sleep, range(4), pure=False)
+            assert await c.gather(gang) == [0, 1, 2, 3]
+            assert any(e["rule"] == "gang" and e["target"] >= 4 for e in _events(s))
+            await _until(lambda: len(s.workers) == 1)  # back down after the cooldown
+            downs = [e for e in _events(s) if e["target"] < e["previous"]]
+            assert downs and all(e["previous"] - e["target"] <= 2 for e in downs)
+
+            # 2. a deadline job that one worker cannot meet: 12 x 1 s due in 5 s
+            with dox.annotate(deadline="5s"):
+                job = c.map(_sleep, range(12), seconds=1.0, pure=False)
+            await _until(lambda: len(s.workers) > 1)
+            assert any(e["rule"] == "deadline" for e in _events(s))
+            await c.gather(job)
+            await _until(lambda: len(s.workers) == 1)
+
+            # 3. a tree reduction held in memory on several workers, then a scale-down
+            leaves = c.map(_sleep, range(16), seconds=0.3, pure=False)
+            with dox.annotate(gang="spread"):  # a gang of 4 makes the cluster grow
+                spread = c.map(_sleep, range(4), pure=False)
+            level = leaves
+            while len(level) > 1:
+                level = [c.submit(sum, level[i : i + 2]) for i in range(0, len(level), 2)]
+            total = await level[0]
+            assert total == sum(range(16))
+            await c.gather(spread)
+            assert (
+                len({next(iter(ts.who_has)).address for ts in (s.tasks[f.key] for f in leaves)}) > 1
+            )
+            keys = [f.key for f in leaves]
+            await _until(lambda: len(s.workers) == 1)  # retired: data moved off first
+            assert await c.gather(leaves) == list(range(16))
+            assert all(counter.computed.get(k) == 1 for k in keys)
+            assert max(counter.computed.values()) == 1, "a task was computed twice"
+
+
+# ------------------------------------------------------------------- quota
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
+async def test_tenant_over_its_quota_triggers_no_scale_up(c, s, a):
+    await register(
+        c,
+        tenants={"capped": {"weight": 1, "max-tasks": 1}, "free": 1},
+        # no start latency: every backlog is worth a new worker
+        policies=[FAIRSHARE, QUOTA, {**AUTOSCALING, "start-latency": "0s"}],
+    )
+    with dox.annotate(tenant="capped"):
+        capped = c.map(_sleep, range(8), pure=False)
+    await _until(lambda: s.tasks.get(capped[-1].key) is not None and len(s.unrunnable) > 0)
+    # Dask's own rule counts the held tasks; ours caps the tenant at its quota
+    targets = [s.adaptive_target(target_duration="100ms")]
+    dask_target = Scheduler.adaptive_target(s, target_duration="100ms")
+    while not all(f.done() for f in capped):
+        targets.append(s.adaptive_target(target_duration="100ms"))
+        await asyncio.sleep(0.05)
+    assert max(targets) == 1, targets
+    assert dask_target > 1  # the same backlog asks Dask for more workers
+    # the same work of a tenant without a quota does ask for more
+    with dox.annotate(tenant="free"):
+        free = c.map(_sleep, range(8), pure=False)
+    await _until(lambda: s.adaptive_target(target_duration="100ms") > 1)
+    await c.gather(free)
+
+
+# ------------------------------------------------------------- cached tiles
+def _load_tile(tile):
+    return get_worker().address, float(dox.cached(tile, lambda: [float(tile[-1])] * 1000)[0])
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=60)
+async def test_worker_holding_a_wanted_tile_is_not_closed(c, s, a, b):
+    await register(c, policies=[LOCALITY, AUTOSCALING])
+    locality = s.plugins["oxigdal"].get_policy("Locality")
+    # the tile lives in a's cache; b holds more keys (Dask's choice would be a)
+    addr, _ = await c.submit(_load_tile, "tile/1", workers=[a.address], pure=False)
+    assert addr == a.address
+    await _until(lambda: locality.homes.get("tile/1") == {a.address})
+    held = c.map(lambda x: x, range(5), workers=[b.address], pure=False)
+    await c.gather(held)
+    assert Scheduler.workers_to_close(s, n=1) == [a.address]
+    # a task that wants the tile, waiting on a dependency
+    gate = Event("as-tile-gate")
+    dep = c.submit(_wait_event, "as-tile-gate", workers=[b.address], pure=False)
+    with dox.annotate(locality="tile/1"):
+        wanting = c.submit(lambda _, t: _load_tile(t), dep, "tile/1", pure=False)
+    await _until(lambda: s.tasks.get(wanting.key) is not None)
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    assert policy.protected() == {a.address: "cached-tile"}
+    assert a.address not in s.workers_to_close(n=1)
+    assert a.address not in await c.scheduler.workers_to_close(target=1)
+    assert a.address not in s.workers_to_close()
+    await gate.set()
+    assert (await wanting)[0] == a.address
+    await _until(lambda: not policy.wanted)
+    assert s.workers_to_close(n=1) == [a.address]  # no longer wanted: cheapest again
+    del held
+
+
+# -------------------------------------------------------------- bad config
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"cooldown": "-5s"}, r"oxigdal.autoscaling.cooldown='-5s' is not a duration >= 0"),
+        ({"cooldown": "soon"}, r"oxigdal.autoscaling.cooldown='soon'"),
+        (
+            {"forecast": {"model": "arima"}},
+            r"forecast.model='arima' is not valid; choose one of none, ewma, holt, holt-winters",
+        ),
+        ({"forecast": {"modle": "holt"}}, r"unknown key\(s\) \['modle'\]"),
+        ({"max_down_fraction": 1.5}, r"max-down-fraction=1.5 must be a number in \[0, 1\]"),
+        ({"minimum": 3, "maximum": 2}, r"maximum=2 is below minimum=3"),
+        ({"forecast": {"interval": 0}}, r"forecast.interval=0 must be > 0"),
+    ],
+)
+def test_bad_config_is_a_config_error_naming_the_value(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        Autoscaling(**kwargs)
+
+
+def test_bad_config_from_dask_config():
+    with dask.config.set({"oxigdal.autoscaling.forecast.model": "prophet"}):
+        with pytest.raises(ConfigError, match=r"'prophet'.*none, ewma, holt, holt-winters"):
+            Autoscaling()
+
+
+# ---------------------------------------------------------------- forecast
+def test_holt_winters_learns_a_season_and_holt_a_trend():
+    pattern = [0, 0, 10, 40, 10, 0]
+    hw = Forecaster("holt-winters", 0.3, 0.05, 0.6, season=len(pattern))
+    for _ in range(6):
+        for y in pattern:
+            hw.update(y)
+    ahead = [hw.predict(h) for h in range(1, 7)]
+    assert ahead.index(max(ahead)) == pattern.index(40)
+    holt = Forecaster("holt", 0.5, 0.5, 0.0, season=1)
+    for y in range(0, 50, 5):
+        holt.update(float(y))
+    assert holt.predict(2) > holt.predict(1) > 45
+    assert Forecaster("none", 0.5, 0.1, 0.1, 4).predict(1) == 0.0
+    ewma = Forecaster("ewma", 0.5, 0.0, 0.0, 1)
+    for y in (4.0, 4.0, 4.0):
+        ewma.update(y)
+    assert ewma.predict(3) == 4.0
+
+
+def test_water_fill_is_weighted_max_min_fair():
+    assert water_fill({"a": 10, "b": 1}, {"a": 1, "b": 1}, 5) == {"a": 4, "b": 1}
+    alloc = water_fill({"a": 10, "b": 10}, {"a": 3, "b": 1}, 8)
+    assert alloc == pytest.approx({"a": 6, "b": 2})
+    assert water_fill({"a": 2}, {}, 10) == {"a": 2}
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)],
+    config={"oxigdal.scheduling.interval": "100ms"},
+    timeout=60,
+)
+async def test_gang_larger_than_the_cluster_waits_then_errs_after_the_autoscaling_timeout(c, s, a):
+    from dask_oxigdal.exceptions import GangTooLarge
+
+    await register(c, policies=[GANG, {**AUTOSCALING, "gang-timeout": "1s"}])
+    with dox.annotate(gang="too-big"):
+        futures = c.map(_sleep, range(3), pure=False)
+    gang = s.plugins["oxigdal"].get_policy("Gang")
+    await _until(lambda: "too-big" in gang.gangs)  # accepted: waiting for workers
+    assert s.adaptive_target() == 3
+    with pytest.raises(GangTooLarge, match=r"oxigdal.autoscaling.gang-timeout=1s"):
+        await futures[0]
