@@ -498,6 +498,7 @@ class _Run:
                 raise WorkflowInterrupted(
                     f"step {sf.name!r} of workflow {self.id!r} was lost ({type(e).__name__})"
                 ) from None
+            fut.release()
             return self._failed(sf, e)
         self.live.pop(sf.key, None)
         fut.release()
@@ -830,8 +831,10 @@ def resume_workflow(
     """Resume an interrupted workflow from its records (or attach to a finished one).
 
     The workflow function runs again from the top: recorded steps return
-    their recorded results without running. A finished (done, failed,
-    cancelled) workflow is not run again: the handle gives its outcome.
+    their recorded results (or raise their recorded exceptions) without
+    running. A ``done`` or ``cancelled`` workflow is not run again: the
+    handle gives its outcome. A ``failed`` one runs again (after a fix of
+    the workflow's code, say), replaying its recorded steps.
 
     Parameters
     ----------
@@ -865,7 +868,7 @@ def resume_workflow(
     if _ACTIVE.get(wid) is not None:
         return handle
     state = _describe(ws, client.run_on_scheduler(_live_clients))
-    if state["state"] in _TERMINAL:
+    if state["state"] in ("done", "cancelled"):
         return handle
     if state["state"] == "running":
         raise WorkflowError(
