@@ -254,3 +254,24 @@ def test_bad_ids_and_unknown_workflows(client, dirs):
         procs.work.submit("x", "y", 1)
     with pytest.raises(TypeError, match="valid: retries"):
         dox.step(retry=2)(procs.work.fn)
+
+
+def test_cli_workflow_list_status_resume_cancel(client, dirs):
+    from click.testing import CliRunner
+
+    from dask_oxigdal.cli import oxigdal
+
+    store, runs = dirs
+    h = dox.start_workflow(client, procs.slow_fanout, runs, 2, 0.0, workflow_id="cli", store=store)
+    assert h.result(timeout=60) == 10
+    addr = ["--scheduler", client.scheduler.address, "--store", store]
+    runner = CliRunner()
+    res = runner.invoke(oxigdal, ["workflow", "list", *addr])
+    assert res.exit_code == 0, res.output
+    assert '"id": "cli"' in res.output and '"state": "done"' in res.output
+    res = runner.invoke(oxigdal, ["workflow", "status", "cli", *addr])
+    assert res.exit_code == 0 and '"state": "done"' in res.output
+    res = runner.invoke(oxigdal, ["workflow", "resume", "cli", *addr])
+    assert res.exit_code == 0 and res.output.strip() == "10"
+    res = runner.invoke(oxigdal, ["workflow", "cancel", "nope", *addr])
+    assert res.exit_code != 0 and "no workflow 'nope'" in res.output
