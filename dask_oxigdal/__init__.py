@@ -31,6 +31,15 @@ if TYPE_CHECKING:
     from dask_oxigdal.scheduling.extension import register, status
     from dask_oxigdal.spectral import INDICES, ndvi, spectral_index
     from dask_oxigdal.vector import shuffle, spatial_shuffle
+    from dask_oxigdal.workflows import (
+        gather,
+        resume_workflow,
+        sleep,
+        start_workflow,
+        step,
+        workflow,
+        workflows,
+    )
 
 __all__ = [
     "INDICES",
@@ -38,16 +47,23 @@ __all__ = [
     "__version__",
     "annotate",
     "cached",
+    "gather",
     "geofence",
     "hedge",
     "knn",
     "ndvi",
     "progress",
     "register",
+    "resume_workflow",
     "shuffle",
+    "sleep",
     "spatial_shuffle",
     "spectral_index",
+    "start_workflow",
     "status",
+    "step",
+    "workflow",
+    "workflows",
 ]
 
 #: public name -> the module that defines it, imported on first access
@@ -66,6 +82,14 @@ _LAZY = {
     "spatial_shuffle": "dask_oxigdal.vector",
     "spectral_index": "dask_oxigdal.spectral",
     "status": "dask_oxigdal.scheduling.extension",
+    # durable workflows (docs/workflows.md)
+    "gather": "dask_oxigdal.workflows",
+    "resume_workflow": "dask_oxigdal.workflows",
+    "sleep": "dask_oxigdal.workflows",
+    "start_workflow": "dask_oxigdal.workflows",
+    "step": "dask_oxigdal.workflows",
+    "workflow": "dask_oxigdal.workflows",
+    "workflows": "dask_oxigdal.workflows",
 }
 
 
@@ -83,16 +107,17 @@ def __dir__() -> list[str]:
 
 
 class _Package(_types.ModuleType):
-    """The package's module type: ``dox.shuffle`` and ``dox.knn`` stay the functions.
+    """The package's module type: ``dox.shuffle``, ``dox.knn`` and ``dox.workflows`` stay the functions.
 
-    Importing the submodules :mod:`dask_oxigdal.shuffle` or :mod:`dask_oxigdal.knn`
+    Importing the submodules :mod:`dask_oxigdal.shuffle`, :mod:`dask_oxigdal.knn` or
+    :mod:`dask_oxigdal.workflows`
     binds the package attribute of the same name to the submodule; the public
     names are the functions, so that binding is skipped (the submodules stay
     in ``sys.modules``, where ``from dask_oxigdal.shuffle import ...`` finds them).
     """
 
     def __setattr__(self, name: str, value: object) -> None:
-        if name in ("shuffle", "knn") and isinstance(value, _types.ModuleType):
+        if name in ("shuffle", "knn", "workflows") and isinstance(value, _types.ModuleType):
             return
         super().__setattr__(name, value)
 

@@ -267,3 +267,110 @@ def membership(
         click.echo(str(result))
         if action != "status" and not str(result).startswith("SUCCESS"):
             raise click.ClickException(f"membership {action} {node}: {result}")
+
+
+# -- workflow (issue 17): durable workflows ------------------------------------------
+# (kept in its own block: other commands are added above by other changes)
+
+
+@oxigdal.group(name="workflow")
+def workflow_group() -> None:
+    """Durable workflows: list, status, resume, cancel (see docs/workflows.md)."""
+
+
+_SCHEDULER = click.option(
+    "--scheduler",
+    "scheduler_address",
+    required=True,
+    metavar="ADDRESS",
+    help="Scheduler address, e.g. tcp://127.0.0.1:8786.",
+)
+_STORE = click.option(
+    "--store",
+    default=None,
+    metavar="URL",
+    help="Base path or fsspec URL of the records (default: oxigdal.checkpoint.store).",
+)
+
+
+def _workflow_call(scheduler_address: str, fn: object) -> object:
+    from distributed import Client
+
+    from dask_oxigdal.workflows import WorkflowError
+
+    try:
+        with Client(scheduler_address, timeout="10s") as client:
+            return fn(client)
+    except (WorkflowError, OSError, TimeoutError) as e:
+        raise click.ClickException(str(e)) from e
+
+
+@workflow_group.command(name="list")
+@_SCHEDULER
+@_STORE
+def workflow_list(scheduler_address: str, store: str | None) -> None:
+    """Print every workflow with its state, as JSON lines."""
+    from dask_oxigdal.workflows import workflows
+
+    for w in _workflow_call(scheduler_address, lambda c: workflows(c, store=store)):
+        click.echo(json.dumps(w, sort_keys=True, default=str))
+
+
+@workflow_group.command(name="status")
+@click.argument("workflow_id")
+@_SCHEDULER
+@_STORE
+def workflow_status(workflow_id: str, scheduler_address: str, store: str | None) -> None:
+    """Print one workflow's state as JSON."""
+    from dask_oxigdal.workflows import WorkflowError, workflows
+
+    def status(c: object) -> dict:
+        for w in workflows(c, store=store):
+            if w["id"] == workflow_id:
+                return w
+        raise WorkflowError(f"no workflow {workflow_id!r}")
+
+    click.echo(json.dumps(_workflow_call(scheduler_address, status), sort_keys=True, default=str))
+
+
+@workflow_group.command(name="resume")
+@click.argument("workflow_id")
+@_SCHEDULER
+@_STORE
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    help="Wait for the result (default); --no-wait needs an on-cluster workflow.",
+)
+def workflow_resume(
+    workflow_id: str, scheduler_address: str, store: str | None, wait: bool
+) -> None:
+    """Resume an interrupted workflow; print its result (repr) when it ends."""
+    from dask_oxigdal.workflows import resume_workflow
+
+    def resume(c: object) -> str:
+        h = resume_workflow(c, workflow_id, store=store, on_cluster=None if wait else True)
+        return repr(h.result()) if wait else f"resumed {workflow_id} on the cluster"
+
+    click.echo(_workflow_call(scheduler_address, resume))
+
+
+@workflow_group.command(name="cancel")
+@click.argument("workflow_id")
+@_SCHEDULER
+@_STORE
+def workflow_cancel(workflow_id: str, scheduler_address: str, store: str | None) -> None:
+    """Cancel a workflow (its running steps are cancelled)."""
+    from dask_oxigdal.workflows import WorkflowError, WorkflowHandle, _base_url, _check_id, _WStore
+
+    def cancel(c: object) -> str:
+        ws = _WStore(_base_url(store), None, _check_id(workflow_id))
+        if ws.get("meta") is None:
+            raise WorkflowError(f"no workflow {workflow_id!r}")
+        WorkflowHandle(c, ws).cancel()
+        return f"cancel requested for {workflow_id}"
+
+    click.echo(_workflow_call(scheduler_address, cancel))
+
+
+# -- end workflow ------------------------------------------------------------------------

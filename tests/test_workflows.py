@@ -1,0 +1,277 @@
+"""Durable workflows on a real cluster: control flow, resume after SIGKILL of the client and
+after a scheduler restart, changed arguments, cancellation, tenants."""
+
+from __future__ import annotations
+
+import dask_oxigdal  # noqa: F401
+
+# isort: split
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from distributed import Client, LocalCluster
+
+import dask_oxigdal as dox
+from dask_oxigdal.workflows import (
+    StepArgumentsChanged,
+    WorkflowCancelled,
+    WorkflowError,
+    _WStore,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _workflow_procs as procs  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _cluster() -> LocalCluster:
+    return LocalCluster(
+        n_workers=2,
+        threads_per_worker=2,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=":0",
+        worker_dashboard_address=":0",
+    )
+
+
+@pytest.fixture(scope="module")
+def client():
+    with _cluster() as cluster, Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    return str(tmp_path / "store"), str(runs)
+
+
+def _oxwf_keys(dask_scheduler):
+    return [str(k) for k in dask_scheduler.tasks if str(k).startswith("oxwf-")]
+
+
+def _wait_for(cond, timeout=60.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.05)
+
+
+def _recorded_steps(store, wid):
+    ws = _WStore(os.path.abspath(store), None, wid)
+    out = {}
+    seq = 1
+    names = ws.store.names()
+    while ws.store.filename(f"s{seq}") in names:
+        out[seq] = ws.get(f"s{seq}")
+        seq += 1
+    return out
+
+
+@pytest.mark.parametrize(
+    "cloud, loops, branch_tag",
+    [(0.1, 0, "clear"), (0.5, 1, "cloudy"), (0.1, 4, "clear")],
+)
+def test_control_flow_forms(client, dirs, cloud, loops, branch_tag):
+    store, runs = dirs
+    h = dox.start_workflow(
+        client, procs.control_flow, runs, cloud, loops, workflow_id="cf", store=store
+    )
+    out = h.result(timeout=120)
+    assert out == {
+        "branch": 0,
+        "loop": sum(10 * i for i in range(loops)),
+        "fan": sum(10 * i for i in range(5)),
+        "caught": "tile 0 has no data",
+        "while": 2,
+    }
+    c = procs.counts(runs)
+    assert c.get(f"{branch_tag}-0") == 1
+    assert "cloudy-0" not in c if branch_tag == "clear" else "clear-0" not in c
+    assert sum(v for k, v in c.items() if k.startswith("loop-")) == loops
+    assert all(c[f"fan-{i}"] == 1 for i in range(5))
+    assert h.status()["state"] == "done"
+    # resuming a finished workflow runs nothing again and gives the same result
+    assert dox.resume_workflow(client, "cf", store=store).result() == out
+    assert procs.counts(runs) == c
+    # a re-run of the same function from its records (a failed-and-fixed resume) runs no step
+    assert [w["id"] for w in dox.workflows(client, store=store)] == ["cf"]
+    # finished workflows leave no task on the scheduler
+    _wait_for(lambda: not client.run_on_scheduler(_oxwf_keys))
+    kinds = [e["kind"] for _, e in client.get_events("oxigdal") if "workflow" in e]
+    assert "workflow-started" in kinds and "workflow-done" in kinds
+
+
+def _start_subprocess_client(address, store, runs, wid, n, nap, delay):
+    env = dict(os.environ)
+    root = os.path.dirname(HERE)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, root, env.get("PYTHONPATH")) if p)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, _workflow_procs as p; sys.argv[1:] = "
+            f"{[address, store, runs, wid, str(n), str(nap), str(delay)]!r}; p.main()",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("kill_at", ["fan-out", "sleep"])
+def test_resume_after_sigkill_of_the_client(client, dirs, kill_at):
+    """Kill -9 the client process mid-run; resume here: no recorded step runs again."""
+    store, runs = dirs
+    n, nap, delay = 6, 3.0, 0.5
+    proc = _start_subprocess_client(client.scheduler.address, store, runs, "crash", n, nap, delay)
+    try:
+        if kill_at == "fan-out":  # steps in flight, some recorded
+            _wait_for(lambda: len(_recorded_steps(store, "crash")) >= 2, 120)
+        else:  # inside the durable sleep
+            _wait_for(lambda: len(_recorded_steps(store, "crash")) >= n + 1, 120)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    recorded = _recorded_steps(store, "crash")
+    before = procs.counts(runs)
+    _wait_for(lambda: dox.workflows(client, store=store)[0]["state"] == "interrupted")
+    h = dox.resume_workflow(client, "crash", store=store)
+    assert h.result(timeout=120) == sum(10 * i for i in range(n)) + 0
+    after = procs.counts(runs)
+    # 0 recorded steps re-ran; a step in flight at the kill may have run once more
+    for seq, rec in recorded.items():
+        if rec["name"] == "work":
+            i = seq - 1
+            assert after[f"tile-{i}"] == before[f"tile-{i}"] == 1, (seq, before, after)
+    assert all(after[f"tile-{i}"] <= 2 for i in range(n))
+    assert after["after-0"] == 1
+    if kill_at == "sleep":
+        # the wake-up time recorded before the kill was kept, and the step after the
+        # sleep ran after it (the resumed run slept only the remainder)
+        sleep_rec = _recorded_steps(store, "crash")[n + 1]
+        assert sleep_rec["wake"] == recorded[n + 1]["wake"]
+        (mark,) = [f for f in os.listdir(runs) if f.startswith("after-0-")]
+        assert os.stat(os.path.join(runs, mark)).st_mtime >= sleep_rec["wake"] - 0.01
+
+
+def test_resume_after_scheduler_restart(dirs):
+    """The cluster dies mid-run; a new cluster with the same store resumes the workflow."""
+    store, runs = dirs
+    n = 6
+    with _cluster() as cluster, Client(cluster) as c:
+        h = dox.start_workflow(c, procs.crashy, runs, n, 0.0, 0.5, workflow_id="sched", store=store)
+        _wait_for(lambda: len(_recorded_steps(store, "sched")) >= 2, 120)
+        for pid in c.run(os.getpid).values():
+            os.kill(pid, signal.SIGKILL)
+    with pytest.raises((WorkflowError, TimeoutError)):
+        h.result(timeout=60)
+    recorded = _recorded_steps(store, "sched")
+    with _cluster() as cluster, Client(cluster) as c:
+        assert dox.workflows(c, store=store)[0]["state"] in ("interrupted", "running")
+        h = dox.resume_workflow(c, "sched", store=store)
+        assert h.result(timeout=120) == sum(10 * i for i in range(n))
+    after = procs.counts(runs)
+    for seq in recorded:
+        assert after[f"tile-{seq - 1}"] == 1
+
+
+def test_changed_argument_of_a_recorded_step_is_an_error(client, dirs, tmp_path):
+    store, runs = dirs
+    param = tmp_path / "param"
+    param.write_text("1")
+    (tmp_path / "param.fail").write_text("")
+    h = dox.start_workflow(
+        client, procs.reads_param, runs, str(param), workflow_id="arg", store=store
+    )
+    with pytest.raises(RuntimeError, match="failed after its step"):
+        h.result(timeout=60)
+    param.write_text("2")
+    (tmp_path / "param.fail").unlink()
+    h = dox.resume_workflow(client, "arg", store=store)
+    with pytest.raises(StepArgumentsChanged, match="step 'work' \\(call #1 of workflow 'arg'\\)"):
+        h.result(timeout=60)
+    assert procs.counts(runs) == {"param-1": 1}
+    # the same input again: the recorded step replays, the workflow finishes
+    param.write_text("1")
+    assert dox.resume_workflow(client, "arg", store=store).result(timeout=60) == 10
+    assert procs.counts(runs) == {"param-1": 1}
+
+
+def test_cancel_stops_the_workflow_and_its_running_steps(client, dirs):
+    store, runs = dirs
+    h = dox.start_workflow(client, procs.slow_fanout, runs, 4, 30.0, workflow_id="cx", store=store)
+    _wait_for(lambda: len(procs.counts(runs)) >= 2)
+    h.cancel()
+    with pytest.raises(WorkflowCancelled):
+        h.result(timeout=60)
+    assert h.status()["state"] == "cancelled"
+    # its running steps were cancelled: no oxwf task is left on the scheduler
+    _wait_for(lambda: not client.run_on_scheduler(_oxwf_keys), 30)
+    assert dox.resume_workflow(client, "cx", store=store).status()["state"] == "cancelled"
+
+
+def test_two_tenants_share_a_cluster(client, dirs):
+    store, _ = dirs
+    dox.register(client)
+    handles = []
+    for tenant in ("team-a", "team-b"):
+        with dox.annotate(tenant=tenant):
+            handles.append(
+                dox.start_workflow(
+                    client, procs.tenant_probe, workflow_id=f"t-{tenant}", store=store
+                )
+            )
+    for tenant, h in zip(("team-a", "team-b"), handles, strict=True):
+        own, overridden = h.result(timeout=60)
+        assert own["oxigdal_tenant"] == tenant
+        assert overridden["oxigdal_tenant"] == "override"
+    # a step's own option wins over the workflow's annotation; a bad option fails at once
+    with pytest.raises(ValueError, match="tenant"):
+        dox.step(tenant="")(procs.work.fn)
+
+
+def test_bad_ids_and_unknown_workflows(client, dirs):
+    store, _ = dirs
+    with pytest.raises(WorkflowError, match="workflow_id='a b'"):
+        dox.start_workflow(client, procs.slow_fanout, workflow_id="a b", store=store)
+    with pytest.raises(WorkflowError, match="no workflow 'nope'"):
+        dox.resume_workflow(client, "nope", store=store)
+    with pytest.raises(WorkflowError, match="only inside a workflow"):
+        procs.work.submit("x", "y", 1)
+    with pytest.raises(TypeError, match="valid: retries"):
+        dox.step(retry=2)(procs.work.fn)
+
+
+def test_cli_workflow_list_status_resume_cancel(client, dirs):
+    from click.testing import CliRunner
+
+    from dask_oxigdal.cli import oxigdal
+
+    store, runs = dirs
+    h = dox.start_workflow(client, procs.slow_fanout, runs, 2, 0.0, workflow_id="cli", store=store)
+    assert h.result(timeout=60) == 10
+    addr = ["--scheduler", client.scheduler.address, "--store", store]
+    runner = CliRunner()
+    res = runner.invoke(oxigdal, ["workflow", "list", *addr])
+    assert res.exit_code == 0, res.output
+    assert '"id": "cli"' in res.output and '"state": "done"' in res.output
+    res = runner.invoke(oxigdal, ["workflow", "status", "cli", *addr])
+    assert res.exit_code == 0 and '"state": "done"' in res.output
+    res = runner.invoke(oxigdal, ["workflow", "resume", "cli", *addr])
+    assert res.exit_code == 0 and res.output.strip() == "10"
+    res = runner.invoke(oxigdal, ["workflow", "cancel", "nope", *addr])
+    assert res.exit_code != 0 and "no workflow 'nope'" in res.output
