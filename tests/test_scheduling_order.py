@@ -19,13 +19,22 @@ changes even on vanilla Dask, so it is not a property of the priorities.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
 
 import dask
 import pytest
-from distributed import Event, Scheduler, Worker, fire_and_forget, get_client, get_worker
+from distributed import (
+    Client,
+    Event,
+    Scheduler,
+    Worker,
+    fire_and_forget,
+    get_client,
+    get_worker,
+)
 from distributed.utils_test import gen_cluster
 
 from dask_oxigdal.annotations import annotate
@@ -34,9 +43,13 @@ from dask_oxigdal.scheduling.extension import register
 
 #: seeds per test; the four differential tests run 240 seeds in all in CI
 SEEDS = int(os.environ.get("OXIGDAL_ORDER_SEEDS", "60"))
-#: seconds each task sleeps: long against a loopback message, so that the next
-#: ready task is on the worker before the running one ends (as on vanilla)
+#: seconds each task sleeps: long against a loopback message, so that a task
+#: that became ready when the previous one ended reaches the worker before the
+#: running one ends (on vanilla too: otherwise the order depends on that race)
 DELAY = 0.01
+#: the same, for workloads with chains and sub-tasks (a dependent is sent to the
+#: worker only after its dependency ended); longer, for a loaded CI machine
+CHAIN_DELAY = 0.04
 
 #: scheduler address -> Scheduler, for the sub-task parents (in-process workers)
 SCHEDULERS: dict[str, Scheduler] = {}
@@ -46,7 +59,7 @@ def rec(*deps):
     """Record this task's start on its worker."""
     w = get_worker()
     w.__dict__.setdefault("_oxigdal_order", []).append(w.get_current_task())
-    time.sleep(DELAY)
+    time.sleep(w.__dict__.get("_oxigdal_delay", DELAY))
     return 1
 
 
@@ -71,7 +84,7 @@ def spawn(subkeys, priority):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not arrived(scheduler, w, subkeys):
         time.sleep(0.005)
-    time.sleep(DELAY)
+    time.sleep(w.__dict__.get("_oxigdal_delay", DELAY))
     fire_and_forget(futs)
     return 1
 
@@ -144,9 +157,12 @@ async def submit(c, ops: list[dict], tenant: str | None = None) -> tuple[list, l
     return futures, keys
 
 
-async def run_blocked(c, s, w, workloads: list[tuple[list[dict], str | None]]) -> list[str]:
+async def run_blocked(
+    c, s, w, workloads: list[tuple[list[dict], str | None]], delay: float = DELAY
+) -> list[str]:
     """Block the worker, submit the workloads (interleaved), release; the start order."""
     w.__dict__["_oxigdal_order"] = []
+    w.__dict__["_oxigdal_delay"] = delay
     ev = Event(client=c)
     clog = c.submit(lambda ev: ev.wait(), ev, key="clog", pure=False)
     while "clog" not in w.state.tasks or w.state.tasks["clog"].state != "executing":
@@ -178,24 +194,21 @@ async def run_blocked(c, s, w, workloads: list[tuple[list[dict], str | None]]) -
     return order
 
 
-async def side_by_side(c, s, a, make, seeds, tenants=None):
-    """Run each seed's workload on the vanilla cluster and on one with the extension."""
+@contextlib.asynccontextmanager
+async def with_extension(s, tenants=None):
+    """A second one-thread cluster beside ``s``, with the extension registered."""
     SCHEDULERS[s.address] = s
     async with Scheduler(dashboard_address=":0", host="127.0.0.1") as s2:
         async with Worker(s2.address, nthreads=1, host="127.0.0.1") as w2:
-            from distributed import Client
-
             async with Client(s2.address, asynchronous=True) as c2:
                 SCHEDULERS[s2.address] = s2
                 await register(c2, tenants=tenants or {})
-                ext = s2.plugins["oxigdal"]
                 try:
-                    for seed in seeds:
-                        yield seed, await make(seed, c, s, a, c2, s2, w2)
+                    yield c2, s2, w2
                 finally:
                     SCHEDULERS.pop(s2.address, None)
                     SCHEDULERS.pop(s.address, None)
-                assert not ext.disabled
+                assert not s2.plugins["oxigdal"].disabled
 
 
 SAT = {"queue on scheduler": 1.0, "queue on worker": float("inf")}
@@ -216,19 +229,13 @@ def test_single_tenant_order_is_vanilla(saturation):
         },
     )
     async def check(c, s, a):
-        async def make(seed, c, s, a, c2, s2, w2):
-            ops = make_workload(seed, f"w{seed}-")
-            vanilla = await run_blocked(c, s, a, [(ops, None)])
-            ours = await run_blocked(c2, s2, w2, [(ops, None)])
-            return vanilla, ours
-
-        n = 0
-        async for seed, (vanilla, ours) in side_by_side(c, s, a, make, range(SEEDS)):
-            assert ours == vanilla, f"seed {seed}: {make_workload(seed, '')}"
-            n += 1
-        assert n == SEEDS
-        fs = s.plugins.get("oxigdal")
-        assert fs is None  # the first cluster stayed vanilla
+        async with with_extension(s) as (c2, s2, w2):
+            for seed in range(SEEDS):
+                ops = make_workload(seed, f"w{seed}-")
+                vanilla = await run_blocked(c, s, a, [(ops, None)], delay=CHAIN_DELAY)
+                ours = await run_blocked(c2, s2, w2, [(ops, None)], delay=CHAIN_DELAY)
+                assert ours == vanilla, f"seed {seed}: {make_workload(seed, '')}"
+        assert "oxigdal" not in s.plugins  # the first cluster stayed vanilla
 
     check()
 
@@ -248,25 +255,16 @@ def test_two_tenants_each_keep_their_vanilla_order(saturation):
         },
     )
     async def check(c, s, a):
-        async def make(seed, c, s, a, c2, s2, w2):
-            ops_a = make_workload(seed, f"a{seed}-", shared=True)
-            ops_b = make_workload(seed + 10_000, f"b{seed}-", shared=True)
-            alone_a = await run_blocked(c, s, a, [(ops_a, None)])
-            alone_b = await run_blocked(c, s, a, [(ops_b, None)])
-            both = await run_blocked(c2, s2, w2, [(ops_a, "a"), (ops_b, "b")])
-            return (alone_a, alone_b), both
-
-        n = 0
-        async for seed, ((alone_a, alone_b), both) in side_by_side(
-            c, s, a, make, range(SEEDS), tenants={"a": 2, "b": 1}
-        ):
-            own_a = [k for k in both if k.startswith("a")]
-            own_b = [k for k in both if k.startswith("b")]
-            assert own_a == alone_a, f"seed {seed} tenant a"
-            assert own_b == alone_b, f"seed {seed} tenant b"
-            assert sorted(both) == sorted(alone_a + alone_b)
-            n += 1
-        assert n == SEEDS
+        async with with_extension(s, tenants={"a": 2, "b": 1}) as (c2, s2, w2):
+            for seed in range(SEEDS):
+                ops_a = make_workload(seed, f"a{seed}-", shared=True)
+                ops_b = make_workload(seed + 10_000, f"b{seed}-", shared=True)
+                alone_a = await run_blocked(c, s, a, [(ops_a, None)])
+                alone_b = await run_blocked(c, s, a, [(ops_b, None)])
+                both = await run_blocked(c2, s2, w2, [(ops_a, "a"), (ops_b, "b")])
+                assert [k for k in both if k.startswith("a")] == alone_a, f"seed {seed} tenant a"
+                assert [k for k in both if k.startswith("b")] == alone_b, f"seed {seed} tenant b"
+                assert sorted(both) == sorted(alone_a + alone_b)
 
     check()
 
