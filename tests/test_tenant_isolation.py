@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 
+from dask.utils import key_split
 from distributed import Event
 from distributed.core import Status
 from distributed.utils_test import gen_cluster
@@ -19,8 +20,10 @@ import dask_oxigdal as dox
 from dask_oxigdal.annotations import annotate
 from dask_oxigdal.cache import worker_cache
 from dask_oxigdal.fault.checkpoint import CheckpointStore
-from dask_oxigdal.isolation import TenantKey
+from dask_oxigdal.isolation import TENANT_ANNOTATION, TenantKey
 from dask_oxigdal.monitoring.http import state
+from dask_oxigdal.monitoring.metrics import metric_families
+from dask_oxigdal.scheduling.bounded import LIVE_STATES, prefix_is_live
 from dask_oxigdal.scheduling.extension import NAME, register, status
 
 TWO = [("127.0.0.1", 1), ("127.0.0.1", 1)]
@@ -37,6 +40,32 @@ async def _until(predicate, what, timeout=60.0):
 
 def value_of(v):
     return v
+
+
+# --------------------------------------------------------------- guard test
+def _seen_by_worker():
+    from distributed import get_worker
+
+    w = get_worker()
+    key = w.get_current_task()
+    return key, dict(w.state.tasks[key].annotations or {})
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
+async def test_guard_isolation_internals(c, s, a):
+    """The distributed internals tenant namespaces rely on (docs/architecture.md)."""
+    await register(c, tenants=TENANTS)
+    # the scheduler's TaskState.annotations, rewritten in update_graph, reach the worker
+    with annotate(tenant="no-such-team"):  # resolved to the default tenant: no annotation
+        key, seen = await c.submit(_seen_by_worker, pure=False)
+    assert TENANT_ANNOTATION not in seen and key.startswith("_seen_by_worker")
+    with annotate(tenant="team-b"):
+        _, seen = await c.submit(_seen_by_worker, pure=False)
+    assert seen[TENANT_ANNOTATION] == "team-b"
+    # TaskPrefix.states counts the live tasks of a prefix by state
+    tp = s.task_prefixes[key_split(key)]
+    assert isinstance(tp.states, dict) and set(LIVE_STATES) <= set(tp.states)
+    assert not prefix_is_live(s, key_split(key)) and not prefix_is_live(s, "nope")
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -317,6 +346,9 @@ async def test_many_distinct_prefixes_leave_bounded_state_and_a_counter(c, s, a)
     assert snap["FairShare"]["prefixes"] <= limit
     assert snap["Stragglers"]["evicted_prefixes"] >= n - limit
     assert snap["Monitor"]["evicted_prefixes"] >= 1
+    fams = {f.name: f for f in metric_families(await status(c))}
+    evicted = dict(fams["evicted_prefixes"].samples)
+    assert evicted[("FairShare",)] >= n - limit and evicted[("Stragglers",)] >= n - limit
     # still working: a new prefix is tagged and runs
     with annotate(tenant="team-b"):
         assert await c.submit(one, 5, key="fresh-0") == 5
