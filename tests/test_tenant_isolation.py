@@ -339,7 +339,7 @@ async def test_many_distinct_prefixes_leave_bounded_state_and_a_counter(c, s, a)
         "the periodic eviction",
     )
     body = json.dumps(state(s))
-    # unbounded, 1,200 prefixes took ~65 KB (5,000: ~170 KB); the table is ~35 B a prefix
+    # unbounded, 1,200 prefixes took ~50 KB (5,000: ~190 KB); with the cap of 100, ~9 KB
     assert len(body) < 30_000, len(body)
     snap = (await status(c))["policies"]
     assert snap["FairShare"]["evicted_prefixes"] >= n - limit
