@@ -22,6 +22,13 @@ knows which worker holds which key (the ``Locality`` policy places tasks
 annotated ``locality=KEY`` there) and shows per-worker hits, misses and
 evictions in ``dox.status(client)["policies"]["Locality"]["cache"]``.
 Outside a worker (local schedulers) one process-wide cache is used.
+
+Entries are per tenant: inside a task of a tenant other than the default one,
+``cached(key, ...)`` stores and finds ``TenantKey(tenant, key)``, so a task of
+another tenant that uses the same ``key`` neither reads nor replaces it (the
+tenant is the one the scheduler resolved for the task, see
+:mod:`dask_oxigdal.isolation`). Tasks of the default tenant (every task of a
+cluster without tenants) use ``key`` itself, as before.
 """
 
 from __future__ import annotations
@@ -39,8 +46,9 @@ import dask
 from dask.utils import parse_bytes
 
 from dask_oxigdal import config as _config  # noqa: F401  (registers the defaults)
+from dask_oxigdal.isolation import TenantKey, current_tenant
 
-__all__ = ["COMPRESSIONS", "WorkerCache", "cached", "worker_cache"]
+__all__ = ["COMPRESSIONS", "WorkerCache", "cached", "scoped_key", "worker_cache"]
 
 logger = logging.getLogger(__name__)
 
@@ -277,14 +285,16 @@ class WorkerCache:
             self._changed()
         return freed
 
-    def take_changes(self) -> tuple[list[str], list[str]]:
-        """``str`` keys added and removed since the last call (for the scheduler report).
+    def take_changes(self) -> tuple[list, list]:
+        """Keys added and removed since the last call (for the scheduler report).
 
-        Only ``str`` keys are reported: ``locality=`` annotations are strings.
+        Only ``str`` keys are reported (``locality=`` annotations are
+        strings): a key of the default tenant as itself, a
+        ``TenantKey(tenant, key)`` as ``[tenant, key]``.
         """
         with self._lock:
-            added = [k for k in self.added if isinstance(k, str)]
-            removed = [k for k in self.removed if isinstance(k, str)]
+            added = [r for r in map(_reported, self.added) if r is not None]
+            removed = [r for r in map(_reported, self.removed) if r is not None]
             self.added.clear()
             self.removed.clear()
         return added, removed
@@ -292,6 +302,14 @@ class WorkerCache:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
+
+
+def _reported(key: Hashable) -> Any:
+    if isinstance(key, str):
+        return key
+    if type(key) is TenantKey and isinstance(key.key, str):
+        return [key.tenant, key.key]
+    return None
 
 
 def _evict_at_warning(evict_at: float) -> str | None:
@@ -449,6 +467,8 @@ def cached(key: Hashable, loader: Callable[[], Any], *, nbytes: int | None = Non
     -------
     object
         The value. A hit returns the same object every time (do not mutate it).
+        Entries are per tenant: a task of another tenant that uses the same
+        ``key`` gets its own entry (see :mod:`dask_oxigdal.isolation`).
 
     Raises
     ------
@@ -467,4 +487,23 @@ def cached(key: Hashable, loader: Callable[[], Any], *, nbytes: int | None = Non
         raise ValueError(
             f"nbytes must be an integer >= 0 (or None: measure the value), got {nbytes!r}"
         )
-    return worker_cache().get(key, loader, nbytes)
+    return worker_cache().get(scoped_key(key), loader, nbytes)
+
+
+def scoped_key(key: Hashable) -> Hashable:
+    """The key under which :func:`cached` stores ``key`` for the task running now.
+
+    Parameters
+    ----------
+    key : hashable
+        The key a task passes to :func:`cached`.
+
+    Returns
+    -------
+    hashable
+        ``key`` itself for the default tenant (and outside a task), else
+        ``TenantKey(tenant, key)`` for the running task's tenant, e.g. to ask
+        ``scoped_key(k) in worker_cache()``.
+    """
+    tenant = current_tenant()
+    return key if tenant is None else TenantKey(tenant, key)

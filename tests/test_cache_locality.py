@@ -22,7 +22,7 @@ from distributed import Event, get_worker
 from distributed.utils_test import gen_cluster
 
 import dask_oxigdal as dox
-from dask_oxigdal.cache import EXTENSION, WorkerCache, worker_cache
+from dask_oxigdal.cache import EXTENSION, WorkerCache, scoped_key, worker_cache
 from dask_oxigdal.scheduling.extension import register, status
 
 LOCALITY = "dask_oxigdal.scheduling.locality.Locality"
@@ -182,7 +182,7 @@ def _tile_task(tile, loads_event=None):
     def load():
         return np.full(1000, tile, dtype=np.float64)
 
-    held = tile_key(tile) in worker_cache()
+    held = scoped_key(tile_key(tile)) in worker_cache()  # this tenant's entry
     value = dox.cached(tile_key(tile), load)
     return get_worker().address, held, float(value[0])
 
@@ -340,7 +340,8 @@ async def test_a_locality_wait_does_not_hold_another_tenants_thread(c, s, a, b):
             c.submit(_tile_task, t, workers=[a.address], pure=False, key=f"warm-{t}") for t in tiles
         ]
     await c.gather(warm)
-    await _wait_for(lambda: all(policy.homes.get(tile_key(t)) == {a.address} for t in tiles))
+    # tenant a's entries are its own: the scheduler knows them as (tenant, key)
+    await _wait_for(lambda: all(policy.homes.get(("a", tile_key(t))) == {a.address} for t in tiles))
     # a's home is busy: its locality tasks wait there (up to 1 h) ...
     blocker = c.submit(_busy, 99, "free-a", workers=[a.address], pure=False)
     await _wait_for(

@@ -307,7 +307,8 @@ def test_gang_leases_and_the_audit_log_are_written_to_the_coordinator(tmp_path):
             what="the leases",
             info=lambda: (coord.state.leases, coord.snapshot()),
         )
-        assert set(coord.state.leases.values()) == {"gang/pair"}
+        # gang names are per tenant: the holder names the tenant (not the default one)
+        assert set(coord.state.leases.values()) == {"gang/t/pair"}
         await Event("pair-go").set()
         assert await c.gather(members) == [0, 1]
         # finished: the leases are vacated; the policy events are in the audit log

@@ -241,7 +241,7 @@ async def test_policies_come_from_config(c, s, a, b):
         ({"policies": [{"klass": "x"}]}, "'class'"),
         (
             {"policies": [{"class": "dask_oxigdal.scheduling.fairshare.FairShare", "wieght": 2}]},
-            "no option 'wieght'; valid options: default-task-cost, retag-factor",
+            "no option 'wieght'; valid options: default-task-cost, max-prefixes, retag-factor",
         ),
     ],
 )

@@ -1,8 +1,12 @@
 """Checkpoint / resume of tasks annotated ``checkpoint=True``.
 
 **Store** (:class:`CheckpointStore`): any fsspec URL (default a local
-directory ``.oxigdal/checkpoints``). One file per key, named by the SHA-256
-of the key's string form. A file is a header line ``OXCK1 <sha256 hex>
+directory ``.oxigdal/checkpoints``). One file per (tenant, key), named by a
+SHA-256: of the key's string form for the default tenant (the name a
+single-tenant cluster has always used), of the tenant's and the key's names
+for any other tenant (see :meth:`CheckpointStore.filename`), so two tenants
+that use the same key have two checkpoints: neither reads nor overwrites the
+other's. A file is a header line ``OXCK1 <sha256 hex>
 <nbytes>\\n`` followed by the pickled result. Writes are atomic: the file is
 written under a temporary name, then moved into place (``os.replace`` for
 local paths, ``fs.mv`` otherwise). Reads check the magic, the length and the
@@ -13,8 +17,11 @@ SHA-256 before unpickling: a flipped byte or a truncated file raises
 transitions the new tasks) each new task annotated ``checkpoint=True`` is
 rewritten:
 
+The tenant is the task's resolved tenant (``TaskInfo.tenant``), never a
+name the task's code chooses.
+
 - a key the store does not have: its ``run_spec`` becomes
-  ``Task(key, save, store_url, key_name, <original task>)``: the original
+  ``Task(key, save, store_url, key_name, <original task>, tenant)``: the original
   task runs nested inside it on the worker, and its result is written to the
   store before it is returned;
 - a key the store has: its ``run_spec`` becomes a loader task with no
@@ -66,6 +73,19 @@ class CheckpointCorrupt(OxigdalError):
 
 def _key_name(key: Any) -> str:
     return str(key)
+
+
+def _hash_input(key: Any, tenant: str | None) -> bytes:
+    """What a checkpoint's file name hashes: ``str(key)``, or the tenant and the key.
+
+    The tenant form starts and separates with the byte ``0xff``, which no UTF-8
+    string contains, so no key of the default tenant (whose form is the
+    UTF-8 of ``str(key)``) can hash to another tenant's file.
+    """
+    name = _key_name(key).encode()
+    if tenant is None:
+        return name
+    return b"\xff" + str(tenant).encode() + b"\xff" + name
 
 
 def _bad_url_message(url: str, exc: BaseException) -> str:
@@ -159,35 +179,42 @@ class CheckpointStore:
         return f"CheckpointStore({self.url!r})"
 
     @staticmethod
-    def filename(key: Any) -> str:
-        """File name of ``key``'s checkpoint.
+    def filename(key: Any, tenant: str | None = None) -> str:
+        """File name of ``key``'s checkpoint (of ``tenant``).
 
         Parameters
         ----------
         key : str, tuple or other Dask key
             The task key; its ``str()`` form is hashed.
+        tenant : str, optional
+            The tenant whose checkpoint it is; ``None`` for the default tenant
+            (the shared namespace of a single-tenant cluster).
 
         Returns
         -------
         str
-            ``<SHA-256 hex of str(key)>.ckpt``.
+            ``<SHA-256 hex of str(key)>.ckpt`` without a tenant;
+            ``<SHA-256 hex of 0xff tenant 0xff str(key)>.ckpt`` with one
+            (names in UTF-8), so no key of one tenant names another's file.
         """
-        return hashlib.sha256(_key_name(key).encode()).hexdigest() + _SUFFIX
+        return hashlib.sha256(_hash_input(key, tenant)).hexdigest() + _SUFFIX
 
-    def path(self, key: Any) -> str:
-        """Full path of ``key``'s checkpoint in the store.
+    def path(self, key: Any, tenant: str | None = None) -> str:
+        """Full path of ``key``'s checkpoint (of ``tenant``) in the store.
 
         Parameters
         ----------
         key : str, tuple or other Dask key
             The task key.
+        tenant : str, optional
+            See :meth:`filename`.
 
         Returns
         -------
         str
-            ``<store root>/<filename(key)>`` in the store's filesystem.
+            ``<store root>/<filename(key, tenant)>`` in the store's filesystem.
         """
-        return f"{self.root.rstrip('/')}/{self.filename(key)}"
+        return f"{self.root.rstrip('/')}/{self.filename(key, tenant)}"
 
     @staticmethod
     def _parts(value: Any) -> tuple[bytes, bytes]:
@@ -252,7 +279,7 @@ class CheckpointStore:
             raise CheckpointCorrupt(f"{where}: SHA-256 mismatch (corrupted content)")
         return pickle.loads(payload)
 
-    def save(self, key: Any, value: Any) -> dict[str, Any]:
+    def save(self, key: Any, value: Any, tenant: str | None = None) -> dict[str, Any]:
         """Write ``value`` as ``key``'s checkpoint, atomically.
 
         The file is written under a temporary name, then moved into place
@@ -265,6 +292,8 @@ class CheckpointStore:
             The task key.
         value : object
             A picklable value.
+        tenant : str, optional
+            See :meth:`filename`.
 
         Returns
         -------
@@ -273,7 +302,7 @@ class CheckpointStore:
             (of the pickled value) and ``at`` (UNIX time).
         """
         header, payload = self._parts(value)
-        path = self.path(key)
+        path = self.path(key, tenant)
         if not self._made:
             self.fs.makedirs(self.root, exist_ok=True)
             self._made = True
@@ -293,13 +322,15 @@ class CheckpointStore:
         nbytes = len(header) + len(payload)
         return {"path": path, "nbytes": nbytes, "sha256": header[6:70].decode(), "at": time()}
 
-    def load(self, key: Any) -> Any:
-        """Read, check and return ``key``'s value.
+    def load(self, key: Any, tenant: str | None = None) -> Any:
+        """Read, check and return ``key``'s value (of ``tenant``).
 
         Parameters
         ----------
         key : str, tuple or other Dask key
             The task key.
+        tenant : str, optional
+            See :meth:`filename`.
 
         Returns
         -------
@@ -311,7 +342,7 @@ class CheckpointStore:
         CheckpointCorrupt
             Missing, truncated or corrupted file.
         """
-        path = self.path(key)
+        path = self.path(key, tenant)
         try:
             if self.local:
                 with open(path, "rb") as f:
@@ -323,19 +354,21 @@ class CheckpointStore:
             raise CheckpointCorrupt(f"checkpoint of {key!r} is missing ({path})") from None
         return self.decode(data, f"checkpoint of {key!r} ({path})")
 
-    def exists(self, key: Any) -> bool:
+    def exists(self, key: Any, tenant: str | None = None) -> bool:
         """Whether ``key`` has a checkpoint file (its content is not checked).
 
         Parameters
         ----------
         key : str, tuple or other Dask key
             The task key.
+        tenant : str, optional
+            See :meth:`filename`.
 
         Returns
         -------
         bool
         """
-        return self.fs.exists(self.path(key))
+        return self.fs.exists(self.path(key, tenant))
 
     def names(self) -> set[str]:
         """File names of every checkpoint in the store (one listing of its directory).
@@ -352,29 +385,31 @@ class CheckpointStore:
             return set()
         return {e.rsplit("/", 1)[-1] for e in entries if e.endswith(_SUFFIX)}
 
-    def delete(self, key: Any) -> None:
+    def delete(self, key: Any, tenant: str | None = None) -> None:
         """Remove ``key``'s checkpoint; do nothing when there is none.
 
         Parameters
         ----------
         key : str, tuple or other Dask key
             The task key.
+        tenant : str, optional
+            See :meth:`filename`.
         """
         try:
-            self.fs.rm(self.path(key))
+            self.fs.rm(self.path(key, tenant))
         except FileNotFoundError:
             pass
 
 
-def save_result(store: CheckpointStore, key: Any, value: Any) -> Any:
+def save_result(store: CheckpointStore, key: Any, value: Any, tenant: str | None = None) -> Any:
     """Worker side: write ``value`` as ``key``'s checkpoint and return it (task function)."""
-    store.save(key, value)
+    store.save(key, value, tenant)
     return value
 
 
-def load_result(store: CheckpointStore, key: Any) -> Any:
+def load_result(store: CheckpointStore, key: Any, tenant: str | None = None) -> Any:
     """Worker side: load ``key``'s checkpoint (task function); raise if corrupt."""
-    return store.load(key)
+    return store.load(key, tenant)
 
 
 class _Loaded:
@@ -448,7 +483,8 @@ class Checkpoint(SchedulingPolicy):
         for ts, info in new:
             if not info.annotations.checkpoint or not isinstance(ts.run_spec, Task):
                 continue
-            name = store.filename(ts.key)
+            scope = self.scope(info)
+            name = store.filename(ts.key, scope)
             if name in self.known:
                 self.loading[ts.key] = _Loaded(ts.run_spec, set(ts.dependencies))
                 for dts in ts.dependencies:
@@ -457,10 +493,12 @@ class Checkpoint(SchedulingPolicy):
                         dts.waiters.discard(ts)
                 ts.dependencies = set()
                 ts.waiting_on = None
-                ts.run_spec = Task(ts.key, load_result, store, _key_name(ts.key))
+                ts.run_spec = Task(ts.key, load_result, store, _key_name(ts.key), scope)
                 ts.retries += 1  # a failed load re-queues; the hook restores the original
             else:
-                ts.run_spec = Task(ts.key, save_result, store, _key_name(ts.key), ts.run_spec)
+                ts.run_spec = Task(
+                    ts.key, save_result, store, _key_name(ts.key), ts.run_spec, scope
+                )
                 self.saving.add(ts.key)
 
     def transition(
@@ -490,9 +528,10 @@ class Checkpoint(SchedulingPolicy):
             if key in self.saving:
                 self.saving.discard(key)
                 self.saved += 1
-                name = self.store.filename(key)
+                scope = self.scope(info)
+                name = self.store.filename(key, scope)
                 self.known.add(name)
-                self._coordinate(key, name, kwargs)
+                self._coordinate(key, scope, kwargs)
             else:
                 loaded = self.loading.pop(key, None)
                 if loaded is not None:
@@ -501,7 +540,7 @@ class Checkpoint(SchedulingPolicy):
         elif finish == "erred" and key in self.loading:
             # out of retries (or KilledWorker): the task errs; nothing to restore
             loaded = self.loading.pop(key)
-            self.known.discard(self.store.filename(key))
+            self.known.discard(self.store.filename(key, self.scope(info)))
             self._forget_later(loaded.dependencies)
         elif finish == "released" and key in self.loading:
             ts = self.extension.scheduler.tasks[key]
@@ -509,12 +548,17 @@ class Checkpoint(SchedulingPolicy):
             if loaded.retries is None or ts.retries >= loaded.retries:
                 return  # moved, not failed: it is sent out again as a loader
             del self.loading[key]
-            self.known.discard(self.store.filename(key))
+            scope = self.scope(info)
+            self.known.discard(self.store.filename(key, scope))
             self.corrupt += 1
-            self.extension.emit("checkpoint-corrupt", key=str(key), path=self.store.path(key))
+            self.extension.emit(
+                "checkpoint-corrupt", key=str(key), path=self.store.path(key, scope)
+            )
             alive = self.extension.scheduler.tasks
             if all(alive.get(d.key) is d for d in loaded.dependencies):
-                ts.run_spec = Task(key, save_result, self.store, _key_name(key), loaded.run_spec)
+                ts.run_spec = Task(
+                    key, save_result, self.store, _key_name(key), loaded.run_spec, scope
+                )
                 ts.dependencies = set(loaded.dependencies)
                 for dts in loaded.dependencies:
                     dts.dependents.add(ts)
@@ -552,13 +596,33 @@ class Checkpoint(SchedulingPolicy):
             scheduler.transitions(recs, stimulus_id=f"oxigdal-checkpoint-forget-{time()}")
         return len(recs)
 
-    def _coordinate(self, key: Any, name: str, kwargs: dict[str, Any]) -> None:
+    def scope(self, info: TaskInfo) -> str | None:
+        """The checkpoint namespace of a task: ``None`` for the default tenant, else its tenant.
+
+        Parameters
+        ----------
+        info : TaskInfo
+            The task's record; ``info.tenant`` is the tenant the extension
+            resolved (never a name the task's code picks).
+
+        Returns
+        -------
+        str or None
+        """
+        tenant = info.tenant
+        return None if tenant == self.extension.default_tenant else tenant
+
+    def _coordinate(self, key: Any, scope: str | None, kwargs: dict[str, Any]) -> None:
         # -- coordinator (issue 6): record the manifest entry, when enabled -----
+        # (entries of the default tenant are keyed by the task key, as before; a
+        # tenant's entries by tenant NUL key, so tenants do not share entries)
         coordinator = getattr(self.extension, "coordinator", None)
         if coordinator is not None:
-            coordinator.manifest_put(
-                str(key), {"path": self.store.path(key), "nbytes": kwargs.get("nbytes")}
-            )
+            entry = {"path": self.store.path(key, scope), "nbytes": kwargs.get("nbytes")}
+            name = str(key) if scope is None else f"{scope}\x00{key}"
+            if scope is not None:
+                entry["tenant"] = scope
+            coordinator.manifest_put(name, entry)
         # -- end coordinator ------------------------------------------------------
 
     def restart(self) -> None:

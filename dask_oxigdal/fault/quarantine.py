@@ -7,6 +7,16 @@ tasks) and ``half-open`` (one probe task is let through).
   ``window``, counting only failures of task prefixes that did not also fail
   on another worker within the window (those are bugs in the task, not in
   the worker).
+- **Evidence from two tenants**: on a worker that other tenants use, the
+  counted failures must come from at least two tenants (the tasks' resolved
+  tenants). One tenant's failing tasks alone do not pause a worker that
+  another tenant's tasks ran on within ``window`` (or are running on now):
+  the breaker stays closed, ``one_tenant_refusals`` counts it and a
+  ``quarantine-one-tenant`` event says so (at most once per worker and
+  window). A worker only one tenant used (every worker of a single-tenant
+  cluster) opens on that tenant's failures, as before. The worker's own
+  health needs no tenant: silence (below), a failed probe and
+  :meth:`Quarantine.quarantine` open it whoever's tasks run there.
 - **Opening on silence**: a worker whose last heartbeat
   (``WorkerState.last_seen``) is older than ``heartbeat-timeout`` (a hung or
   SIGSTOPped process) is quarantined within seconds, long before Dask's
@@ -124,19 +134,26 @@ class _Breaker:
     __slots__ = (
         "counted",
         "failures",
+        "one_tenant_at",
         "opened",
         "probe",
         "reason",
         "reported",
         "since",
         "state",
+        "tenants",
     )
 
     def __init__(self) -> None:
         self.state = "closed"
         self.since = time()
         self.reason = ""
-        self.failures: deque[tuple[float, str]] = deque()
+        #: (time, prefix, tenant) of each failed attempt within the window
+        self.failures: deque[tuple[float, str, str]] = deque()
+        #: tenant -> last time one of its tasks was sent to or left this worker
+        self.tenants: dict[str, float] = {}
+        #: last ``quarantine-one-tenant`` event (at most one per window)
+        self.one_tenant_at = 0.0
         self.probe: Any = None
         self.reported = "running"  # last status the worker itself reported
         self.opened = 0
@@ -181,6 +198,7 @@ class Quarantine(SchedulingPolicy):
         self.events = 0
         self.refused = 0
         self.failures_seen = 0
+        self.one_tenant_refusals = 0
         self.history: deque[dict[str, Any]] = deque(maxlen=100)
         self._original_handler: Any = None
         self._handler: Any = None  # our wrapper in scheduler.stream_handlers
@@ -278,6 +296,8 @@ class Quarantine(SchedulingPolicy):
                 return
             self.running[key] = (ws.address, ts.retries)
             b = self.breakers.get(ws.address)
+            if b is not None:
+                b.tenants[info.tenant] = time()
             if b is not None and b.state == "half-open" and b.probe is None:
                 b.probe = key
                 self._pause(ws.address, "oxigdal-quarantine-probe")
@@ -299,6 +319,7 @@ class Quarantine(SchedulingPolicy):
         b = self.breakers.get(worker)
         if b is None:
             return
+        b.tenants[info.tenant] = time()
         if b.probe == key:
             b.probe = None
             if finish == "memory":
@@ -308,9 +329,9 @@ class Quarantine(SchedulingPolicy):
             elif b.state == "half-open":
                 self._resume(worker, "oxigdal-quarantine-probe-lost")  # let another probe in
         if failed:
-            self._failure(worker, key, b)
+            self._failure(worker, key, b, info.tenant)
 
-    def _failure(self, worker: str, key: Any, b: _Breaker) -> None:
+    def _failure(self, worker: str, key: Any, b: _Breaker, tenant: str) -> None:
         self.failures_seen += 1
         ts = self.extension.scheduler.tasks.get(key)
         prefix = ts.prefix.name if ts is not None else str(key)
@@ -319,17 +340,53 @@ class Quarantine(SchedulingPolicy):
         seen = self.prefix_failures.setdefault(prefix, {})
         seen[worker] = now
         elsewhere = any(t >= horizon for w, t in seen.items() if w != worker)
-        b.failures.append((now, prefix))
+        b.failures.append((now, prefix, tenant))
         while b.failures and b.failures[0][0] < horizon:
             b.failures.popleft()
         if elsewhere:
             self._forgive(prefix, worker, horizon)
         if elsewhere or b.state != "closed":
             return
-        counted = [p for _, p in b.failures if not self._failed_elsewhere(p, worker, horizon)]
+        counted = [
+            (p, t) for _, p, t in b.failures if not self._failed_elsewhere(p, worker, horizon)
+        ]
         if len(counted) >= self.failures:
-            if self._open(worker, f"{len(counted)} failures within {self.window:g}s"):
-                b.counted = counted
+            tenants = {t for _, t in counted}
+            if len(tenants) < 2 and self._shared(worker, b, tenants, horizon):
+                self._one_tenant(worker, b, tenants, len(counted), now)
+                return
+            reason = f"{len(counted)} failures within {self.window:g}s"
+            if len(tenants) > 1:
+                reason += f" from {len(tenants)} tenants"
+            if self._open(worker, reason):
+                b.counted = [p for p, _ in counted]
+
+    def _shared(self, worker: str, b: _Breaker, tenants: set, horizon: float) -> bool:
+        """Whether a tenant not in ``tenants`` used ``worker`` within the window, or does now."""
+        if any(t not in tenants and at >= horizon for t, at in b.tenants.items()):
+            return True
+        ws = self.extension.scheduler.workers.get(worker)
+        if ws is None:
+            return False
+        info = self.extension.info
+        for ts in ws.processing:
+            i = info.get(ts.key)
+            if i is not None and i.tenant not in tenants:
+                return True
+        return False
+
+    def _one_tenant(self, worker: str, b: _Breaker, tenants: set, n: int, now: float) -> None:
+        """Failures from one tenant alone reached the threshold on a shared worker."""
+        self.one_tenant_refusals += 1
+        if now - b.one_tenant_at >= self.window:
+            b.one_tenant_at = now
+            self.extension.emit(
+                "quarantine-one-tenant",
+                worker=worker,
+                tenants=sorted(tenants),
+                failures=n,
+                reason="failures from one tenant on a worker other tenants use",
+            )
 
     def _failed_elsewhere(self, prefix: str, worker: str, horizon: float) -> bool:
         others = self.prefix_failures.get(prefix, {})
@@ -530,6 +587,7 @@ class Quarantine(SchedulingPolicy):
         # unread in its sockets: judge silence only after a responsive tick.
         gap, self._last_tick = now - self._last_tick, now
         responsive = gap < max(timeout / 2, 2 * self.extension.interval)
+        self._prune(now - self.window)
         for address, b in list(self.breakers.items()):
             ws: WorkerState | None = scheduler.workers.get(address)
             if ws is None:
@@ -550,6 +608,19 @@ class Quarantine(SchedulingPolicy):
                     self._resume(address, "oxigdal-quarantine-half-open")
             elif b.state == "half-open" and silent:
                 self._open(address, "no heartbeat while half-open", force=True)
+
+    def _prune(self, horizon: float) -> None:
+        """Forget failures and tenant uses older than the window (keeps the state bounded)."""
+        for prefix in list(self.prefix_failures):
+            seen = self.prefix_failures[prefix]
+            for w in [w for w, t in seen.items() if t < horizon]:
+                del seen[w]
+            if not seen:
+                del self.prefix_failures[prefix]
+        for b in self.breakers.values():
+            if b.tenants:
+                for t in [t for t, at in b.tenants.items() if at < horizon]:
+                    del b.tenants[t]
 
     def effective_heartbeat_timeout(self) -> float:
         """The silence timeout in effect now, in seconds (0: off).
@@ -607,6 +678,8 @@ class Quarantine(SchedulingPolicy):
             "events": self.events,
             "refused": self.refused,
             "failures_seen": self.failures_seen,
+            "one_tenant_refusals": self.one_tenant_refusals,
+            "failing_prefixes": len(self.prefix_failures),
             "workers": {
                 a: {
                     "state": b.state,

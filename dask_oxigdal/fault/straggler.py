@@ -36,6 +36,7 @@ from tornado.ioloop import PeriodicCallback
 
 from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.fault._common import duration, number, option
+from dask_oxigdal.scheduling.bounded import evict_idle, max_prefixes, prefix_is_live
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 
 if TYPE_CHECKING:
@@ -100,6 +101,9 @@ class Stragglers(SchedulingPolicy):
         super().__init__()
         self._options = (multiplier, quantile, interval, min_runtime, action)
         self.prefixes: dict[str, _Prefix] = {}
+        # bounded: idle prefixes past oxigdal.scheduling.max-prefixes are forgotten
+        self.max_prefixes = max_prefixes()
+        self.evicted_prefixes = 0
         self.flagged: set[Any] = set()
         self.backups = 0
         self.detected = 0
@@ -298,9 +302,20 @@ class Stragglers(SchedulingPolicy):
         """Forget a worker that left."""
         self.last_finish.pop(address, None)
 
+    def periodic(self) -> None:
+        """Forget the oldest idle prefixes past ``oxigdal.scheduling.max-prefixes``."""
+        if len(self.prefixes) > self.max_prefixes:
+            scheduler = self.extension.scheduler
+            gone = evict_idle(
+                self.prefixes, self.max_prefixes, lambda n: prefix_is_live(scheduler, n)
+            )
+            self.evicted_prefixes += len(gone)
+
     def snapshot(self) -> dict[str, Any]:
         """``backups`` (tasks rescheduled), ``detected``, settings and recent stragglers."""
         return {
+            "prefixes": len(self.prefixes),
+            "evicted_prefixes": self.evicted_prefixes,
             "backups": self.backups,
             "detected": self.detected,
             "no_free_slot": self.no_free_slot,

@@ -82,6 +82,24 @@ TENANT_METRICS: tuple[tuple[str, str, str, Any], ...] = (
 #: ``labels`` ``("tenant", "queue")`` reads a ``{tenant: {queue: n}}`` value,
 #: ``("tenant",)`` a ``{tenant: n}`` value; ``()`` a number, or a list (counted).
 POLICY_METRICS: tuple[tuple[str, str, str, str, str, tuple[str, ...], float | None], ...] = (
+    (
+        "quarantine_one_tenant_refusals",
+        "counter",
+        "Times one tenant's failures alone reached the threshold on a worker other tenants use",
+        "Quarantine",
+        "one_tenant_refusals",
+        (),
+        0,
+    ),
+    (
+        "cache_report_keys_dropped",
+        "counter",
+        "Cache-report keys dropped past oxigdal.locality.max-keys per worker and tenant",
+        "Locality",
+        "report_keys_dropped",
+        (),
+        0,
+    ),
     ("gangs_waiting", "gauge", "Gangs waiting to start", "Gang", "waiting", (), 0),
     ("gangs_running", "gauge", "Gangs running", "Gang", "running", (), 0),
     ("gangs_started", "counter", "Gangs started", "Gang", "started", (), 0),
@@ -276,6 +294,17 @@ def metric_families(snapshot: dict[str, Any]) -> list[MetricFamily]:
     for pname, p in sorted(policies.items()):
         enabled.samples.append(((pname,), 1.0 if p.get("enabled", True) else 0.0))
     out.append(enabled)
+
+    evicted = MetricFamily(
+        "evicted_prefixes",
+        "counter",
+        "Idle task prefixes forgotten by each policy's bounded tables",
+        ("policy",),
+    )
+    for pname, p in sorted(policies.items()):
+        if isinstance(p, dict) and p.get("evicted_prefixes") is not None:
+            evicted.samples.append(((pname,), _number(p["evicted_prefixes"])))
+    out.append(evicted)
 
     alerts = MetricFamily("alerts", "counter", "Alerts raised, per rule", ("rule",))
     for rule, n in sorted((monitor.get("alerts_by_rule") or {}).items()):

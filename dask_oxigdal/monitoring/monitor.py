@@ -26,6 +26,7 @@ from dask.utils import parse_timedelta
 
 from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.monitoring.alerts import DurationAnomalyDetector, parse_rules
+from dask_oxigdal.scheduling.bounded import evict_idle, max_prefixes, prefix_is_live
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 from dask_oxigdal.scheduling.settings import setting
 
@@ -107,6 +108,9 @@ class Monitor(SchedulingPolicy):
             min_consecutive=a.get("min-consecutive", 2),
         )
         self._anomaly_at: dict[str, float] = {}  # prefix -> last anomaly alert
+        # bounded: idle prefixes past oxigdal.scheduling.max-prefixes are forgotten
+        self.max_prefixes = max_prefixes()
+        self.evicted_prefixes = 0
         self.history: deque = deque(maxlen=length)
         self.alerts: deque = deque(maxlen=keep)
         self.alerts_by_rule: dict[str, int] = {}
@@ -210,6 +214,22 @@ class Monitor(SchedulingPolicy):
                         ),
                     }
                 )
+        self._evict()
+
+    def _evict(self) -> None:
+        """Forget the oldest idle prefixes of the anomaly baselines past ``max_prefixes``."""
+        d = self.detector
+        limit = self.max_prefixes
+        if len(d.baseline) <= limit and len(self._anomaly_at) <= limit:
+            return
+        scheduler = self.extension.scheduler
+
+        def live(name: str) -> bool:
+            return name in d.pending or prefix_is_live(scheduler, name)
+
+        gone = evict_idle(d.baseline, limit, live, d.streaks, self._anomaly_at)
+        gone += evict_idle(self._anomaly_at, limit, live)
+        self.evicted_prefixes += len(gone)
 
     def raise_alert(self, alert: dict[str, Any]) -> None:
         """Record an alert, log it and publish it as a ``kind: "alert"`` event.
@@ -238,6 +258,8 @@ class Monitor(SchedulingPolicy):
             "recent_alerts": list(self.alerts)[-10:],
             "rules": [r.name for r in self.rules],
             "history_samples": len(self.history),
+            "anomaly_prefixes": len(self.detector.baseline),
+            "evicted_prefixes": self.evicted_prefixes,
         }
 
     def history_points(self, limit: int | None = None) -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ from tornado.ioloop import PeriodicCallback
 from dask_oxigdal import config as _config  # noqa: F401  (registers the defaults)
 from dask_oxigdal.annotations import parse_annotations
 from dask_oxigdal.exceptions import ConfigError, TaskRejected
+from dask_oxigdal.isolation import stamp_tenant
 from dask_oxigdal.monitoring.status import Status
 from dask_oxigdal.scheduling.policy import TASK_FAULTS, SchedulingPolicy, TaskInfo
 from dask_oxigdal.scheduling.settings import setting
@@ -653,6 +654,8 @@ class OxigdalScheduling(SchedulerPlugin):
                 continue
             info = TaskInfo(tenant, queue, self.queue_rank[queue], parsed)
             info_map[key] = info
+            # the worker learns the resolved tenant from the task (tenant namespaces)
+            stamp_tenant(ts, parsed.tenant, info.tenant, self.default_tenant)
             new.append((ts, info))
             usage = self.usage.get(tenant)
             if usage is None:

@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from dask.utils import parse_timedelta
@@ -80,6 +81,8 @@ from sortedcontainers import SortedList
 
 from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.scheduling import _submitting
+from dask_oxigdal.scheduling.bounded import evict_idle, prefix_is_live
+from dask_oxigdal.scheduling.bounded import max_prefixes as _max_prefixes
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 from dask_oxigdal.scheduling.settings import setting
 
@@ -113,6 +116,12 @@ class FairShare(SchedulingPolicy):
     default_task_cost : str or float, optional
         Cost (seconds) of a task whose prefix Dask has no duration estimate
         for (``oxigdal.scheduling.default-task-cost``).
+    retag_factor : float, optional
+        ``oxigdal.scheduling.retag-factor``.
+    max_prefixes : int, optional
+        Per-prefix cost entries kept; past it the oldest idle prefixes are
+        forgotten (``oxigdal.scheduling.max-prefixes``, see
+        :mod:`dask_oxigdal.scheduling.bounded`).
     """
 
     name = "FairShare"
@@ -122,8 +131,13 @@ class FairShare(SchedulingPolicy):
         *,
         default_task_cost: str | float | None = None,
         retag_factor: float | None = None,
+        max_prefixes: int | None = None,
     ) -> None:
         super().__init__()
+        #: per-prefix entries kept at most (idle prefixes are evicted past it)
+        self.max_prefixes = _max_prefixes(max_prefixes)
+        self.evicted_prefixes = 0
+        self._evicted_at = 0.0
         cost = parse_timedelta(setting("scheduling.default-task-cost", default_task_cost))
         if not cost > 0:
             raise ConfigError(
@@ -481,6 +495,39 @@ class FairShare(SchedulingPolicy):
                 # O(pending tasks), so it waits for a competitor (update_graph).
                 self.deferred |= changed
                 self.deferred_retags += 1
+        self._evict()
+
+    def _evict(self) -> None:
+        """Forget the oldest idle prefixes past ``max_prefixes`` (bounded state, a counter)."""
+        ext = self.extension
+        assert ext is not None and ext.scheduler is not None
+        limit = self.max_prefixes
+        if len(self.prefix_cost) <= limit and len(self.stats) <= limit:
+            return
+        # periodic() also runs after each first measurement of a prefix: scan the
+        # tables (O(prefixes)) at most once per extension interval
+        now = monotonic()
+        if now - self._evicted_at < ext.interval:
+            return
+        self._evicted_at = now
+        scheduler = ext.scheduler
+
+        def live(name: str) -> bool:
+            return prefix_is_live(scheduler, name)
+
+        gone = evict_idle(
+            self.prefix_cost,
+            limit,
+            live,
+            self.cost_samples,
+            self.guessed,
+            self.deferred,
+            self.stats,
+        )
+        gone += evict_idle(self.stats, limit, live, self.cost_samples)
+        if gone:
+            self.evicted_prefixes += len(gone)
+            self._update_guess()
 
     def _competing(self) -> int:
         """Number of tenants with pending work (at most 2 are counted)."""
@@ -653,6 +700,9 @@ class FairShare(SchedulingPolicy):
             "runnable_heap": {q: len(h) for q, h in self.runnable.items()},
             "default_task_cost": self.default_task_cost,
             "prefix_cost": dict(self.prefix_cost),
+            "prefixes": len(self.prefix_cost),
+            "max_prefixes": self.max_prefixes,
+            "evicted_prefixes": self.evicted_prefixes,
             "guessed_prefixes": sorted(self.guessed),
             "guess": self.guess,
             "retags": self.retags,

@@ -43,6 +43,9 @@ How it works
   again (smaller gangs may start around it, held tasks go back to Dask), and
   so on in turns. With ``reserve-wait: 0s`` nothing is held back: a freed
   thread goes to whatever Dask runs next. See docs/gangs-and-deadlines.md.
+- Names are per tenant: a live gang is known by (tenant, name), so a name
+  one tenant uses neither blocks nor joins another tenant's gang of the same
+  name (the tenant is the task's resolved ``TaskInfo.tenant``).
 - Whole-gang restart: when a running member leaves ``processing`` without
   finishing (its worker died), every member that has not finished is held
   again and released from its worker; the gang goes back to waiting and starts
@@ -120,6 +123,11 @@ class _Gang:
         # member -> worker it was released from by the last restart (still running there)
         self.previous: dict = {}
 
+    @property
+    def ident(self) -> tuple[str, str]:
+        """``(tenant, name)``: gang names are per tenant."""
+        return (self.tenant, self.name)
+
 
 class Gang(SchedulingPolicy):
     """All-or-nothing admission of gangs (``annotate(gang=...)``).
@@ -174,7 +182,7 @@ class Gang(SchedulingPolicy):
         self.shrink_wait = _seconds(
             "oxigdal.gang.shrink-wait", setting("gang.shrink-wait", shrink_wait)
         )
-        self.gangs: dict[str, _Gang] = {}  # live gangs by name
+        self.gangs: dict[tuple[str, str], _Gang] = {}  # live gangs by (tenant, name)
         self.waiting: dict[int, _Gang] = {}  # by seq (arrival order)
         self._seq = itertools.count(1)
         self._scheduled = False
@@ -218,14 +226,14 @@ class Gang(SchedulingPolicy):
             if error is not None:
                 self._refuse(gang, error)
                 continue
-            self.gangs[name] = gang
+            self.gangs[gang.ident] = gang
             self.waiting[gang.seq] = gang
         self._schedule()
 
     def _check(self, gang: _Gang, members: list[tuple[TaskState, TaskInfo]]) -> Exception | None:
         ext = self.extension
         scheduler = ext.scheduler
-        live = self.gangs.get(gang.name)
+        live = self.gangs.get(gang.ident)
         if live is not None:
             return GangError(
                 f"gang {gang.name!r} is already live ({live.k} members, {live.state}); "
@@ -294,14 +302,14 @@ class Gang(SchedulingPolicy):
         self.refused += 1
         self._leases(gang, occupy=False)
         self.waiting.pop(gang.seq, None)
-        if self.gangs.get(gang.name) is gang:
-            del self.gangs[gang.name]
+        if self.gangs.get(gang.ident) is gang:
+            del self.gangs[gang.ident]
         for key in gang.keys:
             ts = tasks.get(key)
             info = ext.info.get(key)
             if ts is not None and info is not None and key not in gang.done:
                 ext.reject(ts, info, error)
-        ext.emit("gang-refused", gang=gang.name, k=gang.k, error=str(error))
+        ext.emit("gang-refused", gang=gang.name, tenant=gang.tenant, k=gang.k, error=str(error))
 
     # ----------------------------------------------------------- transitions
     def transition(
@@ -358,20 +366,25 @@ class Gang(SchedulingPolicy):
 
     def _forget(self, gang: _Gang) -> None:
         self._leases(gang, occupy=False)
-        if self.gangs.get(gang.name) is gang:
-            del self.gangs[gang.name]
+        if self.gangs.get(gang.ident) is gang:
+            del self.gangs[gang.ident]
 
     def _leases(self, gang: _Gang, *, occupy: bool) -> None:
         """Record (or end) the gang's worker leases in the coordinator, if any.
 
         A lease is a replicated record of which gang runs on a worker
-        (``gang/NAME``), not a lock: Dask's thread slots admit the tasks, and a
+        (``gang/NAME`` for the default tenant, ``gang/TENANT/NAME`` for
+        another), not a lock: Dask's thread slots admit the tasks, and a
         worker that hosts two gangs keeps the first one's lease.
         """
         coord = getattr(self.extension, "coordinator", None)
         if coord is None or not gang.workers:
             return
-        holder = f"gang/{gang.name}"
+        holder = (
+            f"gang/{gang.name}"
+            if gang.tenant == self.extension.default_tenant
+            else f"gang/{gang.tenant}/{gang.name}"
+        )
         write = coord.lease_occupy if occupy else coord.lease_vacate
         for worker in gang.workers:
             write(worker, holder)
@@ -719,11 +732,11 @@ class Gang(SchedulingPolicy):
             "refused": self.refused,
             "failed": self.failed,
             "reservations": self.reservations,
-            "reserving": self.reserving.name if self.reserving is not None else None,
+            "reserving": self._label(self.reserving) if self.reserving is not None else None,
             "reserved_tasks": len(self.reserved),
             "partial_starts": self.partial_starts,
             "gangs": {
-                g.name: {
+                self._label(g): {
                     "k": g.k,
                     "state": g.state,
                     "tenant": g.tenant,
@@ -734,6 +747,12 @@ class Gang(SchedulingPolicy):
                 for g in self.gangs.values()
             },
         }
+
+    def _label(self, gang: _Gang) -> str:
+        """A gang's name in ``snapshot()``: ``NAME`` (default tenant) or ``TENANT/NAME``."""
+        if self.extension is None or gang.tenant == self.extension.default_tenant:
+            return gang.name
+        return f"{gang.tenant}/{gang.name}"
 
 
 def _away_from_previous(members: list, workers: list, previous: dict) -> list:

@@ -27,6 +27,17 @@ How it works
   ``waiting``: Dask dispatches it at once, and may still run it elsewhere if
   the worker leaves.
 
+Tenants
+-------
+Keys are per tenant: a task of a tenant other than the default one goes to
+the homes of ``(tenant, KEY)``, which its worker cache reports for entries
+that tenant's tasks stored (see :mod:`dask_oxigdal.isolation`); another
+tenant's entry of the same KEY is not a home for it. What one worker's
+reports can make the scheduler keep is bounded: at most
+``oxigdal.locality.max-keys`` keys per (worker, tenant) (further keys are
+dropped and counted in ``report_keys_dropped``) and only the known numeric
+cache counters of ``stats``.
+
 Composition
 -----------
 - *Dependencies*: only tasks with a ``locality`` annotation are affected;
@@ -62,6 +73,17 @@ __all__ = ["Locality"]
 
 REPORT_HANDLER = "oxigdal_cache_report"
 _DONE = ("memory", "erred", "forgotten")
+#: The cache counters a report's ``stats`` may carry (anything else is dropped).
+STATS_FIELDS = (
+    "hits",
+    "misses",
+    "evictions",
+    "compressions",
+    "too_large",
+    "entries",
+    "bytes",
+    "limit",
+)
 
 
 class Locality(SchedulingPolicy):
@@ -74,11 +96,20 @@ class Locality(SchedulingPolicy):
     prefetch : int, optional
         Tasks a home worker may hold beyond its threads (``oxigdal.locality.prefetch``),
         so that it starts the next cached task without a scheduler round trip.
+    max_keys : int, optional
+        Cached keys the scheduler records per (worker, tenant) from the
+        workers' cache reports (``oxigdal.locality.max-keys``).
     """
 
     name = "Locality"
 
-    def __init__(self, *, wait: str | float | None = None, prefetch: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        wait: str | float | None = None,
+        prefetch: int | None = None,
+        max_keys: int | None = None,
+    ) -> None:
         super().__init__()
         raw = setting("locality.wait", wait)
         try:
@@ -94,6 +125,16 @@ class Locality(SchedulingPolicy):
             raise ValueError(f"oxigdal.locality.prefetch={self.prefetch!r} must be an integer >= 0")
         if self.prefetch < 0:
             raise ValueError(f"oxigdal.locality.prefetch={self.prefetch!r} must be >= 0")
+        self.max_keys = setting("locality.max-keys", max_keys)
+        if (
+            isinstance(self.max_keys, bool)
+            or not isinstance(self.max_keys, int)
+            or self.max_keys < 1
+        ):
+            raise ValueError(f"oxigdal.locality.max-keys={self.max_keys!r} must be an integer >= 1")
+        # keys recorded per (worker, tenant); the default tenant's keys are under None
+        self.key_counts: dict[tuple[str, Any], int] = {}
+        self.report_keys_dropped = 0
         self.homes: dict[Any, set[str]] = {}
         self.worker_keys: dict[str, set[Any]] = {}
         self.cache_stats: dict[str, dict[str, Any]] = {}
@@ -138,27 +179,50 @@ class Locality(SchedulingPolicy):
     ) -> str:
         """Scheduler handler: a worker's cache gained / lost keys (see dask_oxigdal.cache).
 
+        A key is a ``str`` (default tenant) or ``[tenant, str]``; anything
+        else is ignored. At most ``max_keys`` keys are kept per (worker,
+        tenant): further ones are dropped (``report_keys_dropped``). Only the
+        numeric :data:`STATS_FIELDS` of ``stats`` are kept.
+
         Returns ``"ok"`` (an unknown handler would answer ``None``).
         """
         scheduler = self.extension.scheduler
         if worker not in scheduler.workers:
             return "ok"
         keys = self.worker_keys.setdefault(worker, set())
-        for key in removed:
-            key = _hashable(key)
+        counts = self.key_counts
+        for key in removed if isinstance(removed, (list, tuple)) else ():
+            key = _cache_key(key)
+            if key is None or key not in keys:
+                continue
             keys.discard(key)
+            slot = (worker, key[0] if isinstance(key, tuple) else None)
+            counts[slot] -= 1
+            if not counts[slot]:
+                del counts[slot]
             homes = self.homes.get(key)
             if homes is not None:
                 homes.discard(worker)
                 if not homes:
                     del self.homes[key]
-        for key in added:
-            key = _hashable(key)
+        for key in added if isinstance(added, (list, tuple)) else ():
+            key = _cache_key(key)
+            if key is None or key in keys:
+                continue
+            slot = (worker, key[0] if isinstance(key, tuple) else None)
+            if counts.get(slot, 0) >= self.max_keys:
+                self.report_keys_dropped += 1
+                continue
+            counts[slot] = counts.get(slot, 0) + 1
             self.placed.pop(key, None)
             keys.add(key)
             self.homes.setdefault(key, set()).add(worker)
-        if stats is not None:
-            self.cache_stats[worker] = dict(stats)
+        if isinstance(stats, dict):
+            self.cache_stats[worker] = {
+                k: stats[k]
+                for k in STATS_FIELDS
+                if isinstance(stats.get(k), (int, float)) and not isinstance(stats[k], bool)
+            }
         self.reports += 1
         return "ok"
 
@@ -170,6 +234,8 @@ class Locality(SchedulingPolicy):
             lkey = info.annotations.locality
             if lkey is None:
                 continue
+            if info.tenant != ext.default_tenant:
+                lkey = (info.tenant, lkey)  # the tenant's own cache entries
             if ts.worker_restrictions or ts.host_restrictions or ts.resource_restrictions:
                 continue  # held or constrained by someone else: they decide
             ext.hold(ts, info, self.name)
@@ -318,6 +384,8 @@ class Locality(SchedulingPolicy):
 
     def remove_worker(self, address: str, stimulus_id: str) -> None:
         """Forget what the worker's cache held."""
+        for slot in [s for s in self.key_counts if s[0] == address]:
+            del self.key_counts[slot]
         for key in self.worker_keys.pop(address, ()):
             homes = self.homes.get(key)
             if homes is not None:
@@ -345,6 +413,8 @@ class Locality(SchedulingPolicy):
             "held": len(self.held),
             "ready": len(self.ready),
             "keys": len(self.homes),
+            "max_keys": self.max_keys,
+            "report_keys_dropped": self.report_keys_dropped,
             "wait": self.wait,
             "prefetch": self.prefetch,
             "cache": {w: dict(s) for w, s in sorted(self.cache_stats.items())},
@@ -360,8 +430,18 @@ def _dependency_bytes(ts: Any) -> dict[str, int]:
     return out
 
 
-def _hashable(key: Any) -> Any:
-    """msgpack turns tuples into lists: make keys hashable again."""
-    if isinstance(key, list):
-        return tuple(_hashable(k) for k in key)
-    return key
+def _cache_key(key: Any) -> Any:
+    """A reported key as the scheduler keeps it: ``str``, ``(tenant, str)``, or ``None``.
+
+    msgpack turns tuples into lists; a ``[tenant, key]`` pair becomes a tuple.
+    """
+    if isinstance(key, str):
+        return key
+    if (
+        isinstance(key, (list, tuple))
+        and len(key) == 2
+        and isinstance(key[0], str)
+        and isinstance(key[1], str)
+    ):
+        return (key[0], key[1])
+    return None
