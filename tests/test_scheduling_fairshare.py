@@ -369,3 +369,33 @@ async def test_user_priority_orders_a_tenants_own_work_only(c, s, a, b):
     assert len(window) == 40
     assert b_window >= 26
     await c.cancel(fa + fb)
+
+
+# --------------------------------------------- a submit loop inside one generation
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
+async def test_submit_loop_in_one_generation_is_not_one_task(c, s, a, b):
+    """Tenant a submits 300 tasks with separate client.submit calls in one fifo_timeout
+    generation (Dask ties them all); b arrives later and still gets its half."""
+    await register(c, tenants={"a": 1, "b": 1})
+    with annotate(tenant="a"):
+        fa = [c.submit(work, i, tenant="a", key=f"sa-{i}", fifo_timeout="60s") for i in range(300)]
+    # every submission reached the scheduler (they are handled one message at a time)
+    await async_poll_for(lambda: sum(f.key in s.tasks for f in fa) == 300, timeout=60)
+    await async_poll_for(lambda: sum(f.done() for f in fa) >= 8, timeout=60)
+    t_submit = time.time()
+    with annotate(tenant="b"):
+        fb = c.map(work, range(60), tenant="b", key=[f"sb-{i}" for i in range(60)])
+    rb = [rec for recs in await c.gather(fb) for rec in recs]
+    ra = [rec for recs in await c.gather([f for f in fa if f.done()]) for rec in recs]
+    shares, interval = contended_shares(ra + rb)
+    first_b = min(r[1] for r in rb) - t_submit
+    fs = s.plugins["oxigdal"].get_policy("FairShare")
+    print(
+        f"\nsubmit loop: b's first task {first_b:.3f} s after its submission; shares "
+        f"a={shares['a']:.3f} b={shares['b']:.3f} over {interval:.2f} s; re-tags {fs.retags}"
+    )
+    # b is not queued behind a's whole tied backlog (300 x 20 ms on 4 threads = 1.5 s)
+    a_before_b = sum(1 for r in ra if t_submit < r[1] < min(x[1] for x in rb))
+    assert a_before_b <= 2 * 4 + 4
+    assert shares["b"] == pytest.approx(0.5, abs=0.1)
+    await c.cancel(fa)

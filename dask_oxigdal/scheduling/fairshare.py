@@ -33,7 +33,14 @@ and every tag is *clamped* so that tags never decrease along that order:
   a persist that interleaves with an earlier one of the same generation) gets
   a finish tag no later than the next task in Dask's order; a task whose Dask
   priority equals one already live gets that task's tag, so Dask's ties (and
-  the worker's tie-break between them) are untouched.
+  the worker's tie-break between them) are untouched while the tenant is
+  alone. Once another tenant competes, ties get consecutive tags in
+  submission order instead (and a lone tenant's shared tags are spread that
+  way when the second tenant arrives): otherwise a ``client.submit`` loop
+  inside one ``fifo_timeout`` generation would count as a single task against
+  the other tenants. The scheduler's queue breaks such ties in submission
+  order anyway; a worker breaks them in arrival order, which differs only
+  when a tied task that was submitted earlier reaches the worker later.
 
 Hence, for two tasks of one tenant, ``(tag, dask priority)`` orders them as
 Dask's priority alone does, on the scheduler's queue and in every worker's
@@ -166,6 +173,10 @@ class FairShare(SchedulingPolicy):
         self.reorder: set[tuple[str, str]] = set()
         self._reorder_scheduled = False
         self.inserted_ahead = 0
+        # (queue, tenant)s whose Dask ties share a tag (tagged while alone): spread
+        # over consecutive tags when another tenant competes, or a separate
+        # client.submit loop would count as one task against the other tenants
+        self.shared_ties: set[tuple[str, str]] = set()
         self.subtasks = 0
         self._check_scheduled = False
         self.retags = 0
@@ -312,11 +323,14 @@ class FairShare(SchedulingPolicy):
         ext = self.extension
         assert ext is not None
         weights = ext.weights
-        if self.deferred and self._competing() >= 2:
-            # a second tenant arrived: bring the backlog into the new units first
-            # (the new tasks are not tagged yet, so retag skips them)
+        competing = self._competing() >= 2
+        if competing and (self.deferred or self.shared_ties):
+            # a second tenant arrived: bring the backlog into the new units, and
+            # spread a lone tenant's Dask ties over consecutive tags, first (the
+            # new tasks are not tagged yet, so retag skips them)
             changed, self.deferred = self.deferred, set()
-            self.retag(changed)
+            tied, self.shared_ties = self.shared_ties, set()
+            self.retag(changed, tenants=tied)
         for queue in self.runnable:
             self._advance(queue)
         vt = self.virtual_time
@@ -352,9 +366,13 @@ class FairShare(SchedulingPolicy):
                 i = live.bisect_left((dprio, seq))
                 if i > 0:
                     before = live[i - 1]
-                    if before[0] == dprio or before[3].finish_tag > finish:
-                        # a Dask tie shares the tag; never before an earlier task
+                    if before[0] == dprio and not competing:
+                        # a lone tenant's Dask tie shares the tag, so that the
+                        # heaps break it as on vanilla Dask (insertion order)
                         finish = before[3].finish_tag
+                        self.shared_ties.add(tq)
+                    elif before[3].finish_tag > finish:
+                        finish = before[3].finish_tag  # never before an earlier task
                 if i < len(live):
                     after = live[i][3].finish_tag
                     if after < finish:
@@ -369,7 +387,7 @@ class FairShare(SchedulingPolicy):
         self.tagged += len(new)
         if ahead:
             self.inserted_ahead += 1
-            if self._competing() >= 2:
+            if competing:
                 self.reorder |= ahead
                 self._schedule_reorder()
 
@@ -553,9 +571,10 @@ class FairShare(SchedulingPolicy):
         ``released``) consecutive tags from the tenant's earliest start tag
         (or the virtual time, if earlier). Tasks already sent to a worker, and
         deadline tasks (their priority carries their EDF key), keep their tags.
-        The new tags never decrease along Dask's order (Dask's ties share a
-        tag) and stay at or below the tag of every later task already on a
-        worker, so the tenant's own order holds wherever its tasks meet. One
+        The new tags never decrease along Dask's order (Dask's ties get
+        consecutive tags in submission order, the order in which the
+        scheduler's queue breaks them) and stay at or below the tag of every
+        later task already on a worker, so the tenant's own order holds wherever its tasks meet. One
         exception: after a cost change, a task already on a worker keeps its
         tag in the old units, which may be larger than the new tags of tasks
         Dask ranks after it; they would overtake it only on that worker's
@@ -615,24 +634,20 @@ class FairShare(SchedulingPolicy):
             # keep a tenant that is behind the virtual time behind it; reset a lead
             start = min(min(starts), self._advance(queue))
             prev_tag = -inf  # the last re-tagged task's tag: tags never decrease
-            tie_dprio: Any = None  # the previous task's Dask priority and tag (Dask ties)
-            tie_tag = 0.0
             n = 0
-            for i, (dprio, info, ts) in enumerate(entries):
+            for i, (_, info, ts) in enumerate(entries):
                 if ts is None:
-                    tie_dprio, tie_tag = dprio, info.finish_tag
                     continue
                 natural = start + self.prefix_cost.get(info.prefix, self.default_task_cost) / weight
-                if dprio == tie_dprio:
-                    tag = tie_tag
-                else:
-                    tag = max(prev_tag, min(natural, bound[i + 1]))
+                # Dask's ties get consecutive tags too, in submission order (a re-tag
+                # runs only while tenants compete): the scheduler's queue breaks them
+                # in that order anyway
+                tag = max(prev_tag, min(natural, bound[i + 1]))
                 info.start_tag, info.finish_tag = min(start, tag), tag
                 start = natural
                 ts.priority = (info.rank, tag, *ts.priority[2:])
                 queued_changed = queued_changed or ts.state == "queued"
-                prev_tag = tie_tag = tag
-                tie_dprio = dprio
+                prev_tag = tag
                 n += 1
             # the tenant's next submission continues after its re-tagged backlog
             self.last_tag[(queue, tenant)] = max(start, prev_tag, entries[-1][1].finish_tag)
@@ -679,6 +694,7 @@ class FairShare(SchedulingPolicy):
         self.cost_samples.clear()
         self.order.clear()
         self.reorder.clear()
+        self.shared_ties.clear()
         self.guessed.clear()
         self.deferred.clear()
         self.guess = self.default_task_cost
