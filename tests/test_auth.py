@@ -511,3 +511,28 @@ async def test_guard_handler_names():
         assert ADMIN_OPS <= known and WORKER_OPS <= known
         assert {"register-client", "register_scheduler_plugin", "broadcast", "log_event"} <= known
         assert WORKER_STREAM_OPS <= set(s.stream_handlers)
+
+
+@gen_test(timeout=60)
+async def test_testing_credentials_give_a_working_tls_cluster(tmp_path):
+    """dask_oxigdal.auth.testing (cryptography) certificates: the demo's set-up."""
+    from dask_oxigdal.auth import testing
+
+    creds = testing.make_credentials(str(tmp_path / "c"))
+    assert os.stat(creds["alice"]).st_mode & 0o077 == 0
+    with dask.config.set(testing.auth_config(audit_log=str(tmp_path / "a.jsonl"))):
+        sec = testing.security(creds, "ops", scheduler="scheduler", worker="worker")
+        async with Scheduler(
+            host="127.0.0.1",
+            protocol="tls",
+            security=sec,
+            dashboard=False,
+            dashboard_address=None,
+            preload=["dask_oxigdal.preload"],
+        ) as s:
+            async with await Worker(s.address, nthreads=1, security=sec):
+                async with await Client(
+                    s.address, asynchronous=True, security=testing.security(creds, "bob")
+                ) as c:
+                    assert await c.submit(sum, [2, 3]) == 5
+                    assert list((await dox.status(c))["tenants"]) == ["team-b"]
