@@ -78,7 +78,7 @@ def _security(certs, name, ca=None):
 
 
 @contextlib.asynccontextmanager
-async def _cluster(tmp_path, certs=None, *, tokens=False, dashboard=False, workers=1):
+async def _cluster(tmp_path, certs=None, *, tokens=False, dashboard=False, workers=1, extra=None):
     audit = str(tmp_path / "audit.jsonl")
     env = ",".join(f"{k}={v}" for k, v in SECRETS.items())
     old = os.environ.get("OXIGDAL_AUTH_TOKENS")
@@ -89,6 +89,7 @@ async def _cluster(tmp_path, certs=None, *, tokens=False, dashboard=False, worke
         "oxigdal.auth.audit-log": audit,
         "oxigdal.tenants": TENANTS,
         "oxigdal.scheduling.policies": POLICIES,
+        **(extra or {}),
     }
     try:
         with dask.config.set(cfg):
@@ -536,3 +537,47 @@ async def test_testing_credentials_give_a_working_tls_cluster(tmp_path):
                 ) as c:
                     assert await c.submit(sum, [2, 3]) == 5
                     assert list((await dox.status(c))["tenants"]) == ["team-b"]
+
+
+def test_coordinator_audit_eviction_is_per_tenant():
+    from dask_oxigdal.coordination.state import evict_fairly
+
+    audit = [{"seq": 1, "tenant": "quiet"}, {"seq": 2, "principal": "ops"}]
+    audit += [{"seq": 3 + i, "tenant": "noisy"} for i in range(1000)]
+    kept = evict_fairly(audit, 100)
+    assert len(kept) == 100
+    assert kept[0] == {"seq": 1, "tenant": "quiet"} and kept[1]["principal"] == "ops"
+    assert [e["seq"] for e in kept[2:]] == list(range(905, 1003))  # the newest noisy ones
+    # two noisy tenants share the room equally
+    two = [{"seq": i, "tenant": "ab"[i % 2]} for i in range(400)]
+    kept = evict_fairly(two, 100)
+    assert sum(e["tenant"] == "a" for e in kept) == 50 and kept[-1]["seq"] == 399
+
+
+@gen_test(timeout=90)
+async def test_audit_entries_are_replicated_through_the_coordinator(tmp_path):
+    extra = {
+        "oxigdal.coordinator.enabled": True,
+        "oxigdal.coordinator.data-dir": str(tmp_path / "coord"),
+    }
+    async with _cluster(tmp_path, tokens=True, extra=extra) as (s, _):
+        ext = s.plugins[NAME]
+        async with await Client(
+            s.address, asynchronous=True, security=TokenSecurity(_tok("alice"))
+        ) as c:
+            with pytest.raises(PermissionError):
+                await c.run_on_scheduler(len, [])
+
+        def replicated():
+            return [
+                e
+                for e in ext.coordinator.state.audit
+                if e.get("kind") == "auth" and e.get("action") == "run_function"
+            ]
+
+        await _wait(lambda: replicated(), timeout=30)
+        (entry,) = replicated()
+        assert entry["principal"] == "alice" and entry["outcome"] == "denied"
+        assert entry["mac"] == next(
+            e["mac"] for e in ext.auth.audit.entries() if e["action"] == "run_function"
+        )
