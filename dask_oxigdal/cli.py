@@ -374,3 +374,71 @@ def workflow_cancel(workflow_id: str, scheduler_address: str, store: str | None)
 
 
 # -- end workflow ------------------------------------------------------------------------
+
+
+@oxigdal.group()
+def audit() -> None:
+    """The tamper-evident audit log (oxigdal.auth.audit-log)."""
+
+
+def _audit_key(path: str, key_file: str | None) -> bytes:
+    import os
+
+    from dask_oxigdal.auth.audit import AUDIT_KEY_ENV
+    from dask_oxigdal.auth.identity import read_secret_file
+    from dask_oxigdal.exceptions import ConfigError
+
+    try:
+        if key_file:
+            return read_secret_file(key_file, name="--key-file").strip()
+        if os.environ.get(AUDIT_KEY_ENV):
+            return os.environ[AUDIT_KEY_ENV].encode()
+        return read_secret_file(path + ".key", name="the audit key file").strip()
+    except ConfigError as e:
+        raise click.ClickException(
+            f"{e} (give --key-file, ${AUDIT_KEY_ENV}, or keep PATH.key next to the log)"
+        ) from None
+
+
+@audit.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--key-file", default=None, metavar="PATH", help="The chain's key (0600 file).")
+@click.option(
+    "--anchor",
+    default=None,
+    metavar="HEXHEAD",
+    help="A head recorded earlier (`dask oxigdal audit head`): detects a cut tail.",
+)
+@click.option("--anchor-file", default=None, metavar="PATH", help="Read the anchor from a file.")
+def verify(path: str, key_file: str | None, anchor: str | None, anchor_file: str | None) -> None:
+    """Check the HMAC hash chain of the audit log at PATH; exit 0 when it holds."""
+    from dask_oxigdal.auth.audit import verify as _verify
+
+    if anchor_file:
+        with open(anchor_file, encoding="utf-8") as f:
+            anchor = f.read().strip()
+    result = _verify(path, _audit_key(path, key_file), anchor)
+    for error in result.errors[:50]:
+        click.echo(error, err=True)
+    if len(result.errors) > 50:
+        click.echo(f"... and {len(result.errors) - 50} more", err=True)
+    click.echo(
+        f"{path}: {result.entries} entries, head {result.head or '(empty)'}: "
+        + ("OK" if result.ok else f"BROKEN ({len(result.errors)} problem(s))")
+    )
+    sys.exit(0 if result.ok else 1)
+
+
+@audit.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--key-file", default=None, metavar="PATH", help="The chain's key (0600 file).")
+def head(path: str, key_file: str | None) -> None:
+    """Print the head of a valid chain (keep it elsewhere as the anchor for `verify`)."""
+    from dask_oxigdal.auth.audit import verify as _verify
+
+    result = _verify(path, _audit_key(path, key_file))
+    if not result.ok:
+        for error in result.errors[:50]:
+            click.echo(error, err=True)
+        sys.exit(1)
+    click.echo(result.head)

@@ -26,7 +26,7 @@ import math
 import os
 import threading
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -225,6 +225,51 @@ def make_command(op: str, request_id: str | None = None, **args: Any) -> tuple[s
     return (request_id or new_request_id(), op, validator(args))
 
 
+def _audit_group(entry: dict) -> str:
+    """Eviction group of an audit entry: its tenant, else its principal, else ``"-"``."""
+    return str(entry.get("tenant") or entry.get("principal") or "-")
+
+
+def evict_fairly(audit: list[dict], target: int) -> list[dict]:
+    """The newest entries of ``audit``, at most ``target``, shared fairly between groups.
+
+    Groups (:func:`_audit_group`) smaller than their fair share keep every
+    entry; the larger ones keep their newest entries up to a common cap.
+
+    Parameters
+    ----------
+    audit : list of dict
+        Oldest first.
+    target : int
+        Entries to keep (at most).
+
+    Returns
+    -------
+    list of dict
+        Oldest first.
+    """
+    if len(audit) <= target:
+        return list(audit)
+    counts = Counter(map(_audit_group, audit))
+    sizes = sorted(counts.values())
+    remaining, cap = max(0, target), 0
+    for i, size in enumerate(sizes):
+        share = remaining // (len(sizes) - i)
+        if size > share:
+            cap = share
+            break
+        remaining -= size
+    kept: list[dict] = []
+    seen: Counter = Counter()
+    for entry in reversed(audit):
+        group = _audit_group(entry)
+        if counts[group] <= cap or seen[group] < cap:
+            seen[group] += 1
+            kept.append(entry)
+    kept.reverse()
+    return kept
+
+
 def empty_state() -> dict[str, Any]:
     """A new, empty state: one dict per section (``audit`` is a list)."""
     return {s: ([] if s == "audit" else {}) for s in SECTIONS}
@@ -245,7 +290,8 @@ class OxigdalState(SyncObj):
     dedupe_window : int
         Request ids remembered for exactly-once application.
     audit_max : int
-        Audit entries kept (the oldest are dropped; ``audit_dropped`` counts them).
+        Audit entries kept; beyond it the log is cut to 90%, evicting the oldest
+        entries of the largest tenants first (``audit_dropped`` counts them).
     self_aliases : list of str, optional
         Addresses this node had before (a single-node group restarted on another
         port): they are dropped from the member list loaded from a dump, which
@@ -389,9 +435,12 @@ class OxigdalState(SyncObj):
         audit = self._data["audit"]
         audit.append({"seq": seq, **event})
         if len(audit) > self._audit_max:
-            drop = len(audit) - self._audit_max
-            del audit[:drop]
-            self._meta["audit_dropped"] += drop
+            # evict down to 90% of the cap, from the largest tenants first: one
+            # tenant's entries never push another's out (a pure function of the
+            # log, so every replica evicts the same entries)
+            kept = evict_fairly(audit, self._audit_max - max(1, self._audit_max // 10))
+            self._meta["audit_dropped"] += len(audit) - len(kept)
+            audit[:] = kept
         return seq
 
     def _op_reg_write(self, key: str, value: Any) -> bool:

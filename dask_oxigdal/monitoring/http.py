@@ -50,12 +50,15 @@ def _clean(value: Any) -> Any:
     return str(value)
 
 
-def state(scheduler: Scheduler) -> dict[str, Any]:
+def state(scheduler: Scheduler, identity: Any = None) -> dict[str, Any]:
     """What ``/oxigdal/state.json`` returns.
 
     Parameters
     ----------
     scheduler : distributed.Scheduler
+    identity : dask_oxigdal.auth.guard.Identity, optional
+        With ``oxigdal.auth`` on: the caller; a principal without the
+        ``admin`` role sees only its own tenants, no history and no alerts.
 
     Returns
     -------
@@ -70,6 +73,10 @@ def state(scheduler: Scheduler) -> dict[str, Any]:
     if ext is None or getattr(ext, "scheduler", None) is None:
         return {"installed": False, "time": now, "workers": len(scheduler.workers)}
     snap = ext.snapshot()
+    auth = getattr(ext, "auth", None)
+    view = auth.user_view(snap, identity) if auth is not None else None
+    if view is not None:
+        return _clean({"installed": True, "time": now, "snapshot": view})
     tenants = snap.get("tenants") or {}
     totals = {
         k: sum(t.get(k, 0) for t in tenants.values())
@@ -101,10 +108,21 @@ class OxigdalState(RequestHandler):
     """``GET /oxigdal/state.json``: :func:`state` as JSON."""
 
     def get(self) -> None:
-        """Serve the state."""
+        """Serve the state (with ``oxigdal.auth``: 401 without a valid bearer token)."""
+        from dask_oxigdal.scheduling.extension import NAME
+
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
-        self.write(json.dumps(state(self.server)))
+        auth = getattr(self.server.plugins.get(NAME), "auth", None)
+        identity = None
+        if auth is not None:
+            code, identity = auth.http_identity(self.request.headers.get("Authorization"))
+            if code != 200:
+                self.set_status(code)
+                self.set_header("WWW-Authenticate", 'Bearer realm="dask-oxigdal"')
+                self.write(json.dumps({"error": "a valid oxigdal token is required"}))
+                return
+        self.write(json.dumps(state(self.server, identity)))
 
 
 class OxigdalPage(RequestHandler):

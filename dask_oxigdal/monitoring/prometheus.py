@@ -64,7 +64,12 @@ class PrometheusCollector:
         ext = self.extension
         if ext is None or ext.scheduler is None:
             return
+        # with oxigdal.auth, /metrics (served by distributed, unauthenticated) carries
+        # no per-tenant series: those are in the token-protected state.json
+        private = getattr(ext, "auth", None) is not None
         for fam in metric_families(ext.snapshot()):
+            if private and "tenant" in fam.labels:
+                continue
             cls = CounterMetricFamily if fam.kind == "counter" else GaugeMetricFamily
             metric = cls(f"{self.prefix}_{fam.name}", fam.documentation, labels=list(fam.labels))
             for labels, value in fam.samples:

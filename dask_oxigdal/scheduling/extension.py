@@ -247,6 +247,8 @@ class OxigdalScheduling(SchedulerPlugin):
         self.malformed: dict[Any, str] = {}
         self.malformed_tasks = 0
         self._to_fail: set[Any] = set()
+        # key -> the exception of a held task that is not a ValueError (PermissionError)
+        self._malformed_exc: dict[Any, BaseException] = {}
         self._fail_scheduled = False
         # key -> exception of tasks a policy rejected (``reject``), failed once in no-worker
         self._rejected: dict[Any, BaseException] = {}
@@ -261,6 +263,8 @@ class OxigdalScheduling(SchedulerPlugin):
         self.coordinator: Any = None
         self._restored = False
         self.monitoring: dict[str, bool] = {}
+        #: identity/RBAC/audit (dask_oxigdal.auth.guard.AuthGuard) with oxigdal.auth.enabled
+        self.auth: Any = None
 
     # ------------------------------------------------------------------ setup
     def _configure(self) -> None:
@@ -382,6 +386,11 @@ class OxigdalScheduling(SchedulerPlugin):
                 self._disable(policy, "start", e)
         self._refresh_transition_policies()
         self._coordinator_restore()
+        if setting("auth.enabled"):
+            from dask_oxigdal.auth.guard import AuthGuard
+
+            self.auth = AuthGuard(self)
+            self.auth.install()
         scheduler.handlers[STATUS_HANDLER] = self.status_handler
         # observability: Prometheus collector and the /oxigdal/ page (never raises)
         from dask_oxigdal.monitoring.hooks import attach
@@ -406,6 +415,8 @@ class OxigdalScheduling(SchedulerPlugin):
         if pc is not None:
             pc.stop()
         self.scheduler.handlers.pop(STATUS_HANDLER, None)
+        if self.auth is not None:
+            self.auth.uninstall()
         if self.coordinator is not None:
             self._coordinator_sync()
             await self.coordinator.close()
@@ -582,6 +593,8 @@ class OxigdalScheduling(SchedulerPlugin):
         if tenant in self.weights:
             return tenant
         if self.strict:
+            if self.auth is not None:  # never list the other tenants to a principal
+                raise ValueError(f"unknown tenant {tenant!r} (oxigdal.scheduling.strict is on)")
             raise ValueError(
                 f"unknown tenant {tenant!r} (oxigdal.scheduling.strict is on); "
                 f"configured tenants: {', '.join(sorted(self.weights))}"
@@ -638,6 +651,8 @@ class OxigdalScheduling(SchedulerPlugin):
         stasks = scheduler.tasks
         new: list[tuple[TaskState, TaskInfo]] = []
         info_map = self.info
+        auth = self.auth
+        denied = 0
         for key in tasks:
             if key in info_map or key in self.malformed:
                 continue
@@ -646,6 +661,13 @@ class OxigdalScheduling(SchedulerPlugin):
                 continue
             try:
                 parsed, tenant, queue = self._parse(ts.annotations)
+                if auth is not None:
+                    tenant, queue = auth.admit(client, parsed, parsed.queue)
+            except PermissionError as e:
+                denied += 1
+                denied_msg = str(e)
+                self._hold_malformed(ts, denied_msg, e)
+                continue
             except ValueError as e:
                 self._hold_malformed(ts, _error_text(e).removeprefix(f"{type(e).__name__}: "))
                 continue
@@ -662,6 +684,8 @@ class OxigdalScheduling(SchedulerPlugin):
                 usage = self.usage[tenant] = _TenantUsage()
             usage.submitted += 1
             usage.pending += 1
+        if denied:
+            auth.denied_tasks(client, denied, denied_msg)
         if not new:
             return
         new.sort(key=lambda pair: pair[0].priority or ())
@@ -678,10 +702,14 @@ class OxigdalScheduling(SchedulerPlugin):
                 self._task_fault(policy, "update_graph", [(ts.key, i) for ts, i in new], e)
                 return
 
-    def _hold_malformed(self, ts: TaskState, message: str) -> None:
+    def _hold_malformed(
+        self, ts: TaskState, message: str, exc: BaseException | None = None
+    ) -> None:
         # Restricting a task to an address no worker has sends it to no-worker;
         # the transition hook then fails it from a later event-loop tick.
         self.malformed[ts.key] = message
+        if exc is not None:
+            self._malformed_exc[ts.key] = exc
         self.malformed_tasks += 1
         ts.worker_restrictions = {HOLD_ADDRESS}
         ts.host_restrictions = None  # a host restriction would add its workers back
@@ -883,6 +911,8 @@ class OxigdalScheduling(SchedulerPlugin):
         elif finish in ("erred", "forgotten", "memory"):
             self.malformed.pop(key, None)
             self._to_fail.discard(key)
+            if self._malformed_exc:
+                self._malformed_exc.pop(key, None)
 
     def _erred(self, key: Any, exc: BaseException, text: str, stimulus_id: str) -> dict:
         """Transition a ``no-worker`` task to ``erred`` with ``exc``; the follow-up recs."""
@@ -909,7 +939,9 @@ class OxigdalScheduling(SchedulerPlugin):
             message = self.malformed.get(key)
             if ts is None or message is None or ts.state != "no-worker":
                 continue
-            exc = ValueError(f"task {key!r} rejected by dask-oxigdal: {message}")
+            exc = self._malformed_exc.pop(key, None) or ValueError(
+                f"task {key!r} rejected by dask-oxigdal: {message}"
+            )
             recs.update(self._erred(key, exc, str(exc), stimulus_id))
             scheduler.log_event(
                 NAME, {"action": "malformed-annotations", "key": str(key), "error": message}
@@ -921,6 +953,7 @@ class OxigdalScheduling(SchedulerPlugin):
         """Forget per-task state (every task was released); keep cumulative counters."""
         self.info.clear()
         self.malformed.clear()
+        self._malformed_exc.clear()
         self._to_fail.clear()
         self._rejected.clear()
         for usage in self.usage.values():
@@ -1142,9 +1175,24 @@ class OxigdalScheduling(SchedulerPlugin):
             ),
         }
 
-    def status_handler(self) -> dict[str, Any]:
-        """Scheduler handler ``oxigdal_status``: :meth:`snapshot`."""
-        return self.snapshot()
+    def status_handler(self) -> dict[str, Any] | None:
+        """Scheduler handler ``oxigdal_status``: :meth:`snapshot`.
+
+        ``None`` once this extension was unregistered. With ``oxigdal.auth``,
+        a principal without the ``admin`` role gets only its own tenants.
+        """
+        scheduler = self.scheduler
+        if scheduler is None or scheduler.plugins.get(self.name) is not self:
+            return None
+        snap = self.snapshot()
+        if self.auth is not None:
+            from dask_oxigdal.auth.guard import current_identity
+
+            view = self.auth.user_view(snap, current_identity())
+            if view is not None:
+                return view
+            snap["auth"] = self.auth.snapshot()
+        return snap
 
 
 def register(client: Client, *, replace: bool = False, **options: Any) -> Any:
@@ -1209,15 +1257,11 @@ def status(client: Client) -> Any:
     """
 
     async def _status() -> dict[str, Any]:
-        installed = await client.run_on_scheduler(_has_handler)
-        if not installed:
-            return Status({"installed": False})
+        # a scheduler without the handler answers None (distributed logs "No handler")
         snap = await client.scheduler.oxigdal_status()
+        if not snap:
+            return Status({"installed": False})
         # msgpack turns lists into tuples: hand back plain JSON types
         return Status(json.loads(json.dumps(snap)))
 
     return client.sync(_status)
-
-
-def _has_handler(dask_scheduler: Scheduler) -> bool:
-    return STATUS_HANDLER in dask_scheduler.handlers
