@@ -438,13 +438,17 @@ class Day:
 
     # ------------------------------------------------------------ the loop
     def collect(self) -> None:
-        finished = [k for k, f in self.pending.items() if f.done()]
-        for key in finished:
-            fut = self.pending.pop(key)
+        """Keep the results (and errors) of the finished futures, and let go of those."""
+        for key in [k for k, f in self.pending.items() if f.done()]:
+            fut = self.pending[key]
+            # a result lost with a killed worker ("lost") is being recomputed: wait for it
             if fut.status == "finished":
                 self.results[key] = fut.result()
+            elif fut.status in ("error", "cancelled"):
+                self.errors[key] = f"{fut.status}: {fut.exception()!r}"
             else:
-                self.errors[key] = repr(fut.exception())
+                continue
+            del self.pending[key]
 
     def run_until_done(self, t0: float, stream: TextIO, label: str) -> None:
         schedule: list[tuple[float, Any]] = [
