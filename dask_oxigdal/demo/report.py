@@ -58,47 +58,60 @@ def rows(summary: dict[str, Any]) -> list[tuple[str, list[str]]]:
             f"({sum(j['met'] for j in r['deadline_jobs'])}/{len(r['deadline_jobs'])} jobs)"
         ),
     )
-    add("gangs", _gang_cell)
-    add("straggler tail", _straggler_cell)
-    add("killed worker", _kill_cell)
+    add("gangs that rendezvoused", lambda r: _gangs(r, "met"))
+    add("gang start skew (largest)", lambda r: _gangs(r, "skew"))
+    add("gang members timed out", lambda r: _gangs(r, "timed_out"))
+    add("thread-seconds waiting at barriers", lambda r: _gangs(r, "wait"))
+    add(
+        "straggler's result after",
+        lambda r: (
+            "-"
+            if not r.get("straggler")
+            else f"{r['straggler']['result_after_s']:.2f} s ({_n(r['straggler']['attempts'], 'attempt')}; "
+            f"typical task {_fmt(r['straggler']['typical_s'])} s)"
+        ),
+    )
+    add("a worker SIGKILLed at", lambda r: _kill(r, "at"))
+    add("  attempts lost with it", lambda r: _kill(r, "lost"))
+    add("  results recomputed", lambda r: _kill(r, "recomputed"))
+    add("  replacement joined after", lambda r: _kill(r, "replaced"))
     add("day's makespan", lambda r: _fmt(r["makespan_s"], ".1f", " s"))
     return out
 
 
-def _gang_cell(r: dict[str, Any]) -> str:
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _gangs(r: dict[str, Any], what: str) -> str:
     gangs = r.get("gangs") or []
     if not gangs:
         return "-"
-    ok = sum(g["rendezvous"] for g in gangs)
-    skew = max((g["start_skew_s"] or 0.0) for g in gangs)
-    wait = sum(g["barrier_wait_s"] for g in gangs)
-    text = f"{ok}/{len(gangs)} met, skew {skew:.2f} s, {wait:.1f} thread-s at barrier"
-    timed_out = sum(g["timed_out"] for g in gangs)
-    if timed_out:
-        text += f"; deadlock cut off by timeout ({timed_out} members)"
-    return text
+    if what == "met":
+        return f"{sum(g['rendezvous'] for g in gangs)}/{len(gangs)}"
+    if what == "skew":
+        return _fmt(max((g["start_skew_s"] or 0.0) for g in gangs), ".2f", " s")
+    if what == "timed_out":
+        n = sum(g["timed_out"] for g in gangs)
+        return f"{n} (deadlock cut off by the timeout)" if n else "0"
+    return f"{sum(g['barrier_wait_s'] for g in gangs):.1f} s"
 
 
-def _straggler_cell(r: dict[str, Any]) -> str:
-    s = r.get("straggler")
-    if not s:
-        return "-"
-    return (
-        f"result after {s['result_after_s']:.2f} s (typical {_fmt(s['typical_s'])} s, "
-        f"{s['attempts']} attempt{'s' if s['attempts'] != 1 else ''})"
-    )
-
-
-def _kill_cell(r: dict[str, Any]) -> str:
+def _kill(r: dict[str, Any], what: str) -> str:
     k = r.get("kill") or {}
     if not k.get("done"):
-        return "not killed" + (f" ({k['skipped']})" if k.get("skipped") else "")
-    return (
-        f"at {k['at_s']:.1f} s: {k['attempts_lost']} attempts lost "
-        f"({k['lost_worker_seconds']:.1f} s), {k['results_recomputed']} results recomputed "
-        f"({k['recompute_worker_seconds']:.1f} s), replaced after "
-        f"{_fmt(k.get('replaced_after_s'), '.1f', ' s')}"
-    )
+        return (
+            ("not killed" + (f" ({k['skipped']})" if k.get("skipped") else ""))
+            if what == "at"
+            else "-"
+        )
+    if what == "at":
+        return f"{k['at_s']:.1f} s"
+    if what == "lost":
+        return f"{k['attempts_lost']} ({k['lost_worker_seconds']:.1f} worker-s)"
+    if what == "recomputed":
+        return f"{k['results_recomputed']} ({k['recompute_worker_seconds']:.1f} worker-s)"
+    return _fmt(k.get("replaced_after_s"), ".1f", " s")
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -196,32 +209,83 @@ def draw(summary: dict[str, Any], path: str) -> str:
         ax = fig.add_subplot(grid[0, i])
         _timeline(ax, summary[side], end)
         ax.set_title(f"{name}: who ran when", fontsize=11)
+    handles = [matplotlib_patch(c, t) for t, c in COLOURS.items()]
+    handles.append(matplotlib_patch(COLOURS["research"], "gang member", hatch="//"))
+    handles.append(matplotlib_patch("white", "killed attempt", hatch="xx"))
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=5, fontsize=8)
     ax = fig.add_subplot(grid[1, 0])
     _shares(ax, summary, sides)
     ax = fig.add_subplot(grid[1, 1])
     ax.axis("off")
-    table = rows(summary)
-    keep = ("Jain", "late tenant", "deadline", "gangs", "straggler", "killed")
-    lines = [f"{'':<24}" + "".join(f"{n:<34}" for _, n in sides)]
-    for label, cells in table:
-        if any(k in label for k in keep):
-            short = label.split(" of ")[0].replace(
-                "late tenant's wait for its first task", "late tenant's wait"
-            )
-            lines.append(f"{short[:23]:<24}" + "".join(f"{_wrap(c):<34}" for c in cells))
-    ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=7.3, va="top")
+    cells = [[label] + [cell(summary[s]) for s, _ in sides] for label, cell in _PICTURE_ROWS]
+    table = ax.table(
+        cellText=cells,
+        colLabels=[""] + [name for _, name in sides],
+        colWidths=[0.24] + [0.76 / len(sides)] * len(sides),
+        loc="center",
+        cellLoc="left",
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1, 1.9)
+    for (row, _col), c in table.get_celld().items():
+        c.set_edgecolor("#cccccc")
+        if row == 0:
+            c.set_text_props(weight="bold")
     fig.suptitle(
         f"The same multi-tenant day on identical clusters (seed {summary.get('seed')})",
         fontsize=13,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def _wrap(cell: str) -> str:
-    return cell if len(cell) <= 33 else cell[:31] + ".."
+def _picture_gangs(r: dict[str, Any]) -> str:
+    gangs = r.get("gangs") or []
+    if not gangs:
+        return "-"
+    ok = sum(g["rendezvous"] for g in gangs)
+    if any(g["timed_out"] for g in gangs):
+        return f"{ok}/{len(gangs)} met: deadlock, timed out"
+    skew = max((g["start_skew_s"] or 0.0) for g in gangs)
+    return f"{ok}/{len(gangs)} met, start skew {skew:.2f} s"
+
+
+def _picture_kill(r: dict[str, Any]) -> str:
+    k = r.get("kill") or {}
+    if not k.get("done"):
+        return "not killed"
+    return (
+        f"{k['attempts_lost']} lost ({k['lost_worker_seconds']:.1f} s), "
+        f"{k['results_recomputed']} recomputed"
+    )
+
+
+_PICTURE_ROWS: tuple[tuple[str, Any], ...] = (
+    ("Jain index (shares)", lambda r: _fmt(r["jain_contended"], ".3f")),
+    ("late tenant's wait", lambda r: _fmt(r["late_tenant"]["wait_s"], ".2f", " s")),
+    (
+        "deadline hit rate",
+        lambda r: (
+            f"{_fmt(r['deadline_hit_rate'], '.0%')} "
+            f"({sum(j['met'] for j in r['deadline_jobs'])}/{len(r['deadline_jobs'])} jobs)"
+        ),
+    ),
+    ("gangs", _picture_gangs),
+    (
+        "straggler's result",
+        lambda r: (
+            "-"
+            if not r.get("straggler")
+            else f"after {r['straggler']['result_after_s']:.2f} s "
+            f"({r['straggler']['attempts']} attempt{'s' if r['straggler']['attempts'] > 1 else ''})"
+        ),
+    ),
+    ("killed worker", _picture_kill),
+    ("day's makespan", lambda r: _fmt(r["makespan_s"], ".1f", " s")),
+)
 
 
 def _timeline(ax: Any, run: dict[str, Any], end: float) -> None:
@@ -229,27 +293,27 @@ def _timeline(ax: Any, run: dict[str, Any], end: float) -> None:
     for a in run["timeline"]:
         workers.setdefault((a["worker"], 0), []).append(a)
     # one lane per concurrently running attempt of each worker
-    lanes: list[list[tuple[float, float, str, bool]]] = []
+    lanes: list[list[tuple[float, float, str, bool, str]]] = []
     for (_worker, _), attempts in sorted(workers.items()):
-        mine: list[list[tuple[float, float, str, bool]]] = []
+        mine: list[list[tuple[float, float, str, bool, str]]] = []
         for a in sorted(attempts, key=lambda a: a["start"]):
             for lane in mine:
                 if lane[-1][1] <= a["start"] + 1e-3:
-                    lane.append((a["start"], a["stop"], a["tenant"], a["killed"]))
+                    lane.append((a["start"], a["stop"], a["tenant"], a["killed"], a["kind"]))
                     break
             else:
-                mine.append([(a["start"], a["stop"], a["tenant"], a["killed"])])
+                mine.append([(a["start"], a["stop"], a["tenant"], a["killed"], a["kind"])])
         lanes += mine
     for a, b in run.get("contended") or []:
         ax.axvspan(a, b, color="#eeeeee", zorder=0)
     for y, lane in enumerate(lanes):
-        for start, stop, tenant, killed in lane:
+        for start, stop, tenant, killed, kind in lane:
             ax.broken_barh(
                 [(start, max(stop - start, 0.01))],
                 (y + 0.1, 0.8),
                 facecolors=COLOURS.get(tenant, "grey"),
-                edgecolors="black" if killed else "none",
-                hatch="xx" if killed else None,
+                edgecolors="black" if (killed or kind == "gang") else "none",
+                hatch="xx" if killed else ("//" if kind == "gang" else None),
                 linewidth=0.3,
             )
     kill = run.get("kill") or {}
@@ -269,16 +333,14 @@ def _timeline(ax: Any, run: dict[str, Any], end: float) -> None:
     ax.set_ylim(-0.6, len(lanes) + 0.8)
     ax.set_yticks([])
     ax.set_ylabel("worker threads")
-    ax.set_xlabel("seconds (grey: all three tenants have work; ▲ quick-look deadlines)")
-    handles = [matplotlib_patch(c, t) for t, c in COLOURS.items()]
-    ax.legend(handles=handles, loc="upper right", fontsize=7, ncol=3)
+    ax.set_xlabel("seconds (grey: all three tenants have work; ▲ quick-look deadline met/missed)")
 
 
-def matplotlib_patch(colour: str, label: str) -> Any:
-    """A legend entry of one colour."""
+def matplotlib_patch(colour: str, label: str, hatch: str | None = None) -> Any:
+    """A legend entry of one colour (and hatch)."""
     from matplotlib.patches import Patch
 
-    return Patch(facecolor=colour, label=label)
+    return Patch(facecolor=colour, label=label, hatch=hatch, edgecolor="black" if hatch else None)
 
 
 def _shares(ax: Any, summary: dict[str, Any], sides: list[tuple[str, str]]) -> None:
@@ -314,7 +376,7 @@ def _shares(ax: Any, summary: dict[str, Any], sides: list[tuple[str, str]]) -> N
         f"{name}: Jain {_fmt(summary[s]['jain_contended'], '.2f')}" for s, name in sides
     )
     ax.set_title(f"contended share vs entitlement (pale: plain Dask)\n{labels}", fontsize=10)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left")
 
 
 def write_html(summary: dict[str, Any], path: str, png: str) -> str:
