@@ -156,7 +156,18 @@ def ensure_extension(
 
 
 def urls(dashboard: str) -> dict[str, str]:
-    """The dashboard's, the ``/oxigdal/`` page's and the metrics' addresses."""
+    """The dashboard's, the ``/oxigdal/`` page's and the metrics' addresses.
+
+    Parameters
+    ----------
+    dashboard : str
+        ``client.dashboard_link``.
+
+    Returns
+    -------
+    dict
+        ``{"dashboard", "oxigdal", "state", "metrics"}``.
+    """
     base = dashboard.rsplit("/status", 1)[0].rstrip("/")
     return {
         "dashboard": dashboard,
@@ -181,6 +192,18 @@ def run_half(
     keep_alive: bool = False,
 ) -> dict[str, Any]:
     """Run the day once: ``mode`` is ``"plain"`` (no extension) or ``"ours"``.
+
+    Parameters
+    ----------
+    mode : {"plain", "ours"}
+    workers, threads_per_worker, size, tiles, seed, deadline_s, kill_worker
+        See :func:`run_demo`.
+    scheduler_address : str or None
+        An existing scheduler instead of an embedded ``LocalCluster``.
+    stream : file-like
+        Where progress lines go.
+    keep_alive : bool
+        Keep the embedded cluster up until interrupted once the day is over.
 
     Returns
     -------

@@ -157,6 +157,30 @@ def process_tile(
     }
 
 
+def tile_stats(tile: dict[str, Any], seed: int, size: int, step: int = 1) -> dict[str, Any]:
+    """NDVI statistics of one tile of the plan, every ``step``-th pixel (a quick look).
+
+    Parameters
+    ----------
+    tile : dict
+        One entry of :func:`~dask_oxigdal.demo.scene.plan_tiles`.
+    seed, size : int
+        Scene seed and size.
+    step : int
+        1 for the full tile; a quick look reads a sub-window ``1/step`` as wide.
+
+    Returns
+    -------
+    dict
+        :func:`~dask_oxigdal.demo.scene.process_tile`'s statistics.
+    """
+    row0, row1, col0, col1 = tile["window"]
+    if step > 1:
+        row1 = row0 + max(1, (row1 - row0) // step)
+        col1 = col0 + max(1, (col1 - col0) // step)
+    return process_tile(tile["tile"], (row0, row1, col0, col1), tile["bounds"], seed, size)
+
+
 def plan_tiles(size: int, tiles: int) -> list[dict[str, Any]]:
     """Cut the scene into ``tiles x tiles`` tiles: geographic bounds and pixel windows.
 

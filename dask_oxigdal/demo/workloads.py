@@ -48,6 +48,7 @@ from dask_oxigdal.demo.scene import (
     measure_partition,
     partition_countries,
     read_countries,
+    tile_stats,
 )
 
 #: Tenants of the demo and their fair-share weights.
@@ -141,32 +142,6 @@ def traced(func: Any, tenant: str, kind: str, latency: float, *args: Any, **kwar
     out = func(*args, **kwargs)
     trace("stop", tenant=tenant, kind=kind)
     return out
-
-
-def tile_stats(tile: dict[str, Any], seed: int, size: int, step: int = 1) -> dict[str, Any]:
-    """NDVI statistics of one tile of the plan, every ``step``-th pixel (a quick look).
-
-    Parameters
-    ----------
-    tile : dict
-        One entry of :func:`~dask_oxigdal.demo.scene.plan_tiles`.
-    seed, size : int
-        Scene seed and size.
-    step : int
-        1 for the full tile; a quick look reads a sub-window ``1/step`` as wide.
-
-    Returns
-    -------
-    dict
-        :func:`~dask_oxigdal.demo.scene.process_tile`'s statistics.
-    """
-    from dask_oxigdal.demo.scene import process_tile
-
-    row0, row1, col0, col1 = tile["window"]
-    if step > 1:
-        row1 = row0 + max(1, (row1 - row0) // step)
-        col1 = col0 + max(1, (col1 - col0) // step)
-    return process_tile(tile["tile"], (row0, row1, col0, col1), tile["bounds"], seed, size)
 
 
 def simulate(seed: int, n: int, rounds: int) -> float:
@@ -344,6 +319,7 @@ class Day:
 
     # ------------------------------------------------------------ the arrivals
     def research(self) -> None:
+        """Submit research's backlog of simulations and its gangs (the day's first arrival)."""
         n = len(self.plan)
         self._submit(
             "research",
@@ -369,6 +345,7 @@ class Day:
             self.gangs[name] = self._add("research", futures)
 
     def vector(self) -> None:
+        """Submit the vector job: read, partition, then measure every partition."""
         nparts = vector_partitions(self.tiles)
         self.nparts = nparts
         (countries,) = self._submit(
@@ -391,6 +368,7 @@ class Day:
         )
 
     def mosaic(self) -> None:
+        """Submit the late tenant's mosaic: one task per tile."""
         self._submit(
             "imagery",
             "tile",
@@ -400,6 +378,7 @@ class Day:
         )
 
     def quicklook(self, j: int) -> None:
+        """Submit quick-look job ``j``: :data:`QUICKLOOK_TILES` small tiles with a deadline."""
         picks = [
             self.plan[(j * QUICKLOOK_TILES + i) % len(self.plan)] for i in range(QUICKLOOK_TILES)
         ]
@@ -422,6 +401,7 @@ class Day:
         )
 
     def report(self) -> None:
+        """Submit research's closing report; one task straggles on its first attempt."""
         from dask_oxigdal.annotations import annotate
 
         straggler = self.seed % REPORT_TASKS
@@ -451,6 +431,22 @@ class Day:
             del self.pending[key]
 
     def run_until_done(self, t0: float, stream: TextIO, label: str) -> None:
+        """Submit the day on schedule from ``t0``, collect until everything finished.
+
+        Parameters
+        ----------
+        t0 : float
+            Start of the day (``time.time()``).
+        stream : file-like
+            Where a progress line goes every 2 s.
+        label : str
+            Prefix of the progress lines.
+
+        Raises
+        ------
+        TimeoutError
+            The day took longer than :data:`DAY_TIMEOUT`.
+        """
         schedule: list[tuple[float, Any]] = [
             (0.0, self.research),
             (VECTOR_AT, self.vector),
@@ -482,6 +478,7 @@ class Day:
             time.sleep(0.05)
 
     def progress(self) -> str:
+        """``"tenant done/submitted, ..."`` for the progress line."""
         parts = []
         for tenant in DEMO_TENANTS:
             keys = [k for k, (t, _) in self.submitted.items() if t == tenant]
