@@ -69,7 +69,7 @@ def test_plan_tiles_covers_the_scene_exactly():
         plan_tiles(size, 40)
 
 
-def test_demo_text_summary_against_an_existing_scheduler():
+def test_demo_text_summary_against_an_existing_scheduler(tmp_path):
     size, tiles = 128, 2
     with (
         LocalCluster(
@@ -95,6 +95,8 @@ def test_demo_text_summary_against_an_existing_scheduler():
                 str(size),
                 "--tiles",
                 str(tiles),
+                "--report-dir",
+                str(tmp_path),
             ],
             capture_output=True,
             text=True,

@@ -1,131 +1,207 @@
-"""``dask oxigdal demo --json``: the multi-tenant scenario, run for real, figures checked."""
+"""``dask oxigdal demo``: the same day on plain Dask and with dask-oxigdal, run for real.
+
+The side-by-side run is the demo's default (two LocalClusters of 2 process
+workers x 2 threads, one after the other, a worker killed in each). Its
+figures are checked against each other, against the report it wrote, and
+against a ``--quick`` run with another seed. No wall-clock assertions: the
+comparisons are between the two halves of one run.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
-import geopandas
+import pytest
 
-from dask_oxigdal.demo import DEMO_TENANTS, GANG_SIZE, countries_path, policy_counters
+from dask_oxigdal.demo import DEMO_TENANTS, countries_path, jain, policy_counters
+from dask_oxigdal.demo.report import rows
+from dask_oxigdal.demo.sampler import attempts_from_trace, measure
 
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")
 
 
-def _check_ndvi_summary(summary: dict, size: int, tiles: int) -> None:
-    assert summary["tiles"] == tiles * tiles
-    assert summary["pixels"] == size * size
-    assert summary["valid_pixels"] + summary["nodata_pixels"] == size * size
-    assert 0 < summary["nodata_pixels"] < size * size  # the swath-edge triangle
-    per_tile = summary["per_tile"]
-    assert sorted(t["tile"] for t in per_tile) == list(range(tiles * tiles))
-    for t in per_tile:
-        if t["valid"]:
-            assert -1.0 <= t["ndvi_min"] <= t["ndvi_mean"] <= t["ndvi_max"] <= 1.0
-        else:
-            assert t["ndvi_mean"] is None
-        assert t["water"] + t["vegetation"] + t["bare"] == t["valid"]
-    cover = summary["land_cover"]
-    assert math.isclose(cover["water"] + cover["vegetation"] + cover["bare"], 1.0)
-    # the synthetic scene has all three covers
-    assert min(cover.values()) > 0.01
-    assert sum(summary["tasks_per_worker"].values()) == tiles * tiles
-
-
-def test_demo_json_figures_are_consistent():
-    size, tiles = 384, 4
+def _demo(tmp_path, *args, timeout=240):
     out = subprocess.run(
-        [DASK, "oxigdal", "demo", "--json", "--size", str(size), "--tiles", str(tiles)],
+        [DASK, "oxigdal", "demo", "--json", "--report-dir", str(tmp_path), *args],
         capture_output=True,
         text=True,
-        timeout=240,
-        check=True,
+        timeout=timeout,
+        check=False,
+        cwd=tmp_path,
     )
-    s = json.loads(out.stdout)
-    _check_ndvi_summary(s, size, tiles)
-    assert "LocalCluster(2 workers" in s["cluster"]
-    # the killed worker's results were recomputed: only live workers hold results
-    assert 1 <= len(s["tasks_per_worker"]) <= 2
+    assert out.returncode == 0, out.stderr[-6000:]
+    return json.loads(out.stdout), out.stderr
 
-    # NDVI: every tile present, every valid tile's NDVI in [-1, 1]
-    per_tile = s["per_tile"]
-    assert sorted(t["tile"] for t in per_tile) == list(range(tiles * tiles))
-    assert sum(t["pixels"] for t in per_tile) == size * size
-    for t in per_tile:
-        assert t["valid"] + t["nodata"] == t["pixels"]
-        if t["valid"]:
-            assert -1.0 <= t["ndvi_min"] <= t["ndvi_mean"] <= t["ndvi_max"] <= 1.0
-        else:
-            assert t["ndvi_mean"] is None
-    assert sum(t["valid"] for t in per_tile) > 0.8 * size * size
 
-    # tenants: shares sum to 1, entitled shares follow the weights
-    tenants = s["tenants"]
+@pytest.fixture(scope="module")
+def side_by_side(tmp_path_factory):
+    """One full demo run (plain Dask, then dask-oxigdal), shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("demo")
+    return _demo(tmp, timeout=300)
+
+
+def _check_tenants(run: dict) -> None:
+    tenants = run["tenants"]
     assert set(tenants) == set(DEMO_TENANTS)
-    assert math.isclose(sum(t["share"] for t in tenants.values()), 1.0)
-    assert math.isclose(sum(t["entitled_share"] for t in tenants.values()), 1.0)
     total_weight = sum(DEMO_TENANTS.values())
     for name, t in tenants.items():
-        assert t["weight"] == DEMO_TENANTS[name]
         assert math.isclose(t["entitled_share"], DEMO_TENANTS[name] / total_weight)
-        assert t["completed"] >= t["tasks"]  # recomputed tasks count again
-        assert t["worker_seconds"] > 0
-    contended = [t["contended_share"] for t in tenants.values()]
-    if s["contention_seconds"] > 0:
-        assert math.isclose(sum(contended), 1.0)
+        assert 0.0 <= t["contended_share"] <= 1.0
+        assert t["completed"] == t["tasks"] > 0, (name, t)
+    assert math.isclose(sum(t["contended_share"] for t in tenants.values()), 1.0)
+    ratios = [t["contended_share"] / t["entitled_share"] for t in tenants.values()]
+    assert math.isclose(run["jain_contended"], jain(ratios))
+    assert run["contention_seconds"] > 0
 
-    # the deadline verdict agrees with its figures
-    d = s["deadline"]
-    assert d["met"] == (d["finished_s"] <= d["deadline_s"])
 
-    # the gang rendezvoused (members secede while they wait: no deadlock possible)
-    assert s["gang"]["members"] == GANG_SIZE
-    assert s["gang"]["rendezvous"] is True
+def test_ours_beats_plain_dask_on_fair_share_and_deadlines(side_by_side):
+    s, stderr = side_by_side
+    plain, ours = s["plain"], s["ours"]
+    for run in (plain, ours):
+        _check_tenants(run)
+        assert run["errors"] == {}
+        jobs = run["deadline_jobs"]
+        assert len(jobs) == 3
+        assert run["deadline_hit_rate"] == sum(j["met"] for j in jobs) / 3
+        for j in jobs:  # the verdict agrees with its figures
+            assert j["met"] == (j["finished_in_s"] <= j["deadline_s"])
+        # the same day: the same tasks per tenant on both sides
+        assert {t: v["tasks"] for t, v in run["tenants"].items()} == {
+            t: v["tasks"] for t, v in ours["tenants"].items()
+        }
+        # the killed worker was replaced, and every task still finished
+        k = run["kill"]
+        assert k["done"] and k["died"], k
+        assert k["workers_after"] >= k["workers_before"] == 2
+        # the straggler's first attempt was slow on both sides
+        assert run["straggler"]["first_attempt_s"] > run["straggler"]["typical_s"]
+    # the point of the demo
+    assert ours["jain_contended"] > plain["jain_contended"], (ours, plain)
+    assert ours["deadline_hit_rate"] > plain["deadline_hit_rate"]
+    # the late tenant starts sooner with fair share than behind plain Dask's FIFO backlog
+    assert ours["late_tenant"]["wait_s"] < plain["late_tenant"]["wait_s"]
+    # gangs: with the Gang policy every gang rendezvoused; the policy counted them
+    assert all(g["rendezvous"] for g in ours["gangs"]), ours["gangs"]
+    assert ours["policies"]["gangs_started"] >= len(ours["gangs"])
+    assert ours["policies"]["deadlines_met"] >= sum(j["met"] for j in ours["deadline_jobs"])
+    assert ours["coordinator"]["role"] == "leader"
+    assert "policies" not in plain  # plain Dask has no extension
+    assert ours["urls"]["oxigdal"].endswith("/oxigdal/")
+    assert "live oxigdal page: " + ours["urls"]["oxigdal"] in stderr
 
-    # vector: both partitionings cover every country exactly once
+
+def test_the_report_shows_the_runs_figures(side_by_side):
+    s, _ = side_by_side
+    png, page = s["report"]["png"], s["report"]["html"]
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(png) > 20_000
+    with open(page, encoding="utf-8") as f:
+        text = html.unescape(f.read())
+    assert os.path.basename(png) in text
+    # every cell of the side-by-side table is in the page, in the run's order
+    for label, cells in rows(s):
+        assert label in text
+        for cell in cells:
+            assert cell in text, (label, cell)
+    for side in ("plain", "ours"):
+        assert f"{s[side]['jain_contended']:.3f}" in text
+    assert s["ours"]["urls"]["oxigdal"] in text
+
+
+def test_figures_change_with_the_seed(side_by_side, tmp_path):
+    s, _ = side_by_side
+    other, _ = _demo(tmp_path, "--quick", "--seed", "7", "--no-kill-worker")
+    assert other["plain"] is None and other["seed"] == 7 and s["seed"] == 42
+    a, b = s["ours"], other["ours"]
+    # the scene, and the straggling report task, come from the seed
+    assert a["ndvi"]["ndvi_mean"] != b["ndvi"]["ndvi_mean"]
+    assert a["straggler"]["key"].split("-")[2] != b["straggler"]["key"].split("-")[2]
+    assert a["straggler"]["key"].split("-")[2] == str(42 % 8)
+    # ... and the report shows this run's figures, not the other's
+    with open(other["report"]["html"], encoding="utf-8") as f:
+        text = html.unescape(f.read())
+    assert "Seed 7" in text
+    for label, cells in rows(other):
+        assert all(cell in text for cell in cells), label
+    assert not b["kill"]["done"] and "not killed" in text
+
+
+def test_vector_and_ndvi_figures(side_by_side):
+    import geopandas
+
+    s, _ = side_by_side
     countries = geopandas.read_file(countries_path())
-    for scheme in ("hash", "hilbert"):
-        v = s["vector"][scheme]
-        assert v["countries"] == len(countries)
-        assert v["iso_a3"] == sorted(countries["iso_a3"])
-        assert math.isclose(v["population"], float(countries["pop_est"].sum()))
-    hilbert = s["vector"]["hilbert"]["countries_per_partition"]
-    assert max(hilbert) - min(hilbert) <= 1  # Hilbert cuts balance the rows
+    for side in ("plain", "ours"):
+        v = s[side]["vector"]
+        for scheme in ("hash", "hilbert"):
+            assert v[scheme]["countries"] == len(countries)
+            assert v[scheme]["iso_a3"] == sorted(countries["iso_a3"])
+        hilbert = v["hilbert"]["countries_per_partition"]
+        assert max(hilbert) - min(hilbert) <= 1
+        ndvi = s[side]["ndvi"]
+        assert ndvi["tiles"] == 64 and ndvi["pixels"] == 2048 * 2048
+        for t in ndvi["per_tile"]:
+            if t["valid"]:
+                assert -1.0 <= t["ndvi_min"] <= t["ndvi_mean"] <= t["ndvi_max"] <= 1.0
+    # the same scene on both sides
+    assert s["plain"]["ndvi"]["ndvi_mean"] == s["ours"]["ndvi"]["ndvi_mean"]
 
-    # a worker was killed mid-run and the run recovered
-    k = s["kill"]
-    assert k["done"] and k.get("died") and k["recovered"], k
-    assert k["workers_after"] >= 2
 
-    # every default policy reports: the gang started through the Gang policy, the
-    # NDVI job's deadline was counted (met or missed) by the Deadline policy
-    p = s["policies"]
-    for name, value in p.items():
-        assert value is not None and value >= 0, name
-    assert p["gangs_started"] >= 1
-    assert p["deadlines_met" if d["met"] else "deadlines_missed"] >= 1
-    assert p["deadlines_failed"] == 0  # no deadline task erred
+def test_measure_from_a_trace():
+    """The figures of a hand-made trace: contended time, shares, deadlines, a killed attempt."""
+    tenants = {"a": 2.0, "b": 1.0}
+    t0 = 1000.0
 
-    # per tenant: the gang is research's, the deadline imagery's, and the
-    # per-tenant counters add up to the cluster-wide ones
-    assert tenants["research"]["gangs_started"] >= 1
-    assert tenants["imagery"]["gangs_started"] == tenants["vector"]["gangs_started"] == 0
-    assert sum(t["gangs_started"] for t in tenants.values()) == p["gangs_started"]
-    imagery = tenants["imagery"]
-    assert imagery["deadlines_met" if d["met"] else "deadlines_missed"] >= 1
-    for key in ("deadlines_met", "deadlines_missed", "deadlines_failed"):
-        assert sum(t[key] for t in tenants.values()) == p[key], key
-    assert tenants["vector"]["deadlines_met"] == tenants["vector"]["deadlines_missed"] == 0
+    def ev(event, key, t, pid=1, **kw):
+        return {"event": event, "key": key, "t": t0 + t, "pid": pid, "worker": "w", **kw}
 
-    # the embedded coordinator kept the policy state in its journal
-    coordinator = s["coordinator"]
-    assert coordinator["role"] == "leader" and coordinator["commit_index"] > 0, coordinator
-    assert s["urls"]["oxigdal"].endswith("/oxigdal/")
-    assert "tiles done" in out.stderr
+    events = [
+        ev("start", "a-0", 0.0, tenant="a", kind="x"),
+        ev("stop", "a-0", 4.0, tenant="a", kind="x"),
+        ev("start", "b-0", 1.0, pid=2, tenant="b", kind="x"),
+        ev("stop", "b-0", 3.0, pid=2, tenant="b", kind="x"),
+        ev("start", "a-1", 4.0, tenant="a", kind="x"),  # killed at 5 s, run again
+        ev("start", "a-1", 5.5, pid=2, tenant="a", kind="x"),
+        ev("stop", "a-1", 6.0, pid=2, tenant="a", kind="x"),
+    ]
+    kill = {"done": True, "pid": 1, "at": t0 + 5.0, "replaced_at": t0 + 6.0}
+    attempts = attempts_from_trace(events, kill, end=t0 + 7)
+    assert [(a["key"], a["killed"]) for a in attempts] == [
+        ("a-0", False),
+        ("b-0", False),
+        ("a-1", True),
+        ("a-1", False),
+    ]
+    submitted = {"a-0": ("a", t0), "a-1": ("a", t0), "b-0": ("b", t0 + 1.0)}
+    jobs = [{"name": "j", "tenant": "a", "keys": ["a-1"], "submitted": t0, "deadline_s": 5.0}]
+    m = measure(
+        tenants=tenants,
+        submitted=submitted,
+        attempts=attempts,
+        jobs=jobs,
+        gangs={},
+        kill=kill,
+        late_tenant="b",
+        t0=t0,
+    )
+    # both tenants have work from 1 s (b arrives) to 3 s (b done): a and b each run 2 s
+    assert m["contended"] == [(1.0, 3.0)]
+    assert m["tenants"]["a"]["contended_share"] == m["tenants"]["b"]["contended_share"] == 0.5
+    assert math.isclose(m["jain_contended"], jain([0.5 / (2 / 3), 0.5 / (1 / 3)]))
+    assert m["late_tenant"]["wait_s"] == 0.0
+    assert m["deadline_hit_rate"] == 0.0 and m["deadline_jobs"][0]["finished_in_s"] == 6.0
+    assert m["kill"]["attempts_lost"] == 1 and m["kill"]["lost_worker_seconds"] == 1.0
+    assert m["kill"]["results_recomputed"] == 0 and m["kill"]["replaced_after_s"] == 1.0
+    assert jain([1.0, 1.0, 1.0]) == 1.0 and math.isclose(jain([3.0, 0.0, 0.0]), 1 / 3)
+    assert jain([0.0, 0.0]) is None
 
 
 def test_policy_counters_read_defensively():
@@ -152,7 +228,6 @@ def _default_sigint():
 
 
 def test_keep_alive_leaves_the_cluster_up_until_interrupted(tmp_path):
-    import re
     import signal
     import urllib.request
 
@@ -163,11 +238,14 @@ def test_keep_alive_leaves_the_cluster_up_until_interrupted(tmp_path):
             "oxigdal",
             "demo",
             "--keep-alive",
+            "--quick",
             "--no-kill-worker",
             "--size",
             "128",
             "--tiles",
             "2",
+            "--report-dir",
+            str(tmp_path),
         ],
         stdout=subprocess.PIPE,
         stderr=err,
@@ -191,7 +269,7 @@ def test_keep_alive_leaves_the_cluster_up_until_interrupted(tmp_path):
             if "cluster kept alive" in line:
                 break
         out = "".join(lines)
-        assert "== dask-oxigdal demo: summary ==" in out
+        assert "== dask-oxigdal demo: summary ==" in out, stderr_tail()
         url = re.search(r"oxigdal page\s+(\S+)", out).group(1)
         # the cluster is still up: the page's state shows the demo's tenants
         state = json.loads(urllib.request.urlopen(url + "state.json", timeout=60).read())
