@@ -343,7 +343,8 @@ async def test_gang_larger_than_the_cluster_waits_then_errs_after_the_autoscalin
     with dox.annotate(gang="too-big"):
         futures = c.map(_sleep, range(3), pure=False)
     gang = s.plugins["oxigdal"].get_policy("Gang")
-    await _until(lambda: "too-big" in gang.gangs)  # accepted: waiting for workers
+    # accepted: waiting for workers (gangs are keyed by (tenant, name))
+    await _until(lambda: any(g.name == "too-big" for g in gang.gangs.values()))
     assert s.adaptive_target() == 3
     with pytest.raises(GangTooLarge, match=r"oxigdal.autoscaling.gang-timeout=1s"):
         await futures[0]

@@ -11,12 +11,13 @@ import sys
 EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
 
 
-def _run(name: str, *args: str) -> str:
+def _run(name: str, *args: str, cwd: str | None = None) -> str:
     out = subprocess.run(
         [sys.executable, os.path.join(EXAMPLES, name), *args],
         capture_output=True,
         text=True,
         timeout=280,
+        cwd=cwd,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
@@ -85,3 +86,16 @@ def test_geofencing_example_matches_sjoin_and_reports_events():
     assert "matches equal to geopandas.sjoin(within): True" in out
     m = re.search(r"events: (\d+) enter, (\d+) exit over 20 batches", out)
     assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0, out
+
+
+def test_durable_workflow_example_runs_and_a_second_run_returns_the_record(tmp_path):
+    """The example's checkpoint store is relative (.oxigdal/checkpoints): run it in tmp_path."""
+    first = _run("durable_workflow.py", cwd=str(tmp_path))
+    result = re.search(r"(\{'scene': \d+, 'threshold': [\d.e-]+\}) (\{.*\})", first)
+    assert result, first
+    steps = ast.literal_eval(result.group(2))
+    assert steps["done"] == steps["submitted"] > 0 and steps["failed"] == 0
+    # the second run finds the finished workflow and returns its recorded result
+    second = _run("durable_workflow.py", cwd=str(tmp_path))
+    assert result.group(1) in second, second
+    assert (tmp_path / ".oxigdal" / "checkpoints").is_dir()
