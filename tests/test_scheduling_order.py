@@ -41,15 +41,15 @@ from dask_oxigdal.annotations import annotate
 from dask_oxigdal.scheduling import _submitting
 from dask_oxigdal.scheduling.extension import register
 
-#: seeds per test; the four differential tests run 240 seeds in all in CI
-SEEDS = int(os.environ.get("OXIGDAL_ORDER_SEEDS", "60"))
+#: seeds per test; the four differential tests run 200 seeds in all in CI
+SEEDS = int(os.environ.get("OXIGDAL_ORDER_SEEDS", "50"))
 #: seconds each task sleeps: long against a loopback message, so that a task
 #: that became ready when the previous one ended reaches the worker before the
 #: running one ends (on vanilla too: otherwise the order depends on that race)
 DELAY = 0.01
 #: the same, for workloads with chains and sub-tasks (a dependent is sent to the
 #: worker only after its dependency ended); longer, for a loaded CI machine
-CHAIN_DELAY = 0.04
+CHAIN_DELAY = 0.03
 
 #: scheduler address -> Scheduler, for the sub-task parents (in-process workers)
 SCHEDULERS: dict[str, Scheduler] = {}
