@@ -226,7 +226,9 @@ def test_cancel_stops_the_workflow_and_its_running_steps(client, dirs):
 
 def test_two_tenants_share_a_cluster(client, dirs):
     store, _ = dirs
-    dox.register(client)
+    # configured tenants: an unknown tenant name is accounted to (and stamped as) the
+    # default tenant, whose tasks carry no oxigdal_tenant annotation on the worker
+    dox.register(client, replace=True, tenants={"team-a": 1, "team-b": 1, "override": 1})
     handles = []
     for tenant in ("team-a", "team-b"):
         with dox.annotate(tenant=tenant):
