@@ -31,11 +31,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
 from typing import Any
 
 from distributed import Security
 
+from dask_oxigdal._secrets import read_secret_file as _read_secret_file
 from dask_oxigdal.exceptions import ConfigError
 
 __all__ = [
@@ -120,22 +120,7 @@ def read_secret_file(path: str, *, name: str) -> bytes:
     ConfigError
         Missing file, group/world permission bits, or empty.
     """
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError(f"{name}={path!r} is not a regular file")
-            if st.st_mode & 0o077:
-                raise ConfigError(
-                    f"{name}={path!r} has mode {stat.S_IMODE(st.st_mode):04o}: group or other "
-                    f"users can access it. Run `chmod 600 {path}`"
-                )
-            data = f.read()
-    except OSError as e:
-        raise ConfigError(f"{name}={path!r} cannot be read: {e}") from None
-    if not data.strip():
-        raise ConfigError(f"{name}={path!r} is empty")
-    return data
+    return _read_secret_file(path, name=name)
 
 
 def load_token_secrets(token_file: str | None) -> dict[str, bytes]:

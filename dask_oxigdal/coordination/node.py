@@ -26,7 +26,6 @@ import os
 import secrets
 import signal
 import socket
-import stat
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 
+from dask_oxigdal._secrets import read_secret_file
 from dask_oxigdal.coordination import journal as _journal
 from dask_oxigdal.coordination._pysyncobj import SyncObjConf
 from dask_oxigdal.exceptions import ConfigError
@@ -217,20 +217,12 @@ def read_password_file(path: str, *, name: str = "oxigdal.coordinator.password-f
     ConfigError
         Missing or unreadable file, group/world permissions, or an empty first line.
     """
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError(f"{name}={path!r} is not a regular file")
-            if st.st_mode & 0o077:
-                raise ConfigError(
-                    f"{name}={path!r} has mode {stat.S_IMODE(st.st_mode):04o}: group or other "
-                    f"users can access it. Run `chmod 600 {path}` (the secret guards the "
-                    "coordinator's port against remote code execution)"
-                )
-            line = f.readline().decode().rstrip("\r\n")
-    except OSError as e:
-        raise ConfigError(f"{name}={path!r}: {e.strerror}") from e
+    data = read_secret_file(
+        path,
+        name=name,
+        why=" (the secret guards the coordinator's port against remote code execution)",
+    )
+    line = data.decode().splitlines()[0].rstrip("\r\n") if data else ""
     if not line:
         raise ConfigError(f"{name}={path!r}: the first line (the secret) is empty")
     return line
