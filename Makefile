@@ -42,7 +42,7 @@ DASK_TESTS_DESELECT :=
 
 dask-tests: $(VENV)/.stamp-all
 	cd $(DASK_TESTS_DIR) && \
-	  DASK_DISTRIBUTED__SCHEDULER__PRELOAD='["dask_oxigdal.preload"]' \
+	  DASK_DISTRIBUTED__SCHEDULER__PRELOAD='["dask_oxigdal.preload"]' PYTHONDONTWRITEBYTECODE=1 \
 	  PYTHONPATH=$(CURDIR)/tests/dask_suite \
 	  $(CURDIR)/$(BIN)/python -m pytest -p no:randomly -p oxigdal_dask_suite \
 	    $(DASK_TEST_MODULES) $(DASK_TESTS_DESELECT)
