@@ -214,11 +214,9 @@ async def with_extension(s, tenants=None):
 SAT = {"queue on scheduler": 1.0, "queue on worker": float("inf")}
 
 
-@pytest.mark.parametrize("saturation", list(SAT))
-def test_single_tenant_order_is_vanilla(saturation):
-    """One tenant (no annotations): the start order is vanilla Dask's, seed by seed."""
-
-    @gen_cluster(
+def one_thread_cluster(saturation: str):
+    """``gen_cluster`` with one one-thread worker at ``SAT[saturation]``, no stealing."""
+    return gen_cluster(
         client=True,
         nthreads=[("127.0.0.1", 1)],
         timeout=600,
@@ -228,6 +226,13 @@ def test_single_tenant_order_is_vanilla(saturation):
             "distributed.scheduler.work-stealing": False,
         },
     )
+
+
+@pytest.mark.parametrize("saturation", list(SAT))
+def test_single_tenant_order_is_vanilla(saturation):
+    """One tenant (no annotations): the start order is vanilla Dask's, seed by seed."""
+
+    @one_thread_cluster(saturation)
     async def check(c, s, a):
         async with with_extension(s) as (c2, s2, w2):
             for seed in range(SEEDS):
@@ -244,16 +249,7 @@ def test_single_tenant_order_is_vanilla(saturation):
 def test_two_tenants_each_keep_their_vanilla_order(saturation):
     """Two tenants interleaved: each one's own start order is vanilla's for its workload alone."""
 
-    @gen_cluster(
-        client=True,
-        nthreads=[("127.0.0.1", 1)],
-        timeout=600,
-        config={
-            "distributed.scheduler.worker-saturation": SAT[saturation],
-            "distributed.worker.memory.pause": False,
-            "distributed.scheduler.work-stealing": False,
-        },
-    )
+    @one_thread_cluster(saturation)
     async def check(c, s, a):
         async with with_extension(s, tenants={"a": 2, "b": 1}) as (c2, s2, w2):
             for seed in range(SEEDS):
