@@ -173,7 +173,7 @@ def _spilled(dask_worker):
 
 def test_dask_input_on_a_local_cluster_and_out_of_core_without_spilling():
     """128 MB generated lazily on 2 workers x 16 MB (spill at 60%): every pass regenerates the blocks."""
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, get_task_stream
 
     rows, bands = 128 * 2**20 // (8 * 6), 6
     with (
@@ -207,8 +207,11 @@ def test_dask_input_on_a_local_cluster_and_out_of_core_without_spilling():
         # in-memory dask input on the same cluster: the same answer as numpy
         Xs = _blobs(n=4000, k=6, seed=5)
         ref = KMeans(6, init=Xs[:6], max_iter=50).fit(Xs)
-        km = KMeans(6, init=Xs[:6], max_iter=50).fit(da.from_array(Xs, chunks=(500, 5)))
-        assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.task_groups)) > 0
+        with get_task_stream(client) as stream:
+            km = KMeans(6, init=Xs[:6], max_iter=50).fit(da.from_array(Xs, chunks=(500, 5)))
+        # the fit ran on the cluster's workers (task groups are forgotten once done, so
+        # the task stream is the record that survives)
+        assert {t["worker"] for t in stream.data} & set(client.scheduler_info()["workers"])
         np.testing.assert_array_equal(km.labels_.compute(), ref.labels_)
         np.testing.assert_allclose(km.cluster_centers_, ref.cluster_centers_, rtol=1e-12)
         assert km.n_iter_ == ref.n_iter_
