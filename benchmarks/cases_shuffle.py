@@ -4,8 +4,8 @@ Table: an int64 key, three float64 columns and one string column (8-12 ASCII
 characters). Every implementation computes the partition ids itself (that time
 counts) and returns one table per part:
 
-* ``dask-oxigdal``: :func:`dask_oxigdal.shuffle.hash_partition` /
-  :func:`~dask_oxigdal.shuffle.range_partition` on the ``pyarrow.Table``;
+* ``dask-oxigdal``: :func:`dask_oxigdal.tables.hash_partition` /
+  :func:`~dask_oxigdal.tables.range_partition` on the ``pyarrow.Table``;
 * ``pandas``: Dask's ``partitioning_index`` (``hash_pandas_object`` of the key
   cast to float64) or ``np.searchsorted``, then one stable ``argsort``, one
   ``DataFrame.take`` and ``iloc`` slices;
@@ -142,7 +142,7 @@ def _fmt_rows(n: int) -> str:
 def run(quick: bool) -> list[dict]:
     """Measure every case; rows ``{"group", "impl", "seconds", "gbps", "note"}``."""
     from dask_oxigdal.kernels._parallel import parallel_threads
-    from dask_oxigdal.shuffle import _parallel_work, hash_partition, range_partition
+    from dask_oxigdal.tables import _parallel_work, hash_partition, range_partition
 
     sizes = [100_000, 1_000_000] if quick else [100_000, 10_000_000]
     rows: list[dict] = []

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import importlib as _importlib
 import sys as _sys
-import types as _types
 from typing import TYPE_CHECKING
 
 # config: registers the oxigdal config defaults; kernels._parallel: sets OMP_WAIT_POLICY
 # for this process and its children (it imports no numba)
 from dask_oxigdal import config as _config  # noqa: F401
+from dask_oxigdal._moved import FunctionsFirst as _FunctionsFirst
 from dask_oxigdal._version import __version__
 from dask_oxigdal.kernels import _parallel  # noqa: F401
 
@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from dask_oxigdal.analytics.kmeans import KMeans
     from dask_oxigdal.annotations import annotate
     from dask_oxigdal.cache import cached
-    from dask_oxigdal.fault.hedge import hedge
-    from dask_oxigdal.knn import knn
-    from dask_oxigdal.monitoring.progress import progress
+    from dask_oxigdal.fault.hedging import hedge
+    from dask_oxigdal.monitoring.progressbar import progress
+    from dask_oxigdal.neighbors import knn
     from dask_oxigdal.scheduling.extension import register, status
     from dask_oxigdal.spectral import INDICES, ndvi, spectral_index
     from dask_oxigdal.vector import shuffle, spatial_shuffle
@@ -73,10 +73,10 @@ _LAZY = {
     "annotate": "dask_oxigdal.annotations",
     "cached": "dask_oxigdal.cache",
     "geofence": "dask_oxigdal.analytics.geofencing",
-    "hedge": "dask_oxigdal.fault.hedge",
-    "knn": "dask_oxigdal.knn",
+    "hedge": "dask_oxigdal.fault.hedging",
+    "knn": "dask_oxigdal.neighbors",
     "ndvi": "dask_oxigdal.spectral",
-    "progress": "dask_oxigdal.monitoring.progress",
+    "progress": "dask_oxigdal.monitoring.progressbar",
     "register": "dask_oxigdal.scheduling.extension",
     "shuffle": "dask_oxigdal.vector",
     "spatial_shuffle": "dask_oxigdal.vector",
@@ -106,20 +106,16 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-class _Package(_types.ModuleType):
+class _Package(_FunctionsFirst):
     """The package's module type: ``dox.shuffle``, ``dox.knn`` and ``dox.workflows`` stay the functions.
 
-    Importing the submodules :mod:`dask_oxigdal.shuffle`, :mod:`dask_oxigdal.knn` or
-    :mod:`dask_oxigdal.workflows`
-    binds the package attribute of the same name to the submodule; the public
-    names are the functions, so that binding is skipped (the submodules stay
-    in ``sys.modules``, where ``from dask_oxigdal.shuffle import ...`` finds them).
+    Importing a submodule binds the package attribute of the same name to it;
+    for the public names (``__all__``) that binding is skipped
+    (:class:`dask_oxigdal._moved.FunctionsFirst`): the submodules stay in
+    ``sys.modules``, where ``from dask_oxigdal.workflows import ...`` finds them.
+    ``dask_oxigdal.shuffle`` and ``dask_oxigdal.knn`` are deprecated aliases of
+    :mod:`dask_oxigdal.tables` and :mod:`dask_oxigdal.neighbors`.
     """
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in ("shuffle", "knn", "workflows") and isinstance(value, _types.ModuleType):
-            return
-        super().__setattr__(name, value)
 
     def __reduce__(self) -> tuple:
         # by reference, as (cloud)pickle does for a plain module: a task whose

@@ -5,7 +5,7 @@
 >>> sgdf = dox.spatial_shuffle(gddf, by="hilbert", npartitions=16)
 
 Both build a plain Dask graph: one *split* task per input partition (the numba
-partition kernels of :mod:`dask_oxigdal.shuffle` write every column straight
+partition kernels of :mod:`dask_oxigdal.tables` write every column straight
 into partition order), one small ``getitem`` task per (input, output) pair,
 and one *concat* task per output partition. The graph runs on any scheduler
 (threads, processes, distributed).
@@ -25,7 +25,7 @@ from dask_oxigdal.kernels._parallel import parallel_launch
 from dask_oxigdal.partitioning import HashPartitioner, StripPartitioner, TilePartitioner
 from dask_oxigdal.partitioning.extent import SpatialExtent
 from dask_oxigdal.partitioning.hilbert import MAX_LEVEL, HilbertPartitioner
-from dask_oxigdal.shuffle import _Frame, hash_partition
+from dask_oxigdal.tables import _Frame, hash_partition
 
 __all__ = ["SPATIAL_METHODS", "shuffle", "spatial_shuffle"]
 
@@ -165,7 +165,7 @@ def shuffle(ddf: Any, on: Hashable | Sequence[Hashable], npartitions: int | None
     Notes
     -----
     One split task per input partition runs
-    :func:`dask_oxigdal.shuffle.hash_partition`; each output partition
+    :func:`dask_oxigdal.tables.hash_partition`; each output partition
     concatenates its ``npartitions_in`` pieces. The graph has
     ``npartitions_in * (npartitions_out + 1) + npartitions_out`` tasks.
     """

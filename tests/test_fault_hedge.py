@@ -13,7 +13,7 @@ import pytest
 from distributed import Client, LocalCluster
 from distributed.utils_test import gen_cluster
 
-from dask_oxigdal.fault.hedge import hedge
+from dask_oxigdal.fault import hedge
 
 
 def first_call_hangs(value, markers, hang):

@@ -17,7 +17,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 import dask_oxigdal as dox
 from dask_oxigdal.annotations import annotate
 from dask_oxigdal.monitoring import http as oxhttp
-from dask_oxigdal.monitoring.progress import KeyGroups, TextMultiProgressBar
+from dask_oxigdal.monitoring.progressbar import KeyGroups, TextMultiProgressBar
 from dask_oxigdal.monitoring.status import Status
 from dask_oxigdal.scheduling.extension import register, status
 

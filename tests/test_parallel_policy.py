@@ -155,7 +155,7 @@ def test_parallel_kernels_run_under_the_passive_policy():
     with the variable set, and gives the serial result."""
     code = (
         "import os, numpy as np, pyarrow as pa, numba, dask_oxigdal\n"
-        "from dask_oxigdal.shuffle import hash_partition\n"
+        "from dask_oxigdal.tables import hash_partition\n"
         "from dask_oxigdal.kernels._parallel import parallel_threads\n"
         "t = pa.table({'k': np.arange(200_000) % 977, 'v': np.arange(200_000.0)})\n"
         "par = hash_partition(t, 'k', 8)\n"

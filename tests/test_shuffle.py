@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from dask_oxigdal.kernels import hashing as hk
 from dask_oxigdal.kernels import shuffle as sk
-from dask_oxigdal.shuffle import broadcast, hash_partition, range_partition
+from dask_oxigdal.tables import broadcast, hash_partition, range_partition
 
 HYPO = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -668,9 +668,9 @@ def test_string_column_beyond_32bit_offsets_gets_a_chunk_per_part(monkeypatch):
     A real case needs > 2 GiB of chunked strings; lowering the module's limit runs the
     same code on a small table.
     """
-    shuffle_module = importlib.import_module("dask_oxigdal.shuffle")  # dox.shuffle shadows it
+    reorder_module = importlib.import_module("dask_oxigdal.tables._reorder")
 
-    monkeypatch.setattr(shuffle_module, "_INT32_OFFSETS_MAX", 100)
+    monkeypatch.setattr(reorder_module, "_INT32_OFFSETS_MAX", 100)
     words = [f"word-{i}" * (i % 3) for i in range(200)]
     table = pa.table(
         {

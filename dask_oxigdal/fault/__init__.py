@@ -9,13 +9,17 @@
 - :class:`~dask_oxigdal.fault.checkpoint.Checkpoint`: checkpoint/resume of
   tasks annotated ``checkpoint=True`` in an fsspec store
   (:class:`~dask_oxigdal.fault.checkpoint.CheckpointStore`);
-- :func:`~dask_oxigdal.fault.hedge.hedge` (``dox.hedge``): a hedged copy of a
+- :func:`~dask_oxigdal.fault.hedging.hedge` (``dox.hedge``): a hedged copy of a
   leaf task, decided on the client.
 
 See docs/fault-tolerance.md.
 """
 
 from __future__ import annotations
+
+import sys
+
+from dask_oxigdal._moved import FunctionsFirst
 
 __all__ = ["Checkpoint", "CheckpointStore", "Quarantine", "Retries", "Stragglers", "hedge"]
 
@@ -34,8 +38,8 @@ def __getattr__(name: str):
         from dask_oxigdal.fault.straggler import Stragglers
 
         return Stragglers
-    if name == "hedge":
-        from dask_oxigdal.fault.hedge import hedge
+    if name == "hedge":  # the function; dask_oxigdal.fault.hedge is a deprecated module path
+        from dask_oxigdal.fault.hedging import hedge
 
         return hedge
     if name in ("Checkpoint", "CheckpointStore"):
@@ -43,3 +47,7 @@ def __getattr__(name: str):
 
         return getattr(checkpoint, name)
     raise AttributeError(name)
+
+
+# ``dask_oxigdal.fault.hedge`` stays the function when the old module path is imported
+sys.modules[__name__].__class__ = FunctionsFirst

@@ -1,6 +1,6 @@
 """Numba kernels of the table shuffle: range partition ids and a stable counting sort (private).
 
-The public wrappers live in :mod:`dask_oxigdal.shuffle`; hash partition ids are
+The public wrappers live in :mod:`dask_oxigdal.tables`; hash partition ids are
 in :mod:`dask_oxigdal.kernels.hashing`.
 
 Counting sort

@@ -348,7 +348,7 @@ class RangePartitioner:
     With ``b = boundaries`` there are ``len(b) + 1`` partitions: partition ``i``
     holds ``b[i - 1] <= v < b[i]``; partition 0 holds ``v < b[0]`` and partition
     ``len(b)`` holds ``v >= b[-1]``. This is ``numpy.searchsorted(b, v,
-    side="right")`` and the rule of :func:`dask_oxigdal.shuffle.range_partition`.
+    side="right")`` and the rule of :func:`dask_oxigdal.tables.range_partition`.
 
     Parameters
     ----------
