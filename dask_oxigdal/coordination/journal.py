@@ -17,6 +17,10 @@ replaces both:
   ``os.write`` (and ``fsync`` when asked), files are created with mode
   ``0600``;
 - the Raft metadata (current term, vote, commit index) lives in a small
+- the records and the full dump are written by
+  :mod:`~dask_oxigdal.coordination.records`, the plain data by
+  :mod:`~dask_oxigdal.coordination.plain` (their names are importable from
+  here too);
   JSON file with its own HMAC, replaced atomically;
 - :func:`write_dump` / :func:`read_dump` write and read the full dump (JSON
   with an HMAC);
@@ -40,18 +44,38 @@ path keeps pysyncobj's behaviour.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
-import io
 import json
 import os
-import pickle
-import struct
 import threading
 from typing import Any
 
-from dask_oxigdal.coordination._pysyncobj import Journal, TCPNode
+from dask_oxigdal.coordination._pysyncobj import Journal
+from dask_oxigdal.coordination.plain import (
+    decode_command,
+    encode_command,
+    from_plain,
+    to_plain,
+)
+from dask_oxigdal.coordination.records import (  # noqa: F401 (MAGIC, OLD_*: re-exported)
+    _LEN,
+    _MAC_SIZE,
+    DUMP_MAGIC,
+    FILE_MODE,
+    MAGIC,
+    OLD_DUMP_MAGIC,
+    OLD_MAGIC,
+    CorruptJournalError,
+    _dumps,
+    _mac,
+    _old_format,
+    _open_private,
+    _record,
+    _write_atomic,
+    derive_key,
+    read_dump,
+    write_dump,
+)
 
 __all__ = [
     "ChecksummedJournal",
@@ -67,202 +91,6 @@ __all__ = [
     "verify_data_dir",
     "write_dump",
 ]
-
-MAGIC = b"OXJRNL02"
-DUMP_MAGIC = b"OXDUMP02"
-#: headers of the earlier, unkeyed pickle format (refused with a clear error)
-OLD_MAGIC = b"OXJRNL01"
-OLD_DUMP_MAGIC = b"OXDUMP01"
-_LEN = struct.Struct("<I")
-_MAC_SIZE = 32
-FILE_MODE = 0o600
-_TAG = "__oxt__"
-
-
-class CorruptJournalError(RuntimeError):
-    """A journal, metadata or dump file failed its HMAC, is truncated or has an unknown format."""
-
-
-# ---------------------------------------------------------------- keys and MACs
-def derive_key(password: str | bytes) -> bytes:
-    """The HMAC key of a group's journals and dumps, derived from its secret.
-
-    Parameters
-    ----------
-    password : str or bytes
-        The group's secret (the pysyncobj password).
-
-    Returns
-    -------
-    bytes
-        32 bytes.
-
-    Raises
-    ------
-    ValueError
-        An empty secret.
-    """
-    if not password:
-        raise ValueError("the coordinator's journal needs the group's secret (got an empty one)")
-    if isinstance(password, str):
-        password = password.encode()
-    return hmac.new(password, b"dask-oxigdal coordinator journal v2", hashlib.sha256).digest()
-
-
-def _mac(key: bytes, kind: bytes, body: bytes) -> bytes:
-    return hmac.new(key, kind + b"\0" + body, hashlib.sha256).digest()
-
-
-# ---------------------------------------------------------------- plain data
-def to_plain(value: Any, depth: int = 0) -> Any:
-    """``value`` as JSON data; tuples, bytes, sets, non-str-keyed dicts and nodes are tagged.
-
-    Parameters
-    ----------
-    value : object
-        None, bool, int, float, str, list, tuple, dict, set, frozenset, bytes or
-        a pysyncobj ``TCPNode``, nested.
-
-    Returns
-    -------
-    object
-        JSON-serialisable data; :func:`from_plain` reverses it.
-
-    Raises
-    ------
-    TypeError
-        Any other type.
-    """
-    if depth > 100:
-        raise TypeError("value nested too deeply for the coordinator's journal")
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    d = depth + 1
-    if isinstance(value, list):
-        return [to_plain(v, d) for v in value]
-    if isinstance(value, tuple):
-        return {_TAG: "tuple", "v": [to_plain(v, d) for v in value]}
-    if isinstance(value, dict):
-        if _TAG not in value and all(isinstance(k, str) for k in value):
-            return {k: to_plain(v, d) for k, v in value.items()}
-        return {_TAG: "dict", "v": [[to_plain(k, d), to_plain(v, d)] for k, v in value.items()]}
-    if isinstance(value, (set, frozenset)):
-        kind = "set" if isinstance(value, set) else "frozenset"
-        return {_TAG: kind, "v": [to_plain(v, d) for v in value]}
-    if isinstance(value, (bytes, bytearray)):
-        return {_TAG: "bytes", "v": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, TCPNode):
-        return {_TAG: "node", "v": value.address}
-    raise TypeError(
-        f"{type(value).__name__} is not plain data for the coordinator's journal "
-        "(None, bool, int, float, str, list, tuple, dict, set, bytes, TCPNode)"
-    )
-
-
-def _hashable(value: Any) -> Any:
-    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
-
-
-def from_plain(value: Any) -> Any:
-    """Reverse :func:`to_plain`.
-
-    Parameters
-    ----------
-    value : object
-        Data read from JSON.
-
-    Returns
-    -------
-    object
-
-    Raises
-    ------
-    ValueError
-        An unknown tag.
-    """
-    if isinstance(value, list):
-        return [from_plain(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    tag = value.get(_TAG)
-    if tag is None:
-        return {k: from_plain(v) for k, v in value.items()}
-    items = value.get("v")
-    if tag == "tuple":
-        return tuple(from_plain(v) for v in items)
-    if tag == "dict":
-        return {_hashable(from_plain(k)): from_plain(v) for k, v in items}
-    if tag in ("set", "frozenset"):
-        out = {_hashable(from_plain(v)) for v in items}
-        return out if tag == "set" else frozenset(out)
-    if tag == "bytes":
-        return base64.b64decode(items)
-    if tag == "node":
-        return TCPNode(str(items))
-    raise ValueError(f"unknown tag {tag!r} in a coordinator journal record")
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Unpickles containers and pysyncobj nodes only: never imports or calls anything else."""
-
-    _ALLOWED = {("pysyncobj.node", "TCPNode"), ("builtins", "set"), ("builtins", "frozenset")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"{module}.{name} is not allowed in a coordinator command (plain data only)"
-        )
-
-
-_NO_PAYLOAD = (1,)  # pysyncobj's NO_OP command: the type byte alone
-
-
-def encode_command(command: bytes) -> Any:
-    """A pysyncobj log command (type byte + pickle) as plain data.
-
-    Parameters
-    ----------
-    command : bytes
-        As pysyncobj passes it to ``Journal.add``.
-
-    Returns
-    -------
-    list
-        ``[type]`` or ``[type, plain_payload]``.
-
-    Raises
-    ------
-    pickle.UnpicklingError
-        The payload holds something other than plain data and pysyncobj nodes.
-    """
-    command = bytes(command)
-    kind = command[0]
-    if len(command) == 1:
-        return [kind]
-    payload = _PlainUnpickler(io.BytesIO(command[1:])).load()
-    return [kind, to_plain(payload)]
-
-
-def decode_command(plain: Any) -> bytes:
-    """Rebuild pysyncobj's command bytes from :func:`encode_command`'s plain data.
-
-    Parameters
-    ----------
-    plain : list
-
-    Returns
-    -------
-    bytes
-    """
-    from pysyncobj.pickle import dumps
-
-    if not isinstance(plain, list) or not plain or not isinstance(plain[0], int):
-        raise ValueError(f"malformed command {plain!r}")
-    head = struct.pack("B", plain[0])
-    if len(plain) == 1:
-        return head
-    return head + dumps(from_plain(plain[1]))
 
 
 # ---------------------------------------------------------------- files
@@ -317,42 +145,6 @@ def install() -> None:
 
         createJournal._oxigdal = True  # type: ignore[attr-defined]
         so.createJournal = createJournal
-
-
-def _open_private(path: str, flags: int) -> int:
-    fd = os.open(path, flags, FILE_MODE)
-    os.fchmod(fd, FILE_MODE)
-    return fd
-
-
-def _write_atomic(path: str, data: bytes, fsync: bool) -> None:
-    tmp = path + ".tmp"
-    fd = _open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        os.write(fd, data)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
-
-
-def _record(key: bytes, plain: Any, idx: int, term: int) -> bytes:
-    body = _dumps({"i": idx, "t": term, "c": plain})
-    return _LEN.pack(len(body)) + _mac(key, b"journal", body) + body
-
-
-def _old_format(path: str, what: str) -> CorruptJournalError:
-    return CorruptJournalError(
-        f"{path}: a {what} in the earlier dask-oxigdal format (pickled records with an unkeyed "
-        "checksum): it is not loaded, because a pickle can run code. Move the coordinator's "
-        "data directory away to start empty, or restore it with the dask-oxigdal version "
-        "that wrote it and export the state first."
-    )
 
 
 def _parse_journal(path: str, key: bytes) -> tuple[list[tuple[bytes, int, int]], list, list, int]:
@@ -556,95 +348,6 @@ class ChecksummedJournal(Journal):
     def onOneSecondTimer(self) -> None:
         if self._meta_dirty:
             self._store_meta()
-
-
-def _entry_to_plain(entry: Any) -> list:
-    command, idx, term = entry
-    return [encode_command(command), int(idx), int(term)]
-
-
-def _entry_from_plain(plain: Any) -> tuple[bytes, int, int]:
-    command, idx, term = plain
-    return (decode_command(command), int(idx), int(term))
-
-
-def write_dump(path: str, payload: dict[str, Any], *, key: bytes, fsync: bool = False) -> None:
-    """Write a full dump (plain data, with an HMAC) to ``path``, atomically, mode 0600.
-
-    Parameters
-    ----------
-    path : str
-        Dump file.
-    payload : dict
-        ``{"state": plain_state, "raft": (last_entry, previous_entry, members)}`` as
-        pysyncobj's serializer hook gets it: log entries ``(command bytes, index,
-        term)`` and a set of ``TCPNode``.
-    key : bytes
-        HMAC key (:func:`derive_key`).
-    fsync : bool
-        ``fsync`` before the atomic rename.
-    """
-    last, previous, members = payload["raft"]
-    plain = {
-        "state": to_plain(payload["state"]),
-        "raft": [
-            _entry_to_plain(last),
-            _entry_to_plain(previous),
-            sorted(str(getattr(n, "address", n)) for n in members),
-        ],
-    }
-    body = _dumps(plain)
-    _write_atomic(path, DUMP_MAGIC + _mac(key, b"dump", body) + body, fsync)
-
-
-def read_dump(path: str, *, key: bytes) -> dict[str, Any]:
-    """Read a dump written by :func:`write_dump`, verifying its HMAC.
-
-    Parameters
-    ----------
-    path : str
-        Dump file.
-    key : bytes
-        HMAC key (:func:`derive_key`).
-
-    Returns
-    -------
-    dict
-        ``{"state": ..., "raft": (last_entry, previous_entry, set of TCPNode)}``.
-
-    Raises
-    ------
-    CorruptJournalError
-        Bad header, earlier (pickle) format, truncated file or HMAC mismatch.
-    """
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[: len(OLD_DUMP_MAGIC)] == OLD_DUMP_MAGIC:
-        raise _old_format(path, "dump")
-    head = len(DUMP_MAGIC) + _MAC_SIZE
-    if raw[: len(DUMP_MAGIC)] != DUMP_MAGIC or len(raw) < head:
-        raise CorruptJournalError(
-            f"{path}: not a dask-oxigdal dump, or truncated ({len(raw)} bytes)"
-        )
-    body = raw[head:]
-    if not hmac.compare_digest(raw[len(DUMP_MAGIC) : head], _mac(key, b"dump", body)):
-        raise CorruptJournalError(
-            f"{path}: dump HMAC mismatch (rewritten, corrupted or truncated, or written by a "
-            "group with another secret)"
-        )
-    try:
-        plain = json.loads(body)
-        last, previous, members = plain["raft"]
-        return {
-            "state": from_plain(plain["state"]),
-            "raft": (
-                _entry_from_plain(last),
-                _entry_from_plain(previous),
-                {TCPNode(str(a)) for a in members},
-            ),
-        }
-    except (ValueError, KeyError, TypeError) as e:
-        raise CorruptJournalError(f"{path}: malformed dump: {e}") from e
 
 
 def verify_data_dir(journal: str, dump: str, *, key: bytes) -> dict[str, Any]:
