@@ -29,7 +29,7 @@ coordinator only from the event loop, and never waits for a commit there:
 The embedded single-node group reuses the address recorded in its data
 directory (pysyncobj records the member list in its dump; a node on a new
 port would wait forever for its own former address to vote), see
-:func:`~dask_oxigdal.coordination.node.embedded_address`.
+:func:`~dask_oxigdal.coordination.addresses.embedded_address`.
 """
 
 from __future__ import annotations
@@ -42,13 +42,10 @@ from types import MappingProxyType
 from typing import Any
 
 from dask_oxigdal.coordination._pysyncobj import FAIL_REASON
-from dask_oxigdal.coordination.node import (
-    CoordinatorSettings,
-    embedded_address,
-    start_state,
-    stop_state,
-)
-from dask_oxigdal.coordination.state import SECTIONS, empty_state, make_command
+from dask_oxigdal.coordination.addresses import embedded_address
+from dask_oxigdal.coordination.commands import SECTIONS, empty_state, make_command
+from dask_oxigdal.coordination.node import start_state, stop_state
+from dask_oxigdal.coordination.settings import CoordinatorSettings
 
 __all__ = ["Coordinator", "StateView"]
 

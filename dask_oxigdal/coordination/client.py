@@ -15,8 +15,9 @@ import time
 from typing import Any
 
 from dask_oxigdal.coordination._pysyncobj import FAIL_REASON
-from dask_oxigdal.coordination.node import CoordinatorSettings, start_state, stop_state
-from dask_oxigdal.coordination.state import make_command
+from dask_oxigdal.coordination.commands import make_command
+from dask_oxigdal.coordination.node import start_state, stop_state
+from dask_oxigdal.coordination.settings import CoordinatorSettings
 
 __all__ = ["CallResult", "GroupClient", "NotAcknowledged"]
 
