@@ -26,6 +26,7 @@ decided it.
 from __future__ import annotations
 
 import collections
+import statistics
 import time
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
@@ -152,6 +153,7 @@ class Autoscaling(SchedulingPolicy):
         # worker start latency: times at which not-yet-arrived workers were asked for
         self._requests: collections.deque = collections.deque()
         self.latency_samples = 0
+        self._latencies: collections.deque = collections.deque(maxlen=9)
         self.measured_latency: float | None = None
         self._saved: dict[str, Any] = {}
         self._installed = False
@@ -187,7 +189,8 @@ class Autoscaling(SchedulingPolicy):
         """Count the new tasks' work per tenant and prefix; record arrivals.
 
         A deadline job's tasks (``Deadline`` runs first and sets ``info.edf``)
-        are left to the deadline rule; they count as arriving work all the same.
+        are left to the deadline rule, which sizes them by their deadline: they
+        count neither as demand nor as arriving work for the forecast.
         """
         live = self.live
         arrived = self.arrived
@@ -198,13 +201,13 @@ class Autoscaling(SchedulingPolicy):
             tenant = info.tenant
             prefix = ts.prefix
             pname = prefix.name
-            cost = cost_cache.get(pname)
-            if cost is None:
-                cost = cost_cache[pname] = self.task_cost(prefix)
-            arrived[tenant] = arrived.get(tenant, 0.0) + cost
             if info.edf is not None:
                 deadline = True
             else:
+                cost = cost_cache.get(pname)
+                if cost is None:
+                    cost = cost_cache[pname] = self.task_cost(prefix)
+                arrived[tenant] = arrived.get(tenant, 0.0) + cost
                 per = live.get(tenant)
                 if per is None:
                     per = live[tenant] = {}
@@ -392,6 +395,7 @@ class Autoscaling(SchedulingPolicy):
             "raw": raw,
             "rules": rules,
             "target_duration": duration,
+            "at": now,
         }
         if not self.history or now - self.history[-1][0] >= 0.5:
             self.history.append((now, n, target, found["demand"]))
@@ -408,15 +412,17 @@ class Autoscaling(SchedulingPolicy):
                 outstanding.pop()
 
     def add_worker(self, address: str) -> None:
-        """A worker arrived: a start latency sample if one was asked for."""
+        """A worker arrived: a start latency sample if one was asked for.
+
+        The estimate is the median of the last samples, so that a worker asked
+        for but never started (the deployment's own maximum) does not skew it.
+        """
         if self._requests:
             sample = time.time() - self._requests.popleft()
             if 0 <= sample <= _MAX_LATENCY:
                 self.latency_samples += 1
-                if self.measured_latency is None:
-                    self.measured_latency = sample
-                else:
-                    self.measured_latency = 0.7 * self.measured_latency + 0.3 * sample
+                self._latencies.append(sample)
+                self.measured_latency = statistics.median(self._latencies)
 
     # -------------------------------------------------------------- scale-down
     def protected(self) -> dict[str, str]:

@@ -43,8 +43,9 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, duration: fl
     """Threads the live deadline jobs need, earliest deadline first.
 
     For each job in deadline order: the remaining work of it and of every job
-    due no later, over the time left once a new worker has started
-    (``deadline - now - latency``), at most their unfinished tasks. A job too
+    due no later, over the time left once a new worker has started, less one
+    of the job's task durations (``deadline - now - latency - task``: the last
+    task must start by then), at most their unfinished tasks. A job too
     close to its deadline for a new worker to help (or past it) counts as
     ordinary work: its remaining work over ``duration``.
 
@@ -68,7 +69,9 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, duration: fl
         unfinished = len(job.keys) - job.done
         cumulative += remaining
         tasks += unfinished
-        slack = job.deadline - now - latency
+        # the job's last task must start one task duration before the deadline
+        per_task = job.work / len(job.keys) if job.keys else 0.0
+        slack = job.deadline - now - latency - per_task
         if slack <= 0:
             late_work += remaining
             late_tasks += unfinished
@@ -169,12 +172,13 @@ def evaluate(policy: Autoscaling, duration: float, now: float) -> dict[str, Any]
             if g.k > rules["gang"]:
                 rules["gang"], why["gang"] = float(g.k), (g.tenant, g.name)
 
+    # the interval in which a worker asked for now would start working
     horizon = 1 + math.ceil(latency / policy.forecast_interval)
     limits = quota_limits(policy)
     forecast: dict[str, float] = {}
     forecast_seconds: dict[str, float] = {}
     for tenant, model in policy.models.items():
-        ahead = max(model.predict(h) for h in range(1, horizon + 1))
+        ahead = model.predict(horizon)
         forecast_seconds[tenant] = ahead
         need = ahead / policy.forecast_interval
         limit = limits.get(tenant)
