@@ -43,7 +43,9 @@ and the scheduler overhead of the policy when no scaling is needed: no-op
 tasks on 2 process workers with ``adapt(minimum=2, maximum=2)`` polling the
 target every second, default policies vs default + ``Autoscaling``
 (``--overhead-tasks``, 10,000 in the full run): wall time, and the CPU time
-of the scheduler's process (less sensitive to a loaded machine). A PNG of workers over time
+of the scheduler's process (less sensitive to a loaded machine), and the CPU
+time spent in the policy's own hooks (``thread_time`` around each; an upper
+bound, it includes the timer) per task. A PNG of workers over time
 against demand and deadlines is written (``--png``).
 
 Usage::
@@ -313,6 +315,22 @@ def _variant_process(variant: str, trace, args: dict) -> dict:
     return asyncio.run(run_variant(variant, trace, args))
 
 
+def _time_hooks(ext, spent: list) -> None:
+    """Add the scheduler-thread CPU time of the Autoscaling policy's hooks to ``spent[0]``."""
+    policy = ext.get_policy("Autoscaling")
+    for name in ("transition", "update_graph", "compute", "periodic", "add_worker"):
+        method = getattr(policy, name)
+
+        def timed(*a, _method=method, **k):
+            t = time.thread_time()
+            try:
+                return _method(*a, **k)
+            finally:
+                spent[0] += time.thread_time() - t
+
+        setattr(policy, name, timed)
+
+
 def overhead(n: int, rounds: int) -> dict:
     """No-op tasks when no scaling is needed: default policies vs default + Autoscaling.
 
@@ -326,6 +344,7 @@ def overhead(n: int, rounds: int) -> dict:
 
     times: dict[tuple, list[float]] = {}
     cpus: dict[tuple, list[float]] = {}  # CPU time of this process: scheduler and client
+    hooks: dict[str, list[float]] = {}  # CPU time in the Autoscaling policy's hooks
     default = list(dask.config.get("oxigdal.scheduling.policies"))
     with (
         LocalCluster(
@@ -344,6 +363,9 @@ def overhead(n: int, rounds: int) -> dict:
             for variant in order:
                 pols = default + ([AUTOSCALING] if variant == "autoscaling" else [])
                 dask_oxigdal.register(client, replace=True, policies=pols)
+                spent = [0.0]
+                if variant == "autoscaling":
+                    _time_hooks(cluster.scheduler.plugins["oxigdal"], spent)
                 for workload in ("map", "tree"):
                     t = time.perf_counter()
                     cpu = time.process_time()
@@ -362,6 +384,9 @@ def overhead(n: int, rounds: int) -> dict:
                     cpus.setdefault((workload, variant), []).append(
                         (time.process_time() - cpu) / ntasks
                     )
+                    if variant == "autoscaling":
+                        hooks.setdefault(workload, []).append(spent[0] / ntasks)
+                        spent[0] = 0.0
                 snap = dask_oxigdal.status(client)
                 assert not snap["disabled"], snap["disabled"]
                 assert ("Autoscaling" in snap["policies"]) == (variant == "autoscaling")
@@ -378,6 +403,8 @@ def overhead(n: int, rounds: int) -> dict:
             "autoscaling_ms": a * 1e3,
             "ratio": a / d,
             "cpu_ratio": ac / dc,
+            "hooks_us": statistics.median(hooks[workload]) * 1e6,
+            "hooks_share": statistics.median(hooks[workload]) / dc,
         }
     return out
 
@@ -466,7 +493,11 @@ def main(argv=None) -> int:
     p.add_argument("--overhead-rounds", type=int, default=None)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--serial", action="store_true", help="one variant after the other")
-    p.add_argument("--png", default=os.path.join(HERE, "autoscaling.png"))
+    p.add_argument(
+        "--png",
+        default=os.path.join(os.path.dirname(HERE), "docs", "autoscaling.png"),
+        help="the plot (default: docs/autoscaling.png, shown in docs/autoscaling.md)",
+    )
     args = p.parse_args(argv)
     q = args.quick
     latency = args.latency if args.latency is not None else (5.0 if q else 30.0)
@@ -522,7 +553,9 @@ def main(argv=None) -> int:
                 f"overhead, no scaling needed ({workload}, {ntasks_overhead} no-op tasks, median "
                 f"of {rounds}): default {row['default_ms']:.3f} ms/task, +Autoscaling "
                 f"{row['autoscaling_ms']:.3f} ms/task, ratio {row['ratio']:.3f} (target <= 1.05); "
-                f"scheduler CPU time ratio {row['cpu_ratio']:.3f}"
+                f"scheduler CPU time ratio {row['cpu_ratio']:.3f}; the policy's hooks "
+                f"{row['hooks_us']:.1f} us CPU per task = {row['hooks_share']:.1%} of the "
+                "scheduler process's CPU per task"
             )
     print(f"load average at the end: {os.getloadavg()}")
     return 0
