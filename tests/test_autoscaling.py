@@ -377,6 +377,9 @@ async def test_deadline_rule_sizes_by_the_slack_not_by_target_duration(c, s, a):
     assert s.adaptive_target(target_duration="1s") == 2
     assert policy.decision["rules"]["deadline"] == 1 and policy.decision["rules"]["demand"] == 1
     assert Scheduler.adaptive_target(s, target_duration="1s") >= 5
+    # the forecast counts arriving work without a deadline only: the busy task
+    cost = policy.task_cost(s.tasks[busy.key].prefix)
+    assert policy.arrived == {"default": pytest.approx(cost)}
     with dox.annotate(deadline="10s"):
         tight = c.map(_wait_event, ["as-slack-block"] * 80, range(20, 100), pure=False)
     await _until(lambda: len(dl.jobs) == 2)
@@ -415,3 +418,20 @@ def test_step_down_waits_for_the_cooldown_then_steps_by_a_fraction():
     assert smooth(policy, 2, 0, 120.0) == 12  # lower from here
     assert smooth(policy, 2, 0, 127.5) == 12
     assert smooth(policy, 2, 0, 128.0) == 9
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
+async def test_no_worker_for_work_done_before_it_could_start(c, s, a):
+    """A backlog the current threads finish before a new worker starts asks for none."""
+    await register(c, policies=[FAIRSHARE, {**AUTOSCALING, "start-latency": "1h"}])
+    blocker = Event("as-latency-block")
+    futures = c.map(_wait_event, ["as-latency-block"] * 10, range(10), pure=False)
+    await _until(lambda: sum(1 for f in futures if f.key in s.tasks) == 10)
+    # Dask's rule asks for the backlog to be done in 100 ms
+    assert Scheduler.adaptive_target(s, target_duration="100ms") > 1
+    # ours: the one thread does it all in less than the hour a new worker takes
+    assert s.adaptive_target(target_duration="100ms") == 1
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    assert policy.decision["rules"]["demand"] == 1
+    await blocker.set()
+    await c.gather(futures)
