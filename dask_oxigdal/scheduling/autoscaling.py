@@ -11,16 +11,12 @@ KEDA read the ``/api/v1/adaptive_target`` route or the
 and in ``Scheduler.handlers``, when the policy starts; ``close()`` puts Dask's
 back).
 
-This module keeps the counters (unfinished work per tenant and task prefix,
-ready tasks, wanted cached tiles, arriving work per forecast interval) and
-answers the two calls. The rules of the target and the slow step down are in
-:mod:`~dask_oxigdal.scheduling.autoscaling_target`, the choice of workers to
-close in :mod:`~dask_oxigdal.scheduling.autoscaling_close`, the settings, the
-forecast models and the fair split in
-:mod:`~dask_oxigdal.scheduling.autoscaling_rules`. docs/autoscaling.md
-explains each rule. Every change of the target is published as an
-``autoscale`` event on the ``oxigdal`` topic, with the rule and tenant that
-decided it.
+This module keeps the counters (work per tenant and prefix, ready tasks,
+wanted cached tiles, arriving work) and answers the two calls; the rules are
+in ``autoscaling_target``, the hooks and the choice of workers to close in
+``autoscaling_close``, settings and forecast models in ``autoscaling_rules``
+(docs/autoscaling.md explains each rule). Every change of the target is an
+``autoscale`` event on the ``oxigdal`` topic, with its rule and tenant.
 """
 
 from __future__ import annotations

@@ -39,31 +39,31 @@ def quota_limits(policy: Autoscaling) -> dict[str, int]:
     return out
 
 
-def _deadline_rule(policy: Autoscaling, now: float, latency: float, duration: float) -> tuple:
+def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
     """Threads the live deadline jobs need, earliest deadline first.
 
     For each job in deadline order: the remaining work of it and of every job
     due no later, over the time left once a new worker has started, less one
     of the job's task durations (``deadline - now - latency - task``: the last
     task must start by then), at most their unfinished tasks. A job too
-    close to its deadline for a new worker to help (or past it) counts as
-    ordinary work: its remaining work over ``duration``.
+    close to its deadline for a new worker to help (or past it) is left to
+    the demand rule, as ordinary work of its tenant.
 
     Returns
     -------
     tuple
-        ``(threads, (tenant, deadline) or None, {tenant: threads of its own jobs})``.
+        ``(threads, (tenant, deadline) or None, {tenant: threads of its own jobs},
+        {tenant: [work seconds, unfinished tasks] of its late jobs})``.
     """
     dl = policy._policy("Deadline")
     if dl is None or not dl.jobs:
-        return 0.0, None, {}
+        return 0.0, None, {}, {}
     need = 0.0
     why = None
     cumulative = 0.0
     tasks = 0
-    late_work = 0.0
-    late_tasks = 0
     own: dict[str, float] = {}
+    late: dict[str, list] = {}
     for job in sorted(dl.jobs.values(), key=lambda j: j.deadline):
         remaining = job.remaining()
         unfinished = len(job.keys) - job.done
@@ -73,22 +73,25 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, duration: fl
         per_task = job.work / len(job.keys) if job.keys else 0.0
         slack = job.deadline - now - latency - per_task
         if slack <= 0:
-            late_work += remaining
-            late_tasks += unfinished
-            late = float(min(math.ceil(late_work / duration - 1e-9), late_tasks))
-            if late > need:
-                need, why = late, (job.tenant, job.deadline)
+            entry = late.setdefault(job.tenant, [0.0, 0])
+            entry[0] += remaining
+            entry[1] += unfinished
             continue
         value = float(min(math.ceil(cumulative / slack - 1e-9), tasks))
         if value > need:
             need, why = value, (job.tenant, job.deadline)
         mine = float(min(math.ceil(remaining / slack - 1e-9), unfinished))
         own[job.tenant] = max(own.get(job.tenant, 0.0), mine)
-    return need, why, own
+    return need, why, own, late
 
 
-def _demand_rule(policy: Autoscaling, duration: float, free: float, latency: float) -> tuple:
-    """Threads for the tenants' work without a deadline to finish within ``duration``.
+def _demand_rule(
+    policy: Autoscaling, duration: float, free: float, latency: float, late: dict
+) -> tuple:
+    """Threads for the tenants' ordinary work to finish within ``duration``.
+
+    Ordinary work: the tasks without a deadline, and the deadline jobs that
+    new workers could not help meet (``late``).
 
     Returns
     -------
@@ -98,13 +101,15 @@ def _demand_rule(policy: Autoscaling, duration: float, free: float, latency: flo
     limits = quota_limits(policy)
     demand: dict[str, float] = {}
     works: dict[str, float] = {}
-    for tenant, per in policy.live.items():
-        if not per:
+    for tenant in set(policy.live) | set(late):
+        per = policy.live.get(tenant) or {}
+        work, ready = late.get(tenant, (0.0, 0))
+        if not per and not work:
             continue
-        work = 0.0
         for count, prefix in per.values():
             work += count * policy.task_cost(prefix)
-        need = min(math.ceil(work / duration - 1e-9), max(policy.ready.get(tenant, 0), 0))
+        ready += max(policy.ready.get(tenant, 0), 0)
+        need = min(math.ceil(work / duration - 1e-9), ready)
         limit = limits.get(tenant)
         if limit is not None:
             need = min(need, limit)
@@ -147,11 +152,9 @@ def evaluate(policy: Autoscaling, duration: float, now: float) -> dict[str, Any]
     rules: dict[str, float] = {}
     why: dict[str, Any] = {}
 
-    rules["deadline"], why["deadline"], own_deadline = _deadline_rule(
-        policy, now, latency, duration
-    )
+    rules["deadline"], why["deadline"], own_deadline, late = _deadline_rule(policy, now, latency)
     free = max(nthreads - rules["deadline"], 0.0)
-    rules["demand"], demand, works = _demand_rule(policy, duration, free, latency)
+    rules["demand"], demand, works = _demand_rule(policy, duration, free, latency, late)
     why["demand"] = max(demand, key=demand.get) if demand else None
 
     guaranteed = 0.0
