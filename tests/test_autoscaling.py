@@ -16,6 +16,7 @@ import dask_oxigdal  # noqa: F401
 # isort: split
 import asyncio
 import inspect
+import math
 import time
 
 import dask
@@ -187,8 +188,9 @@ async def _adapt_scenario():
             downs = [e for e in _events(s) if e["target"] < e["previous"]]
             assert downs and all(e["previous"] - e["target"] <= 2 for e in downs)
 
-            # 2. a deadline job that one worker cannot meet: 12 x 1 s due in 5 s
-            with dox.annotate(deadline="5s"):
+            # 2. a deadline job that one worker cannot meet: 12 x 1 s due in 8 s (new
+            # workers help while the measured start latency is below 8 - 1 s)
+            with dox.annotate(deadline="8s"):
                 job = c.map(_sleep, range(12), seconds=1.0, pure=False)
             await _until(lambda: len(s.workers) > 1)
             assert any(e["rule"] == "deadline" for e in _events(s))
@@ -348,3 +350,89 @@ async def test_gang_larger_than_the_cluster_waits_then_errs_after_the_autoscalin
     assert s.adaptive_target() == 3
     with pytest.raises(GangTooLarge, match=r"oxigdal.autoscaling.gang-timeout=1s"):
         await futures[0]
+
+
+# --------------------------------------------------------- deadline rule
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)],
+    config={"distributed.scheduler.unknown-task-duration": "1s"},
+    timeout=60,
+)
+async def test_deadline_rule_sizes_by_the_slack_not_by_target_duration(c, s, a):
+    """A loose deadline asks fewer workers than Dask's rule, a tight one more."""
+    await register(c, policies=[FAIRSHARE, DEADLINE, {**AUTOSCALING, "start-latency": "0s"}])
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    dl = s.plugins["oxigdal"].get_policy("Deadline")
+    blocker = Event("as-slack-block")
+    # the one thread is busy: nothing below finishes while the targets are read
+    busy = c.submit(_wait_event, "as-slack-block", pure=False)
+    await _until(
+        lambda: s.tasks.get(busy.key) is not None and s.tasks[busy.key].state == "processing"
+    )
+    with dox.annotate(deadline="1h"):
+        loose = c.map(_wait_event, ["as-slack-block"] * 20, range(20), pure=False)
+    await _until(lambda: len(dl.jobs) == 1)
+    # 20 s of work due in an hour: one thread (plus one for the running task without a
+    # deadline); Dask's rule wants all of it done in 1 s
+    assert s.adaptive_target(target_duration="1s") == 2
+    assert policy.decision["rules"]["deadline"] == 1 and policy.decision["rules"]["demand"] == 1
+    assert Scheduler.adaptive_target(s, target_duration="1s") >= 5
+    # the forecast counts arriving work without a deadline only: the busy task
+    cost = policy.task_cost(s.tasks[busy.key].prefix)
+    assert policy.arrived == {"default": pytest.approx(cost)}
+    with dox.annotate(deadline="10s"):
+        tight = c.map(_wait_event, ["as-slack-block"] * 80, range(20, 100), pure=False)
+    await _until(lambda: len(dl.jobs) == 2)
+    # EDF: the tight job first; its work over the time left (less one task), which
+    # only shrinks, so this is a lower bound while the deadline is ahead
+    job = min(dl.jobs.values(), key=lambda j: j.deadline)
+    left = job.deadline - time.time() - job.work / len(job.keys)
+    assert left > 0
+    expected = math.ceil(job.remaining() / left)
+    assert expected >= 3
+    assert s.adaptive_target(target_duration="30s") >= expected
+    assert policy.decision["rule"] == "deadline"
+    assert Scheduler.adaptive_target(s, target_duration="30s") < expected
+    await blocker.set()
+    await c.gather([busy, *loose, *tight])
+
+
+def test_step_down_waits_for_the_cooldown_then_steps_by_a_fraction():
+    """``smooth``: up at once; down after ``cooldown``, <= 25 % a step, one step per gap."""
+    from dask_oxigdal.scheduling.autoscaling_target import smooth
+
+    policy = Autoscaling(cooldown="8s", hysteresis=0.1, max_down_fraction=0.25)
+    policy.target = 2
+    assert smooth(policy, 12, 0, 100.0) == 12  # up: at once
+    policy.target = 12
+    assert smooth(policy, 11, 0, 101.0) == 12  # inside the dead band (10 %, >= 1 worker)
+    assert smooth(policy, 2, 0, 102.0) == 12  # lower, but not for the cooldown yet
+    assert smooth(policy, 2, 0, 109.0) == 12  # 7 s below, 9 s since the rise
+    assert smooth(policy, 2, 0, 110.0) == 9  # 8 s below: a step of 25 %
+    policy.target = 9
+    assert smooth(policy, 2, 0, 110.5) == 9  # next step after max(1 s, 8 s x 0.25) = 2 s
+    assert smooth(policy, 2, 0, 112.0) == 7
+    policy.target = 7
+    assert smooth(policy, 12, 0, 113.0) == 12  # up again at once; the cooldown restarts
+    policy.target = 12
+    assert smooth(policy, 2, 0, 120.0) == 12  # lower from here
+    assert smooth(policy, 2, 0, 127.5) == 12
+    assert smooth(policy, 2, 0, 128.0) == 9
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
+async def test_no_worker_for_work_done_before_it_could_start(c, s, a):
+    """A backlog the current threads finish before a new worker starts asks for none."""
+    await register(c, policies=[FAIRSHARE, {**AUTOSCALING, "start-latency": "1h"}])
+    blocker = Event("as-latency-block")
+    futures = c.map(_wait_event, ["as-latency-block"] * 10, range(10), pure=False)
+    await _until(lambda: sum(1 for f in futures if f.key in s.tasks) == 10)
+    # Dask's rule asks for the backlog to be done in 100 ms
+    assert Scheduler.adaptive_target(s, target_duration="100ms") > 1
+    # ours: the one thread does it all in less than the hour a new worker takes
+    assert s.adaptive_target(target_duration="100ms") == 1
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    assert policy.decision["rules"]["demand"] == 1
+    await blocker.set()
+    await c.gather(futures)

@@ -1,0 +1,295 @@
+"""Parts of the ``Autoscaling`` policy that need no scheduler: settings, forecast, fair split.
+
+Plain Python (no numpy or statsmodels on the scheduler). The policy itself is
+:mod:`dask_oxigdal.scheduling.autoscaling`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from dask.utils import parse_timedelta
+
+from dask_oxigdal.exceptions import ConfigError
+from dask_oxigdal.scheduling.settings import setting
+
+__all__ = [
+    "FORECAST_MODELS",
+    "RULES",
+    "Forecaster",
+    "feed",
+    "parse_settings",
+    "plain",
+    "water_fill",
+]
+
+#: Valid ``oxigdal.autoscaling.forecast.model`` values.
+FORECAST_MODELS = ("none", "ewma", "holt", "holt-winters")
+#: The rules of the target, in the order ties are reported.
+RULES = ("demand", "guaranteed", "gang", "deadline", "forecast", "memory")
+
+
+class Forecaster:
+    """A per-tenant model of the work arriving in each interval; plain Python.
+
+    ``ewma`` is exponential smoothing of the level; ``holt`` adds a linear
+    trend; ``holt-winters`` adds an additive seasonal term of ``season``
+    intervals (started at zero, so it learns the season while it runs).
+    ``none`` always forecasts 0.
+
+    Parameters
+    ----------
+    model : {"none", "ewma", "holt", "holt-winters"}
+    alpha, beta, gamma : float
+        Smoothing factors in [0, 1] of the level, the trend and the season.
+    season : int
+        Intervals per season (``holt-winters``).
+    """
+
+    __slots__ = ("alpha", "beta", "gamma", "level", "model", "n", "season", "seasonal", "trend")
+
+    def __init__(self, model: str, alpha: float, beta: float, gamma: float, season: int) -> None:
+        self.model = model
+        self.alpha = alpha
+        self.beta = beta
+        self.gamma = gamma
+        self.season = season
+        self.level = 0.0
+        self.trend = 0.0
+        self.seasonal = [0.0] * season if model == "holt-winters" else []
+        self.n = 0
+
+    def update(self, y: float) -> None:
+        """Add the work observed in the interval that just ended.
+
+        Parameters
+        ----------
+        y : float
+            Task-seconds that arrived in it.
+        """
+        if self.model == "none":
+            return
+        a = self.alpha
+        if self.n == 0:
+            self.level = y
+            self.n = 1
+            if self.seasonal:
+                self.seasonal[0] = 0.0
+            return
+        if self.model == "ewma":
+            self.level = a * y + (1 - a) * self.level
+        else:
+            s = 0.0
+            slot = self.n % self.season if self.seasonal else 0
+            if self.seasonal:
+                s = self.seasonal[slot]
+            previous = self.level
+            self.level = a * (y - s) + (1 - a) * (self.level + self.trend)
+            self.trend = self.beta * (self.level - previous) + (1 - self.beta) * self.trend
+            if self.seasonal:
+                g = self.gamma
+                self.seasonal[slot] = g * (y - self.level) + (1 - g) * s
+        self.n += 1
+
+    def predict(self, h: int) -> float:
+        """Forecast work (task-seconds) of the ``h``-th interval ahead (``h >= 1``).
+
+        Parameters
+        ----------
+        h : int
+
+        Returns
+        -------
+        float
+            Never negative.
+        """
+        if self.model == "none" or self.n == 0:
+            return 0.0
+        value = self.level
+        if self.model != "ewma":
+            value += h * self.trend
+        if self.seasonal:
+            value += self.seasonal[(self.n + h - 1) % self.season]
+        return max(value, 0.0)
+
+
+def feed(models: dict, arrived: dict[str, float], steps: int, new: Any) -> None:
+    """Close ``steps`` forecast intervals: the work that arrived, then empty ones.
+
+    Parameters
+    ----------
+    models : dict
+        ``{tenant: Forecaster}``; a tenant seen for the first time gets ``new()``.
+    arrived : dict
+        ``{tenant: task-seconds}`` that arrived in the first of these intervals.
+    steps : int
+    new : callable
+    """
+    for tenant in set(arrived) | set(models):
+        model = models.get(tenant)
+        if model is None:
+            model = models[tenant] = new()
+        model.update(arrived.get(tenant, 0.0))
+        for _ in range(steps - 1):
+            model.update(0.0)
+
+
+def _seconds(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    try:
+        seconds = parse_timedelta(value)
+    except (TypeError, ValueError, KeyError):
+        seconds = None
+    if seconds is None or not (seconds >= 0 and math.isfinite(seconds)):
+        raise ConfigError(
+            f"oxigdal.autoscaling.{name}={value!r} is not a duration >= 0 "
+            "(give seconds or a string like '30s')"
+        )
+    return float(seconds)
+
+
+def _fraction(name: str, value: Any, *, low: float = 0.0, high: float = 1.0) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (low <= value <= high)
+        or math.isnan(value)
+    ):
+        raise ConfigError(
+            f"oxigdal.autoscaling.{name}={value!r} must be a number in [{low:g}, {high:g}]"
+        )
+    return float(value)
+
+
+def _count(name: str, value: Any, *, low: int, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(
+            f"oxigdal.autoscaling.{name}={value!r} must be an integer >= {low}"
+            + (" or null" if allow_none else "")
+        )
+    return value
+
+
+def water_fill(needs: dict[str, float], weights: dict[str, float], capacity: float) -> dict:
+    """Weighted max-min fair split of ``capacity`` among ``needs``.
+
+    Parameters
+    ----------
+    needs : dict
+        ``{tenant: need}``.
+    weights : dict
+        ``{tenant: weight}`` (missing: 1).
+    capacity : float
+
+    Returns
+    -------
+    dict
+        ``{tenant: allocation}``; each at most its need, summing to at most ``capacity``.
+    """
+    alloc = {t: 0.0 for t in needs}
+    active = {t for t, n in needs.items() if n > 0}
+    left = float(capacity)
+    while active and left > 1e-9:
+        total_w = sum(weights.get(t, 1.0) for t in active)
+        satisfied = set()
+        given = 0.0
+        for t in active:
+            share = left * weights.get(t, 1.0) / total_w
+            want = needs[t] - alloc[t]
+            if want <= share:
+                alloc[t] = needs[t]
+                given += want
+                satisfied.add(t)
+        if not satisfied:
+            for t in active:
+                alloc[t] += left * weights.get(t, 1.0) / total_w
+            break
+        left -= given
+        active -= satisfied
+    return alloc
+
+
+def plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def parse_settings(**given: Any) -> dict[str, Any]:
+    """Check the policy's arguments over ``oxigdal.autoscaling.*``.
+
+    Parameters
+    ----------
+    **given
+        The ``Autoscaling`` arguments; ``None`` means the setting.
+
+    Returns
+    -------
+    dict
+        ``minimum``, ``maximum``, ``cooldown``, ``hysteresis``,
+        ``max_down_fraction``, ``start_latency``, ``gang_timeout`` (seconds)
+        and the forecast's ``model``, ``interval``, ``season``, ``alpha``,
+        ``beta``, ``gamma``.
+
+    Raises
+    ------
+    ConfigError
+        A value out of range or of the wrong kind, naming it and the valid choices.
+    """
+    out: dict[str, Any] = {}
+    out["minimum"] = _count("minimum", setting("autoscaling.minimum", given["minimum"]), low=0)
+    maximum = given["maximum"]
+    raw_max = maximum if maximum is not None else setting("autoscaling.maximum")
+    out["maximum"] = _count("maximum", raw_max, low=1, allow_none=True)
+    if out["maximum"] is not None and out["maximum"] < out["minimum"]:
+        raise ConfigError(
+            f"oxigdal.autoscaling.maximum={out['maximum']!r} is below "
+            f"minimum={out['minimum']!r}: give maximum >= minimum"
+        )
+    for name in ("cooldown", "start-latency", "gang-timeout"):
+        attr = name.replace("-", "_")
+        out[attr] = _seconds(name, setting(f"autoscaling.{name}", given[attr]))
+    out["hysteresis"] = _fraction(
+        "hysteresis", setting("autoscaling.hysteresis", given["hysteresis"]), high=0.9
+    )
+    out["max_down_fraction"] = _fraction(
+        "max-down-fraction",
+        setting("autoscaling.max-down-fraction", given["max_down_fraction"]),
+    )
+    keys = ("model", "interval", "season", "alpha", "beta", "gamma")
+    fc = dict(setting("autoscaling.forecast") or {})
+    forecast = given["forecast"]
+    if forecast is not None:
+        if not isinstance(forecast, dict):
+            raise ConfigError(
+                f"oxigdal.autoscaling.forecast={forecast!r} must be a mapping with keys "
+                + ", ".join(keys)
+            )
+        unknown = sorted(set(forecast) - set(keys))
+        if unknown:
+            raise ConfigError(
+                f"oxigdal.autoscaling.forecast: unknown key(s) {unknown}; valid keys: "
+                + ", ".join(keys)
+            )
+        fc.update(forecast)
+    out["model"] = fc.get("model")
+    if out["model"] not in FORECAST_MODELS:
+        raise ConfigError(
+            f"oxigdal.autoscaling.forecast.model={out['model']!r} is not valid; choose one "
+            f"of {', '.join(FORECAST_MODELS)}"
+        )
+    out["interval"] = _seconds("forecast.interval", fc.get("interval"))
+    if not out["interval"] > 0:
+        raise ConfigError(
+            f"oxigdal.autoscaling.forecast.interval={fc.get('interval')!r} must be > 0"
+        )
+    out["season"] = _count("forecast.season", fc.get("season"), low=1)
+    for name in ("alpha", "beta", "gamma"):
+        out[name] = _fraction(f"forecast.{name}", fc.get(name))
+    return out

@@ -1,0 +1,289 @@
+"""The ``Autoscaling`` target: the rules, their tenants, and the slow step down.
+
+:func:`evaluate` computes every rule in threads from the policy's counters
+(no scan of the scheduler's tasks: per tenant and task prefix, per deadline
+job, per waiting gang, per worker). :func:`smooth` turns the raw target into
+the one the policy answers with: up at once, down only after a cooldown and a
+step at a time. docs/autoscaling.md explains each rule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from dask_oxigdal.scheduling.autoscaling_close import protected
+from dask_oxigdal.scheduling.autoscaling_rules import RULES, water_fill
+
+if TYPE_CHECKING:
+    from dask_oxigdal.scheduling.autoscaling import Autoscaling
+
+__all__ = ["evaluate", "quota_limits", "smooth"]
+
+
+def quota_limits(policy: Autoscaling) -> dict[str, int]:
+    """``{tenant: max-tasks}``: the ``Quota`` policy's limits, else the tenants' options.
+
+    Returns
+    -------
+    dict
+    """
+    quota = policy._policy("Quota")
+    if quota is not None and getattr(quota, "limits", None):
+        return dict(quota.limits)
+    out = {}
+    for tenant, options in policy.extension.tenant_options.items():
+        value = options.get("max-tasks", options.get("max_tasks"))
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            out[tenant] = value
+    return out
+
+
+def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
+    """Threads the live deadline jobs need, earliest deadline first.
+
+    For each job in deadline order: the remaining work of it and of every job
+    due no later, over the time left once a new worker has started, less one
+    of the job's task durations (``deadline - now - latency - task``: the last
+    task must start by then), at most their unfinished tasks. A job too
+    close to its deadline for a new worker to help (or past it) is left to
+    the demand rule, as ordinary work of its tenant.
+
+    Returns
+    -------
+    tuple
+        ``(threads, (tenant, deadline) or None, {tenant: threads of its own jobs},
+        {tenant: [work seconds, unfinished tasks] of its late jobs})``.
+    """
+    dl = policy._policy("Deadline")
+    if dl is None or not dl.jobs:
+        return 0.0, None, {}, {}
+    need = 0.0
+    why = None
+    cumulative = 0.0
+    tasks = 0
+    own: dict[str, float] = {}
+    late: dict[str, list] = {}
+    for job in sorted(dl.jobs.values(), key=lambda j: j.deadline):
+        remaining = job.remaining()
+        unfinished = len(job.keys) - job.done
+        cumulative += remaining
+        tasks += unfinished
+        # the job's last task must start one task duration before the deadline
+        per_task = job.work / len(job.keys) if job.keys else 0.0
+        slack = job.deadline - now - latency - per_task
+        if slack <= 0:
+            entry = late.setdefault(job.tenant, [0.0, 0])
+            entry[0] += remaining
+            entry[1] += unfinished
+            continue
+        value = float(min(math.ceil(cumulative / slack - 1e-9), tasks))
+        if value > need:
+            need, why = value, (job.tenant, job.deadline)
+        mine = float(min(math.ceil(remaining / slack - 1e-9), unfinished))
+        own[job.tenant] = max(own.get(job.tenant, 0.0), mine)
+    return need, why, own, late
+
+
+def _demand_rule(
+    policy: Autoscaling, duration: float, free: float, latency: float, late: dict
+) -> tuple:
+    """Threads for the tenants' ordinary work to finish within ``duration``.
+
+    Ordinary work: the tasks without a deadline, and the deadline jobs that
+    new workers could not help meet (``late``).
+
+    Returns
+    -------
+    tuple
+        ``(threads, {tenant: threads}, {tenant: work seconds})``.
+    """
+    limits = quota_limits(policy)
+    demand: dict[str, float] = {}
+    works: dict[str, float] = {}
+    for tenant in set(policy.live) | set(late):
+        per = policy.live.get(tenant) or {}
+        work, ready = late.get(tenant, (0.0, 0))
+        if not per and not work:
+            continue
+        for count, prefix in per.values():
+            work += count * policy.task_cost(prefix)
+        ready += max(policy.ready.get(tenant, 0), 0)
+        need = min(math.ceil(work / duration - 1e-9), ready)
+        limit = limits.get(tenant)
+        if limit is not None:
+            need = min(need, limit)
+        demand[tenant] = float(need)
+        works[tenant] = work
+    total = sum(demand.values())
+    if total > free > 0:
+        # workers asked for now arrive after the start latency: ask only for the
+        # work the free threads will not have done by then
+        work = sum(min(works[t], demand[t] * duration) for t in demand)
+        useful = math.ceil(max(work - free * latency, 0.0) / duration - 1e-9)
+        total = min(total, max(free, float(useful)))
+    return total, demand, works
+
+
+def evaluate(policy: Autoscaling, duration: float, now: float) -> dict[str, Any]:
+    """Every rule's value (threads), the raw target (workers) and why.
+
+    Parameters
+    ----------
+    policy : Autoscaling
+    duration : float
+        ``target_duration`` in seconds.
+    now : float
+
+    Returns
+    -------
+    dict
+        ``raw`` (workers, clamped), ``rule`` (the rule or the bound that
+        decided it), ``detail`` (its tenant, gang or deadline), ``rules``,
+        ``per_tenant`` and ``demand`` (total threads of demand).
+    """
+    ext = policy.extension
+    scheduler = ext.scheduler
+    workers = scheduler.workers
+    n = len(workers)
+    nthreads = scheduler.total_nthreads
+    per_worker = nthreads / n if n else 1.0
+    latency = policy.start_latency
+    rules: dict[str, float] = {}
+    why: dict[str, Any] = {}
+
+    rules["deadline"], why["deadline"], own_deadline, late = _deadline_rule(policy, now, latency)
+    free = max(nthreads - rules["deadline"], 0.0)
+    rules["demand"], demand, works = _demand_rule(policy, duration, free, latency, late)
+    why["demand"] = max(demand, key=demand.get) if demand else None
+
+    guaranteed = 0.0
+    why["guaranteed"] = None
+    for tenant, options in ext.tenant_options.items():
+        g = options.get("guaranteed-slots", options.get("guaranteed_slots"))
+        usage = ext.usage.get(tenant)
+        if g and usage is not None and usage.pending > 0:
+            guaranteed += g
+            if why["guaranteed"] is None or g > guaranteed - g:
+                why["guaranteed"] = tenant
+    rules["guaranteed"] = guaranteed
+
+    rules["gang"], why["gang"] = 0.0, None
+    gang = policy._policy("Gang")
+    if gang is not None:
+        for g in gang.waiting.values():
+            if g.k > rules["gang"]:
+                rules["gang"], why["gang"] = float(g.k), (g.tenant, g.name)
+
+    # the interval in which a worker asked for now would start working
+    horizon = 1 + math.ceil(latency / policy.forecast_interval)
+    limits = quota_limits(policy)
+    forecast: dict[str, float] = {}
+    forecast_seconds: dict[str, float] = {}
+    for tenant, model in policy.models.items():
+        ahead = model.predict(horizon)
+        forecast_seconds[tenant] = ahead
+        need = ahead / policy.forecast_interval
+        limit = limits.get(tenant)
+        forecast[tenant] = need if limit is None else min(need, limit)
+    rules["forecast"] = float(math.ceil(sum(forecast.values()) - 1e-9))
+    why["forecast"] = max(forecast, key=forecast.get) if forecast else None
+
+    limit_bytes = sum(ws.memory_limit for ws in workers.values())
+    used = sum(ws.nbytes for ws in workers.values())
+    big = limit_bytes > 0 and used > 0.6 * limit_bytes
+    rules["memory"] = 2 * n * per_worker if big else 0.0
+    why["memory"] = None
+
+    # demand and deadline count different tasks (a deadline job's tasks are only
+    # in the deadline rule), so they add up; the target is the largest of that
+    # sum and the other rules
+    candidates = dict(rules)
+    work_rule = "deadline" if rules["deadline"] >= rules["demand"] else "demand"
+    candidates[work_rule] = rules["demand"] + rules["deadline"]
+    rule = max(RULES, key=lambda r: (candidates[r], -RULES.index(r)))
+    threads = candidates[rule]
+    raw = math.ceil(threads / per_worker - 1e-9) if threads > 0 else 0
+    if raw == 0 and (scheduler.queued or scheduler.unrunnable):
+        raw = 1
+    reason = rule
+    if raw < policy.minimum:
+        raw, reason = policy.minimum, "minimum"
+    if policy.maximum is not None and raw > policy.maximum:
+        raw, reason = policy.maximum, "maximum"
+
+    # per tenant: its own need, cut back to its fair share when the target is capped
+    needs: dict[str, float] = {}
+    for tenant in set(demand) | set(forecast) | set(own_deadline):
+        needs[tenant] = max(
+            demand.get(tenant, 0.0) + own_deadline.get(tenant, 0.0), forecast.get(tenant, 0.0)
+        )
+    if why["gang"] is not None:
+        needs[why["gang"][0]] = max(needs.get(why["gang"][0], 0.0), rules["gang"])
+    capacity = raw * per_worker
+    alloc = water_fill(needs, ext.weights, capacity) if sum(needs.values()) > capacity else needs
+    per_tenant: dict[str, dict[str, float]] = {}
+    for tenant in sorted(set(needs) | set(forecast_seconds)):
+        per_tenant[tenant] = {
+            "demand_threads": demand.get(tenant, 0.0),
+            "deadline_threads": own_deadline.get(tenant, 0.0),
+            "demand_work": works.get(tenant, 0.0),
+            "forecast_task_seconds": forecast_seconds.get(tenant, 0.0),
+            "desired_workers": math.ceil(alloc.get(tenant, 0.0) / per_worker - 1e-9),
+        }
+    return {
+        "raw": raw,
+        "rule": reason,
+        "detail": why.get(rule),
+        "rules": rules,
+        "per_tenant": per_tenant,
+        "demand": rules["demand"] + rules["deadline"],
+    }
+
+
+def smooth(policy: Autoscaling, raw: int, n: int, now: float) -> int:
+    """Up at once; down only after ``cooldown``, a step at a time.
+
+    The raw target counts as lower when it is below ``target * (1 -
+    hysteresis)`` and at least one worker lower. Once it has been lower for
+    ``cooldown`` (and ``cooldown`` has passed since the target last rose), the
+    target steps down by at most ``max_down_fraction`` of itself (at least one
+    worker), one step per ``max(1 s, cooldown * max_down_fraction)``, and never
+    below the workers that ``workers_to_close`` would keep.
+
+    Returns
+    -------
+    int
+        The target (workers).
+    """
+    current = max(policy.target, 0)
+    if raw >= current:
+        policy.below_since = None
+        if raw > current:
+            policy.last_up = now
+        return raw
+    band = max(1.0, policy.hysteresis * current)
+    if raw > current - band:
+        policy.below_since = None
+        return current
+    if policy.below_since is None:
+        policy.below_since = now
+    if now - max(policy.below_since, policy.last_up) < policy.cooldown:
+        return current
+    gap = max(1.0, policy.cooldown * policy.max_down_fraction)
+    if now - policy.last_step < gap:
+        return current
+    step = max(1, math.floor(current * policy.max_down_fraction))
+    target = max(raw, current - step)
+    if target < n:
+        # never below the workers that workers_to_close would keep
+        guarded = protected(policy)
+        keep = sum(
+            1
+            for address, ws in policy.extension.scheduler.workers.items()
+            if ws.processing or ws.long_running or address in guarded
+        )
+        target = max(target, keep, policy.minimum)
+    if target < current:
+        policy.last_step = now
+    return min(target, current)
