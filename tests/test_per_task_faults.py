@@ -47,6 +47,8 @@ DEFAULT_POLICIES = {
     "Gang",
     "Deadline",
     "Locality",
+    "Replicas",
+    "SharedCache",
     "Quarantine",
     "Stragglers",
     "Retries",
