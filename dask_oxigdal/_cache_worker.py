@@ -12,8 +12,9 @@
   holder answers with the value only when sending it is cheaper than loading
   it again (``oxigdal.cache.fetch``: the time its loader took against
   ``nbytes / bandwidth``); a compressed entry travels compressed.
-- **Copies** (``dox.cached(..., replicas=N)``): the scheduler asks workers to
-  pull an entry from a holder (``oxigdal_cache_pull``).
+- **Copies** (``dox.cached(..., replicas=N)``): the scheduler has workers
+  pull an entry from a holder (:func:`pull_on_worker`, through Dask's ``run``
+  handler, which also creates the cache of a worker that has none yet).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import dask
 from dask_oxigdal._cache_store import DEFAULT_TENANT, WorkerCache, _lz4
 from dask_oxigdal.placement.cache_keys import from_reported, reported, tenant_of
 
-__all__ = ["EXTENSION", "FETCH_MODES", "WorkerBinding", "evict_at_warning"]
+__all__ = ["EXTENSION", "FETCH_MODES", "WorkerBinding", "evict_at_warning", "pull_on_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ EXTENSION = "oxigdal-cache"
 #: Valid values of ``oxigdal.cache.fetch``.
 FETCH_MODES = ("auto", "always", "never")
 GET_HANDLER = "oxigdal_cache_get"
-PULL_HANDLER = "oxigdal_cache_pull"
 #: Seconds between report attempts to a scheduler without the report handler.
 _RETRY_UNSUPPORTED = 30.0
 #: Fixed cost of one peer fetch (two round trips), seconds.
@@ -61,6 +61,17 @@ def evict_at_warning(evict_at: float) -> str | None:
         f"distributed.worker.memory.{key}={first!r}: Dask may spill task results "
         "to disk before the cache gives memory back; use a smaller evict-at"
     )
+
+
+async def pull_on_worker(key: Any, source: str, dask_worker: Any) -> str:
+    """Run by the scheduler on a worker (Dask's ``run`` handler): copy ``key`` from ``source``.
+
+    The worker's cache binding (and its handlers) is created if this worker
+    never cached anything yet.
+    """
+    from dask_oxigdal.cache import _binding
+
+    return await _binding(dask_worker).cache_pull(key, source)
 
 
 class WorkerBinding:
@@ -106,7 +117,6 @@ class WorkerBinding:
         worker.periodic_callbacks[EXTENSION] = self.monitor
         worker.loop.add_callback(self.monitor.start)
         worker.handlers[GET_HANDLER] = self.cache_get
-        worker.handlers[PULL_HANDLER] = self.cache_pull
         if self.fetch_mode != "never":
             self.cache.fetch = self.fetch
 
@@ -193,7 +203,7 @@ class WorkerBinding:
         }
 
     async def cache_pull(self, key: Any = None, source: Any = None) -> str:
-        """Worker handler: copy ``key`` from ``source``'s cache into this one (``replicas=``)."""
+        """Copy ``key`` from ``source``'s cache into this one (``replicas=``; see :func:`pull_on_worker`)."""
         ckey = from_reported(key)
         if ckey is None or not isinstance(source, str) or ckey in self.cache:
             return "skipped"

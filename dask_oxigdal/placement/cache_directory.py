@@ -167,8 +167,15 @@ class SharedCache(SchedulingPolicy):
             self.pulling.pop(hkey, None)
 
     async def _pull(self, address: str, wire: Any, source: str) -> None:
+        import pickle
+
+        from dask_oxigdal._cache_worker import pull_on_worker
+
         try:
-            await self.extension.scheduler.rpc(address).oxigdal_cache_pull(key=wire, source=source)
+            # Dask's "run" handler: it also creates the cache of a worker that has none yet
+            await self.extension.scheduler.rpc(address).run(
+                function=pickle.dumps(pull_on_worker), args=pickle.dumps((wire, source))
+            )
         except Exception as e:  # the worker left: the next tick picks another one
             self.pull_failures += 1
             logger.debug("oxigdal cache pull of %r to %s failed: %s", wire, address, e)
