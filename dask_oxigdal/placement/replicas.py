@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 #: Valid values of ``oxigdal.replicas.amm``.
 AMM_MODES = ("auto", "manual")
+#: AMM intervals a requested copy counts as held before it is asked for again.
+IN_FLIGHT = 3
 
 
 class Replicas(SchedulingPolicy):
@@ -101,6 +103,8 @@ class Replicas(SchedulingPolicy):
         self.restore_cycles: int | None = None
         self.restore_seconds: float | None = None
         self._loss: tuple[int, float] | None = None
+        #: key -> {worker address: monotonic time a copy was requested}, until it arrives
+        self.inflight: dict[Any, dict[str, float]] = {}
         self.installed = False
         self.started_amm = False
         self._amm: ActiveMemoryManagerExtension | None = None
@@ -144,6 +148,7 @@ class Replicas(SchedulingPolicy):
             entry = self.keys.pop(key, None)
             if entry is not None:
                 self._uncount(entry[1])
+                self.inflight.pop(key, None)
 
     def _uncount(self, tenant: str) -> None:
         n = self.tenant_keys.get(tenant, 0) - 1
@@ -167,6 +172,7 @@ class Replicas(SchedulingPolicy):
     def restart(self) -> None:
         """Every task was forgotten."""
         self.keys.clear()
+        self.inflight.clear()
         self.tenant_keys.clear()
         self.replica_bytes.clear()
 
@@ -232,15 +238,27 @@ class Replicas(SchedulingPolicy):
         if not self.keys or not scheduler.running:
             return
         once = ActiveMemoryManagerExtension(
-            scheduler, {MinReplicas(self)}, register=False, start=False
+            scheduler, {MinReplicas(self, once=True)}, register=False, start=False
         )
         once.run_once()
 
-    def min_replicas(self, manager: ActiveMemoryManagerExtension) -> SuggestionGenerator:
-        """The body of ``MinReplicas.run``: one pass over the annotated keys."""
+    def min_replicas(
+        self, manager: ActiveMemoryManagerExtension, counted: bool = True
+    ) -> SuggestionGenerator:
+        """The body of ``MinReplicas.run``: one pass over the annotated keys.
+
+        Copies requested by an earlier pass that have not arrived yet count as
+        held for :data:`IN_FLIGHT` AMM intervals, so a slow transfer is not
+        requested twice. ``counted=False`` for the one-off run after a worker
+        left: ``restore_cycles`` counts the AMM's own cycles after the loss.
+        """
         from distributed.active_memory_manager import Suggestion
 
-        self.cycles += 1
+        if counted:
+            self.cycles += 1
+        now = time.monotonic()
+        patience = IN_FLIGHT * max(float(getattr(manager, "interval", 2.0) or 2.0), 0.1)
+        inflight = self.inflight
         scheduler = manager.scheduler
         tasks = scheduler.tasks
         running = scheduler.running
@@ -257,20 +275,31 @@ class Replicas(SchedulingPolicy):
             if have > 1:
                 replica_bytes[tenant] = replica_bytes.get(tenant, 0) + (have - 1) * ts.nbytes
             if have >= min(want, nworkers):
+                inflight.pop(key, None)
                 continue  # (a key cannot have more copies than there are workers)
             under += 1
+            asked = inflight.get(key)
+            if asked:
+                for addr in [a for a, t in asked.items() if now - t > patience]:
+                    del asked[addr]
+            coming = {
+                scheduler.workers[a]
+                for a in asked or ()
+                if a in scheduler.workers and scheduler.workers[a] not in ts.who_has
+            }
             for _ in range(want - have):
-                held = set(ts.who_has)
+                held = set(ts.who_has) | coming
                 if ts in pending:
                     held |= pending[ts][0]
-                    if len(held) >= want:
-                        break
+                if len(held) >= want:
+                    break
                 candidates = spread_candidates(held, running, labels)
                 if not candidates:
                     break
                 chosen = yield Suggestion("replicate", ts, candidates)
                 if chosen is None:
                     break
+                inflight.setdefault(key, {})[chosen.address] = now
                 self.requested += 1
         self.replica_bytes = replica_bytes
         self.under_replicated = under

@@ -157,17 +157,19 @@ class MinReplicas(ActiveMemoryManagerPolicy):
         scheduler's ``oxigdal`` plugin when not given.
     """
 
-    __slots__ = ("_replicas",)
+    __slots__ = ("_replicas", "once")
 
-    def __init__(self, replicas: Replicas | None = None) -> None:
+    def __init__(self, replicas: Replicas | None = None, *, once: bool = False) -> None:
         self._replicas = replicas
+        #: a one-off run (after a worker left), not counted as an AMM cycle
+        self.once = once
 
     def run(self) -> SuggestionGenerator:
         """One AMM cycle: suggest the missing copies (see the class docstring)."""
         registry = _registry(self)
         if registry is None:
             return
-        yield from registry.min_replicas(self.manager)
+        yield from registry.min_replicas(self.manager, counted=not self.once)
 
 
 class ReduceReplicas(ActiveMemoryManagerPolicy):
