@@ -110,6 +110,8 @@ class WorkerBinding:
         self.pulled = 0
         #: monotonic time before which reports are skipped (the scheduler has no handler)
         self.unsupported_until = 0.0
+        #: the same for directory lookups (no SharedCache policy on the scheduler)
+        self.where_unsupported_until = 0.0
         interval_ms = 1000 * dask.utils.parse_timedelta(
             dask.config.get("distributed.worker.memory.monitor-interval")
         )
@@ -139,6 +141,8 @@ class WorkerBinding:
         wire = reported(key)
         if wire is None or self.worker.status.name not in ("running", "paused"):
             return False, None, 0.0
+        if time.monotonic() < self.where_unsupported_until:
+            return False, None, 0.0
         return sync(self.worker.loop, self._fetch, wire, self.fetch_mode, callback_timeout=None)
 
     async def _fetch(self, wire: Any, mode: str, source: str | None = None) -> tuple:
@@ -152,7 +156,10 @@ class WorkerBinding:
         worker = self.worker
         if source is None:
             reply = await worker.scheduler.oxigdal_cache_where(key=wire, worker=worker.address)
-            if not isinstance(reply, dict):  # no SharedCache policy on the scheduler
+            if not isinstance(reply, dict):
+                # no SharedCache policy on the scheduler (it logs the unknown handler):
+                # ask again later, without flooding its log
+                self.where_unsupported_until = time.monotonic() + _RETRY_UNSUPPORTED
                 return False, None, 0.0
             weights = reply.get("weights")
             if isinstance(weights, dict) and weights:

@@ -245,3 +245,29 @@ async def test_guard_shared_cache_private_attributes(c, s, a, b):
     )
     assert out["status"] == "OK"  # the result ("missing") comes back serialized
     assert GET_HANDLER in b.handlers  # the cache of b was created
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 3)
+async def test_cached_copies_are_made_again_after_a_worker_leaves(c, s, a, b, w3):
+    await register(c)
+    await c.submit(cache_with_copies, "copy/2", workers=[a.address])
+    locality = s.plugins["oxigdal"].get_policy("Locality")
+    await _until(lambda: len(locality.homes.get("copy/2", ())) == 2, what="a second copy")
+    gone = next(addr for addr in locality.homes["copy/2"] if addr != a.address)
+    await s.remove_worker(gone, stimulus_id="test-leave", close=True)
+    await _until(
+        lambda: len(set(locality.homes.get("copy/2", ())) - {gone}) == 2, what="a new copy"
+    )
+    assert set(locality.homes["copy/2"]) == {w.address for w in (a, b, w3)} - {gone}
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+async def test_peer_fetches_back_off_without_the_extension(c, s, a):
+    def miss(key):
+        return dox.cached(key, lambda: [key])[0]
+
+    assert await c.submit(miss, "w/1", pure=False) == "w/1"  # no register: no directory
+    binding = a.extensions[EXTENSION]
+    assert binding.where_unsupported_until > 0  # asked once, then waits 30 s
+    assert await c.submit(miss, "w/2", pure=False) == "w/2"
+    assert s.status.name == "running"
