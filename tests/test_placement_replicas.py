@@ -165,7 +165,14 @@ async def test_copies_go_to_distinct_racks(c, s, a, b, d):
         assert racks == {"r1", "r2"}, k
 
 
-@gen_cluster(client=True, Worker=Nanny, nthreads=[("127.0.0.1", 1)] * 3, config=AMM, timeout=90)
+# an AMM cycle of 1 s: "restored within 2 cycles" leaves a loaded CI box 2 s for 20 KB copies
+@gen_cluster(
+    client=True,
+    Worker=Nanny,
+    nthreads=[("127.0.0.1", 1)] * 3,
+    config={"distributed.scheduler.active-memory-manager.interval": "1s"},
+    timeout=90,
+)
 async def test_replicas_restored_after_a_sigkilled_worker_without_recompute(c, s, *nannies):
     await register(c, policies=ONLY, tenants={"team-a": 1})
     with annotate(replicas=2, tenant="team-a"):
