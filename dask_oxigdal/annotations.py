@@ -36,6 +36,7 @@ __all__ = [
     "MAX_BACKOFF",
     "MAX_DEADLINE",
     "MAX_NAME",
+    "MAX_REPLICAS",
     "MAX_RETRIES",
     "PREFIX",
     "VALID_KEYWORDS",
@@ -58,6 +59,7 @@ VALID_KEYWORDS = (
     "checkpoint",
     "retries",
     "backoff",
+    "replicas",
 )
 
 #: The dask annotation keys, ``oxigdal_<keyword>``.
@@ -67,6 +69,8 @@ ANNOTATION_KEYS = tuple(PREFIX + k for k in VALID_KEYWORDS)
 MAX_NAME = 256
 #: Most ``retries`` one task may ask for.
 MAX_RETRIES = 1000
+#: Most in-memory copies one key may ask for (``replicas``, from 1).
+MAX_REPLICAS = 32
 #: Longest ``backoff`` (seconds): one week.
 MAX_BACKOFF = 7 * 24 * 3600.0
 #: Latest ``deadline`` (UNIX seconds): 9999-12-31T23:59:59Z, the last second
@@ -218,6 +222,20 @@ def _backoff(value: Any) -> float:
     return seconds
 
 
+def _replicas(value: Any, keyword: str = "replicas") -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"{keyword}={_short(value)} is not valid: expected an int from 1 to "
+            f"{MAX_REPLICAS} (copies on distinct workers), got {type(value).__name__}"
+        )
+    if not 1 <= value <= MAX_REPLICAS:
+        raise ValueError(
+            f"{keyword}={_short(value)} is not valid: expected an int from 1 to "
+            f"{MAX_REPLICAS} (copies on distinct workers)"
+        )
+    return int(value)
+
+
 def _checkpoint(value: Any, keyword: str = "checkpoint") -> bool:
     if not isinstance(value, bool):
         raise ValueError(
@@ -234,7 +252,7 @@ def to_annotations(**kwargs: Any) -> dict[str, Any]:
     ----------
     **kwargs
         Any of ``tenant``, ``queue``, ``gang``, ``deadline``, ``locality``,
-        ``checkpoint``, ``retries``, ``backoff`` (see :func:`annotate`).
+        ``checkpoint``, ``retries``, ``backoff``, ``replicas`` (see :func:`annotate`).
         ``None`` values are skipped.
 
     Returns
@@ -271,6 +289,8 @@ def to_annotations(**kwargs: Any) -> dict[str, Any]:
             value = _retries(value)
         elif keyword == "backoff":
             value = _backoff(value)
+        elif keyword == "replicas":
+            value = _replicas(value)
         out[PREFIX + keyword] = value
     return out
 
@@ -285,6 +305,7 @@ def annotate(
     checkpoint: bool | None = None,
     retries: int | None = None,
     backoff: str | float | datetime.timedelta | None = None,
+    replicas: int | None = None,
     **unknown: Any,
 ):
     """Context manager that annotates the tasks submitted or built inside it.
@@ -317,6 +338,11 @@ def annotate(
         docs/fault-tolerance.md); from 0 to :data:`MAX_RETRIES` (1000).
     backoff : str, float or datetime.timedelta, optional
         Delay before a retry; from 0 to :data:`MAX_BACKOFF` (one week).
+    replicas : int, optional
+        Keep this many in-memory copies of each result on distinct workers
+        (distinct racks or zones when workers carry topology labels), so that
+        losing a worker does not recompute it; from 1 to
+        :data:`MAX_REPLICAS` (the ``Replicas`` policy, docs/data-placement.md).
 
     Returns
     -------
@@ -331,6 +357,7 @@ def annotate(
         A bad value (``deadline="soon"``, ``tenant=""``, ``backoff=-1`` ...),
         or one out of range: names longer than :data:`MAX_NAME` characters
         or not encodable as UTF-8, ``retries`` over :data:`MAX_RETRIES`,
+        ``replicas`` outside 1 to :data:`MAX_REPLICAS`,
         ``backoff`` over :data:`MAX_BACKOFF`, a ``deadline`` after
         :data:`MAX_DEADLINE` (9999-12-31). The scheduler applies the same
         limits to hand-written ``oxigdal_*`` annotations.
@@ -349,6 +376,7 @@ def annotate(
         checkpoint=checkpoint,
         retries=retries,
         backoff=backoff,
+        replicas=replicas,
         **unknown,
     )
     return dask.annotate(**annotations)
@@ -366,6 +394,7 @@ class TaskAnnotations:
     checkpoint: bool | None = None
     retries: int | None = None
     backoff: float | None = None
+    replicas: int | None = None
 
 
 EMPTY = TaskAnnotations()
@@ -396,7 +425,8 @@ def parse_annotations(annotations: Mapping[str, Any] | None) -> TaskAnnotations:
     cannot compute with: names are non-empty UTF-8 strings of at most
     :data:`MAX_NAME` characters, ``retries`` an int in ``[0, MAX_RETRIES]``,
     ``backoff`` a number of seconds in ``[0, MAX_BACKOFF]``, ``deadline`` a
-    UNIX time in ``(0, MAX_DEADLINE]`` (a deadline in the past is accepted:
+    UNIX time in ``(0, MAX_DEADLINE]``, ``replicas`` an int in
+    ``[1, MAX_REPLICAS]`` (a deadline in the past is accepted:
     the ``Deadline`` policy reports it as infeasible).
 
     Parameters
@@ -453,6 +483,8 @@ def parse_annotations(annotations: Mapping[str, Any] | None) -> TaskAnnotations:
             value = _checkpoint(value, key)
         elif keyword == "retries":
             value = _retries(value, key)
+        elif keyword == "replicas":
+            value = _replicas(value, key)
         found[keyword] = value
     if not found:
         return EMPTY

@@ -29,6 +29,7 @@ from dask_oxigdal.annotations import (
     MAX_BACKOFF,
     MAX_DEADLINE,
     MAX_NAME,
+    MAX_REPLICAS,
     MAX_RETRIES,
     VALID_KEYWORDS,
     annotate,
@@ -46,6 +47,8 @@ DEFAULT_POLICIES = {
     "Gang",
     "Deadline",
     "Locality",
+    "Replicas",
+    "SharedCache",
     "Quarantine",
     "Stragglers",
     "Retries",
@@ -147,6 +150,11 @@ def _value(rng: random.Random, keyword: str, i: int, now: float, bad: bool):
             v = rng.choice([MAX_RETRIES + 1, 1100, 10**9, 2**63, -1, 1.5, True, "3"])
             return v, False, False
         return rng.choice([0, 1, 3, MAX_RETRIES, rng.randint(0, MAX_RETRIES)]), True, True
+    if keyword == "replicas":
+        if bad:
+            v = rng.choice([0, -1, MAX_REPLICAS + 1, 10**9, 1.5, True, "2"])
+            return v, False, False
+        return rng.choice([1, 1, 2, MAX_REPLICAS]), True, True
     if keyword == "backoff":
         if bad:
             v = rng.choice([-1, -0.001, MAX_BACKOFF * 2, 1e308, True, "5sx", "-1s", "1e400s"])

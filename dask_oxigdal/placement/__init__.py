@@ -1,0 +1,1 @@
+"""Where data lives and how it moves: replicas, the shared cache, topology, shuffle admission."""
