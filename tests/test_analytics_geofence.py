@@ -126,6 +126,7 @@ def test_matches_equal_shapely_contains_on_random_and_adversarial_points():
             for p, lab in zip(res.matches.point_id, res.matches.polygon_id, strict=True)
         )
         assert res.n_points == rows.size
+        assert isinstance(res.cpu, float) and 0.0 <= res.cpu  # the kernel's thread time
         assert list(res.matches.columns) == ["point_id", "polygon_id"]
     assert got == ref
     assert len(ref) > 1000
@@ -407,3 +408,20 @@ def test_banded_locate_equals_the_reference_ring_walk():
             assert a == _ki.locate_banded(
                 x, y, p, idx.bounds, idx.band_off, idx.band_scale, idx.band_starts, idx.seg
             )
+
+
+def test_one_polygon_with_many_vertices_equals_shapely():
+    # one wiggly ring of 20,000 vertices with a hole: many bands, more cells than polygons
+    rng = np.random.default_rng(14)
+    a = np.linspace(0, 2 * np.pi, 20_000, endpoint=False)
+    r = 50 + 5 * np.sin(37 * a) + rng.uniform(0, 0.5, a.size)
+    shell = np.c_[r * np.cos(a), r * np.sin(a)]
+    poly = Polygon(shell, [np.c_[10 * np.cos(a[::-50]), 10 * np.sin(a[::-50])]])
+    assert poly.is_valid
+    idx = PolygonIndex.from_geometries(np.array([poly], dtype=object))
+    assert idx.band_off[1] > 1000 and idx.grid[3] * idx.grid[4] >= 10_000
+    pts = np.r_[rng.uniform(-60, 60, (30_000, 2)), shell[::3], (shell[:-1:3] + shell[1::3]) / 2]
+    r_, g = idx.query(pts[:, 0], pts[:, 1])
+    shapely.prepare(poly)
+    np.testing.assert_array_equal(r_, np.flatnonzero(shapely.contains(poly, shapely.points(pts))))
+    assert (g == 0).all() and r_.size > 10_000

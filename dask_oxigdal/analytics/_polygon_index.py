@@ -108,7 +108,10 @@ class PolygonIndex:
             x0, y0 = bounds[valid, 0].min(), bounds[valid, 1].min()
             x1, y1 = bounds[valid, 2].max(), bounds[valid, 3].max()
             w, h = max(x1 - x0, 1e-300), max(y1 - y0, 1e-300)
-            target = min(max(_CELLS_PER_POLYGON * int(valid.sum()), 1), _MAX_CELLS)
+            # about 64 cells per polygon, and at least one per segment (a few large
+            # polygons with many vertices): most points then fall in classified cells
+            nseg = int(ring_start[-1]) - rings.shape[0]
+            target = min(max(_CELLS_PER_POLYGON * int(valid.sum()), nseg, 1), _MAX_CELLS)
             cell = max(np.sqrt(w * h / target), w / 4096, h / 4096)
             nx = int(w / cell) + 2
             ny = int(h / cell) + 2

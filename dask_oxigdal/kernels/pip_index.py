@@ -48,7 +48,7 @@ def build_bands(bounds, poly_ring_start, ring_start, xs, ys, per_band):
 
     ``band_off[p] .. band_off[p + 1]`` are polygon ``p``'s bands, band ``k``
     spans ``band_starts[k] .. band_starts[k + 1]`` rows of ``seg``
-    (``x1, y1, x2, y2``); about ``per_band`` segments per band, at most 256
+    (``x1, y1, x2, y2``); about ``per_band`` segments per band, at most 4096
     bands per polygon.
     """
     n = bounds.shape[0]
@@ -61,7 +61,7 @@ def build_bands(bounds, poly_ring_start, ring_start, xs, ys, per_band):
         nb = 1
         h = bounds[p, 3] - bounds[p, 1]
         if nseg > 0 and h > 0.0:
-            nb = min(max(nseg // per_band, 1), 256)
+            nb = min(max(nseg // per_band, 1), 4096)
             band_scale[p] = nb / h
         band_off[p + 1] = band_off[p] + nb
     total = band_off[n]
