@@ -263,7 +263,7 @@ class _Pipeline:
         return (t0, n, ids, tracked, "cluster", futs, pieces)
 
     def _submit_piece(self, piece, rescatter=False):
-        p, xs, ys, rows = piece
+        p, xs, ys, _ = piece
         if rescatter and self._part_futures[p].status != "finished":
             # the scheduler may drop broadcast replicas (the active memory manager), so
             # the death of the last worker holding a part loses it: send it again
@@ -273,7 +273,7 @@ class _Pipeline:
             self._part_futures[p],
             xs,
             ys,
-            rows,
+            None,  # the piece's rows stay here: the worker answers positions in the piece
             pure=False,
             retries=self._retries,
             workers=[self._workers[p % len(self._workers)]],
@@ -298,15 +298,18 @@ class _Pipeline:
                 attempt = 0
                 while True:
                     try:
-                        results.append(fut.result())
+                        r, gg, c = fut.result()
                         break
                     except Exception:
                         if attempt >= self._retries:
                             raise
                         attempt += 1
                         fut = self._submit_piece(pieces[i], rescatter=True)
+                results.append((pieces[i][3][r], gg, c))
             cpu = float(sum(c for _, _, c in results))
-            if results:
+            if len(results) == 1:  # one piece: already by row, then polygon
+                rows, g = results[0][0], results[0][1]
+            elif results:
                 rows = np.concatenate([r for r, _, _ in results])
                 g = np.concatenate([gg for _, gg, _ in results])
                 o = np.lexsort((g, rows))
