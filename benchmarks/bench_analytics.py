@@ -25,8 +25,8 @@ exceeds such a limit); its time and the bytes spilled.
 (star-shaped, every third with a hole, every fifth a two-part multipolygon
 whose second part has a hole) and a feed of ``points`` uniform points in
 batches of ``batch``, made before the clock starts: ``dox.geofence`` in
-process (``max_in_flight=4``, the default, then 2: as many batches as
-threads, so that no batch waits for a thread) and, with ``geofence-cluster``, on the
+process (``max_in_flight=4``, then 2: as many batches as threads, so
+that no batch waits for a thread, the default on 2 cores) and, with ``geofence-cluster``, on the
 2-worker cluster (``client=``, first ``cluster_points`` points). Per run:
 wall-clock points/s, p50/p99 of the per-batch latency (read off the source
 to result), and, since the machine may be shared, CPU figures that do not

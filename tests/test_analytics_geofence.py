@@ -425,3 +425,13 @@ def test_one_polygon_with_many_vertices_equals_shapely():
     shapely.prepare(poly)
     np.testing.assert_array_equal(r_, np.flatnonzero(shapely.contains(poly, shapely.points(pts))))
     assert (g == 0).all() and r_.size > 10_000
+
+
+def test_default_in_flight_is_the_cpu_count_without_a_client():
+    zones = gpd.GeoSeries([box(0, 0, 10, 10)])
+    frames = [pd.DataFrame({"x": [5.0], "y": [5.0]}) for _ in range(40)]
+    stream = geofence(frames, zones)
+    assert [len(b.matches) for b in stream] == [1] * 40
+    assert stream.max_pending == min(40, max(os.cpu_count() or 1, 2))
+    with pytest.raises(ValueError, match=r"max_in_flight must be an integer >= 1, got 1\.5"):
+        geofence(frames, zones, max_in_flight=1.5)

@@ -79,7 +79,7 @@ def geofence(
     by: str | None = None,
     client: Any = None,
     npartitions: int | None = None,
-    max_in_flight: int = 4,
+    max_in_flight: int | None = None,
     retries: int = 3,
     x: str = "x",
     y: str = "y",
@@ -112,10 +112,12 @@ def geofence(
         (on a thread pool of ``min(max_in_flight, cpu count)`` threads).
     npartitions : int, optional
         Polygon parts with a client (default: number of workers).
-    max_in_flight : int, default 4
+    max_in_flight : int, optional
         Batches read from the source and not yet yielded, at most. The
         source is read only when there is room: a slow consumer slows the
-        source down; nothing is dropped.
+        source down; nothing is dropped. Default: the CPU count (at least
+        2) without a client, so that no batch waits for a thread (more only
+        adds latency); 4 with a client.
     retries : int, default 3
         With a client: how many times a piece whose task failed (e.g. its
         worker died more often than ``allowed-failures``) is resubmitted.
@@ -147,6 +149,8 @@ def geofence(
     >>> [b.events.kind.tolist() for b in geofence(feed, zones)]
     [['enter'], ['exit']]
     """
+    if max_in_flight is None:
+        max_in_flight = 4 if client is not None else max(os.cpu_count() or 1, 2)
     if not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1:
         raise ValueError(f"max_in_flight must be an integer >= 1, got {max_in_flight!r}")
     if not isinstance(retries, int) or retries < 0:
