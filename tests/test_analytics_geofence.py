@@ -126,6 +126,7 @@ def test_matches_equal_shapely_contains_on_random_and_adversarial_points():
             for p, lab in zip(res.matches.point_id, res.matches.polygon_id, strict=True)
         )
         assert res.n_points == rows.size
+        assert isinstance(res.cpu, float) and 0.0 <= res.cpu  # the kernel's thread time
         assert list(res.matches.columns) == ["point_id", "polygon_id"]
     assert got == ref
     assert len(ref) > 1000
@@ -321,3 +322,116 @@ def test_polygon_index_pickles_and_splits_by_position():
         )
     }
     assert set(zip(r.tolist(), g.tolist(), strict=True)) == ref
+
+
+def test_in_loop_emits_keep_their_order_and_wait_for_room():
+    streamz = pytest.importorskip("streamz")
+    zones = gpd.GeoSeries([box(0, 0, 10, 10)], index=["a"])
+    made, attached = threading.Event(), threading.Event()
+    holder: dict = {}
+    emitted: list = []
+
+    def frame(i):
+        return pd.DataFrame({"id": [i], "x": [5.0], "y": [5.0]})
+
+    async def emitter():
+        source = streamz.Stream(asynchronous=True)
+        holder["source"] = source
+        made.set()
+        await asyncio.get_running_loop().run_in_executor(None, attached.wait)
+        # overlapping emits (not awaited one by one) must arrive in the order made
+        await asyncio.gather(*[source.emit(frame(i)) for i in range(10)])
+        for i in range(10, 20):
+            await source.emit(frame(i))
+            emitted.append(i)
+        await source.emit(END_OF_STREAM)
+
+    t = threading.Thread(target=asyncio.run, args=(emitter(),))
+    t.start()
+    assert made.wait(30)
+    it = geofence(holder["source"], zones, max_in_flight=2)
+    attached.set()
+    got = []
+    for b in it:
+        # an awaited emit returns only once the pipeline has room: 2 in flight + 1 queued
+        assert max(emitted, default=0) <= max(b.seq + 4, 10)
+        time.sleep(0.005)
+        got.append(int(b.matches.point_id.iloc[0]))
+    t.join(30)
+    assert got == list(range(20)) and emitted == list(range(10, 20))
+
+
+def test_classified_grid_cells_equal_shapely_far_from_the_origin():
+    # big polygons with holes over many cells (cells wholly inside are classified, not
+    # tested), points on the cell lines and at cell corners, coordinates near 1e6
+    rng = np.random.default_rng(11)
+    off = 1e6
+    shell = [(off, off), (off + 50, off + 3), (off + 47, off + 40), (off + 5, off + 52)]
+    hole = [(off + 20, off + 20), (off + 20, off + 30), (off + 30, off + 30), (off + 30, off + 20)]
+    zones = gpd.GeoSeries(
+        [Polygon(shell, [hole]), box(off + 10, off + 10, off + 35.5, off + 35.5)]
+        + [
+            Polygon(np.c_[off + c[0] + 3 * np.cos(a), off + c[1] + 3 * np.sin(a)])
+            for c, a in zip(rng.uniform(0, 60, (40, 2)), [np.linspace(0, 6.2, 9)] * 40, strict=True)
+        ]
+    )
+    idx = PolygonIndex.from_geometries(zones.values)
+    assert (idx.items < 0).sum() > 20 and (idx.items >= 0).sum() > 20
+    x0, y0, cell, nx, ny = idx.grid
+    lines_x = x0 + np.arange(nx + 1) * cell
+    lines_y = y0 + np.arange(ny + 1) * cell
+    corners = np.stack(np.meshgrid(lines_x, lines_y), -1).reshape(-1, 2)
+    on_x = np.c_[np.repeat(lines_x, 20), rng.uniform(y0, y0 + ny * cell, 20 * (nx + 1))]
+    on_y = np.c_[rng.uniform(x0, x0 + nx * cell, 20 * (ny + 1)), np.repeat(lines_y, 20)]
+    pts = np.r_[rng.uniform(off - 5, off + 65, (20_000, 2)), corners, on_x, on_y]
+    pts = np.r_[pts, np.nextafter(pts, np.inf), np.nextafter(pts, -np.inf)]
+    r, g = idx.query(pts[:, 0], pts[:, 1])
+    ref = {(row, zones.index.get_loc(lab)) for row, lab in _reference(zones, pts)}
+    assert set(zip(r.tolist(), g.tolist(), strict=True)) == ref
+    assert np.all(np.diff(r) >= 0)  # by row, then polygon
+    same_row = np.diff(r) == 0
+    assert np.all(np.diff(g)[same_row] > 0)
+
+
+def test_banded_locate_equals_the_reference_ring_walk():
+    from dask_oxigdal.kernels import pip_index as _ki
+
+    zones = _zones(30, seed=12)
+    idx = PolygonIndex.from_geometries(zones.values)
+    rng = np.random.default_rng(13)
+    pts = _adversarial(zones, rng)[:-2]
+    for p in range(len(zones) - 1):
+        b = idx.bounds[p]
+        near = pts[(pts[:, 0] >= b[0]) & (pts[:, 0] <= b[2])][:300]
+        for x, y in near:
+            a = _k.locate(x, y, p, idx.poly_ring_start, idx.ring_start, idx.xs, idx.ys)
+            assert a == _ki.locate_banded(
+                x, y, p, idx.bounds, idx.band_off, idx.band_scale, idx.band_starts, idx.seg
+            )
+
+
+def test_one_polygon_with_many_vertices_equals_shapely():
+    # one wiggly ring of 20,000 vertices with a hole: many bands, more cells than polygons
+    rng = np.random.default_rng(14)
+    a = np.linspace(0, 2 * np.pi, 20_000, endpoint=False)
+    r = 50 + 5 * np.sin(37 * a) + rng.uniform(0, 0.5, a.size)
+    shell = np.c_[r * np.cos(a), r * np.sin(a)]
+    poly = Polygon(shell, [np.c_[10 * np.cos(a[::-50]), 10 * np.sin(a[::-50])]])
+    assert poly.is_valid
+    idx = PolygonIndex.from_geometries(np.array([poly], dtype=object))
+    assert idx.band_off[1] > 1000 and idx.grid[3] * idx.grid[4] >= 10_000
+    pts = np.r_[rng.uniform(-60, 60, (30_000, 2)), shell[::3], (shell[:-1:3] + shell[1::3]) / 2]
+    r_, g = idx.query(pts[:, 0], pts[:, 1])
+    shapely.prepare(poly)
+    np.testing.assert_array_equal(r_, np.flatnonzero(shapely.contains(poly, shapely.points(pts))))
+    assert (g == 0).all() and r_.size > 10_000
+
+
+def test_default_in_flight_is_the_cpu_count_without_a_client():
+    zones = gpd.GeoSeries([box(0, 0, 10, 10)])
+    frames = [pd.DataFrame({"x": [5.0], "y": [5.0]}) for _ in range(40)]
+    stream = geofence(frames, zones)
+    assert [len(b.matches) for b in stream] == [1] * 40
+    assert stream.max_pending == min(40, max(os.cpu_count() or 1, 2))
+    with pytest.raises(ValueError, match=r"max_in_flight must be an integer >= 1, got 1\.5"):
+        geofence(frames, zones, max_in_flight=1.5)

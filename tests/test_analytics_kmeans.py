@@ -87,7 +87,7 @@ def test_init_is_reproducible_with_a_seed_and_finds_the_blobs(init):
 
 
 def test_kmeans_parallel_same_result_for_numpy_and_dask_with_the_same_blocks(monkeypatch):
-    from dask_oxigdal.analytics import kmeans as mod
+    from dask_oxigdal.analytics import _kmeans_passes as mod
 
     monkeypatch.setattr(mod, "BLOCK_ROWS", 250)
     X = _blobs(n=2000, k=5, seed=1)

@@ -1,10 +1,11 @@
-"""Point-in-polygon kernels (private; see :mod:`dask_oxigdal.analytics.geofence`).
+"""Exact point-in-polygon predicates (private; see :mod:`dask_oxigdal.analytics.geofencing`).
 
 Polygons are flattened into rings (exterior and holes of every part of every
-polygon or multipolygon, closed: the last vertex repeats the first) and
-indexed by a uniform grid of bounding boxes. A query point is tested against
-the polygons whose box strictly contains it, with the ray-crossing rule that
-GEOS (and so shapely) uses to locate a point in a ring:
+polygon or multipolygon, closed: the last vertex repeats the first). A point
+is located with the ray-crossing rule that GEOS (and so shapely) uses to
+locate a point in a ring (:func:`locate`, the reference; the index of
+:mod:`dask_oxigdal.kernels.pip_index` runs the same rule over fewer
+segments):
 
 * a ray from the point towards +x; for each segment ``p1 -> p2``: a segment
   wholly left of the point is skipped; the point equal to ``p2``, or on a
@@ -150,73 +151,3 @@ def locate(x, y, poly, poly_ring_start, ring_start, xs, ys):
                 if o > 0:
                     crossings += 1
     return 1 if crossings % 2 == 1 else -1
-
-
-@numba.njit(cache=True, nogil=True)
-def grid_build(bounds, x0, y0, cell, nx, ny):
-    """CSR (``starts``, ``items``) of the polygons whose box meets each grid cell (row-major)."""
-    n = bounds.shape[0]
-    counts = np.zeros(nx * ny + 1, dtype=np.int64)
-    for pass_ in range(2):
-        if pass_ == 1:
-            starts = np.zeros(nx * ny + 1, dtype=np.int64)
-            for c in range(nx * ny):
-                starts[c + 1] = starts[c] + counts[c]
-            items = np.empty(starts[nx * ny], dtype=np.int64)
-            fill = starts[:-1].copy()
-        for p in range(n):
-            if np.isnan(bounds[p, 0]):
-                continue
-            i0 = max(int((bounds[p, 0] - x0) / cell), 0)
-            i1 = min(int((bounds[p, 2] - x0) / cell), nx - 1)
-            j0 = max(int((bounds[p, 1] - y0) / cell), 0)
-            j1 = min(int((bounds[p, 3] - y0) / cell), ny - 1)
-            for j in range(j0, j1 + 1):
-                for i in range(i0, i1 + 1):
-                    c = j * nx + i
-                    if pass_ == 0:
-                        counts[c] += 1
-                    else:
-                        items[fill[c]] = p
-                        fill[c] += 1
-    return starts, items
-
-
-@numba.njit(cache=True, nogil=True)
-def query(px, py, x0, y0, cell, nx, ny, starts, items, bounds, poly_ring_start, ring_start, xs, ys):
-    """(point row, polygon) pairs with the point in the polygon's interior, by row then polygon."""
-    cap = max(16, px.shape[0])
-    out_p = np.empty(cap, dtype=np.int64)
-    out_g = np.empty(cap, dtype=np.int64)
-    n = 0
-    for i in range(px.shape[0]):
-        x = px[i]
-        y = py[i]
-        if not (np.isfinite(x) and np.isfinite(y)):
-            continue
-        fi = (x - x0) / cell
-        fj = (y - y0) / cell
-        if fi < 0.0 or fj < 0.0:
-            continue
-        ci = int(fi)
-        cj = int(fj)
-        if ci >= nx or cj >= ny:
-            continue
-        c = cj * nx + ci
-        for t in range(starts[c], starts[c + 1]):
-            p = items[t]
-            if not (bounds[p, 0] < x < bounds[p, 2] and bounds[p, 1] < y < bounds[p, 3]):
-                continue
-            if locate(x, y, p, poly_ring_start, ring_start, xs, ys) == 1:
-                if n == cap:
-                    cap *= 2
-                    a = np.empty(cap, dtype=np.int64)
-                    a[:n] = out_p[:n]
-                    out_p = a
-                    b = np.empty(cap, dtype=np.int64)
-                    b[:n] = out_g[:n]
-                    out_g = b
-                out_p[n] = i
-                out_g[n] = p
-                n += 1
-    return out_p[:n], out_g[:n]
