@@ -8,10 +8,21 @@ read are listed in docs/architecture.md and guarded by
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["MIN_COST", "compute_seconds", "idle_threads", "prefix_estimate"]
+from dask.utils import parse_timedelta
+from distributed.scheduler import heartbeat_interval
+from distributed.worker import Worker
+
+__all__ = [
+    "MIN_COST",
+    "compute_seconds",
+    "dask_heartbeat_interval",
+    "idle_threads",
+    "prefix_estimate",
+]
 
 #: Smallest duration estimate (seconds): a cost of 0 would make a prefix free.
 MIN_COST = 1e-6
@@ -82,3 +93,34 @@ def idle_threads(ws: Any) -> int:
     int
     """
     return ws.nthreads - (len(ws.processing) - len(ws.long_running))
+
+
+def _worker_default_heartbeat() -> float:
+    # A worker heartbeats every ``Worker(heartbeat_interval=)`` ("1s") until the
+    # scheduler's first heartbeat reply sets ``heartbeat_interval(n)``.
+    param = inspect.signature(Worker.__init__).parameters.get("heartbeat_interval")
+    default = None if param is None else param.default
+    if default is None or default is inspect.Parameter.empty:
+        return 1.0
+    return float(parse_timedelta(default, default="ms"))
+
+
+_WORKER_HEARTBEAT = _worker_default_heartbeat()
+
+
+def dask_heartbeat_interval(n_workers: int) -> float:
+    """Longest interval between two heartbeats of a worker, in seconds.
+
+    Parameters
+    ----------
+    n_workers : int
+        Workers in the cluster.
+
+    Returns
+    -------
+    float
+        ``max(Worker's default heartbeat interval (1 s),
+        distributed.scheduler.heartbeat_interval(n_workers))``: 1 s up to 49
+        workers, 2 s up to 199, then ``n / 200 + 1``.
+    """
+    return max(_WORKER_HEARTBEAT, float(heartbeat_interval(max(int(n_workers), 1))))

@@ -19,11 +19,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from dask_oxigdal.scheduling._dask import compute_seconds
+from dask_oxigdal.scheduling.tenants import recorded_tenants
 
 if TYPE_CHECKING:
     from dask_oxigdal.scheduling.policy import TaskInfo
 
-__all__ = ["Accounting", "TenantUsage"]
+__all__ = ["Accounting", "TenantUsage", "restore_from_coordinator"]
 
 
 class TenantUsage:
@@ -255,3 +256,44 @@ class Accounting:
                 if rid is not None:  # queue full: the delta goes with the next tick
                     u.synced = (u.worker_seconds, u.completed, u.erred)
         coord.flush()
+
+
+def restore_from_coordinator(ext: Any) -> None:
+    """Restore the ledgers the coordinator recorded; record the tenants' settings (once).
+
+    Tenants recorded but not configured are added (their weights; quotas
+    apply from a restart); the configured tenants' settings are written when
+    they differ from the recorded ones. Emits ``coordinator-restored``.
+
+    Parameters
+    ----------
+    ext : OxigdalScheduling
+        A configured extension with a coordinator.
+    """
+    coord = ext.coordinator
+    if not ext.accounting.restore(coord):
+        return
+    state = coord.state
+    # ready only after start: _configure could not merge the recorded tenants
+    for tenant, entry in recorded_tenants(coord).items():
+        if tenant not in ext.tenant_options and entry.get("weight") is not None:
+            ext.weights[tenant] = float(entry["weight"])
+            ext.tenant_options[tenant] = dict(entry)
+    if ext._annotations is not None:
+        ext._annotations.clear()  # a recorded tenant is no longer the default one
+    for tenant, options in ext.tenant_options.items():
+        settings = {
+            "weight": ext.weights.get(tenant),
+            "max_tasks": options.get("max-tasks", options.get("max_tasks")),
+            "guaranteed_slots": options.get("guaranteed-slots", options.get("guaranteed_slots")),
+        }
+        recorded = state.tenants.get(tenant, {})
+        if any(v is not None and recorded.get(k) != v for k, v in settings.items()):
+            coord.tenant_set(tenant, **settings)
+    ext.emit(
+        "coordinator-restored",
+        tenants=sorted(state.tenants),
+        usage={t: r.get("worker_seconds", 0.0) for t, r in state.usage.items()},
+        quarantine=len(state.quarantine),
+        manifest=len(state.manifest),
+    )

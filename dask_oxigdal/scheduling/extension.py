@@ -30,9 +30,10 @@ the policy is disabled, never the scheduler.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -40,16 +41,18 @@ from tornado.ioloop import PeriodicCallback
 
 from dask_oxigdal import config as _config  # noqa: F401  (registers the defaults)
 from dask_oxigdal.client import register, status
-from dask_oxigdal.exceptions import ConfigError, TaskRejected
+from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.isolation import stamp_tenant
+from dask_oxigdal.scheduling import events as _events
 from dask_oxigdal.scheduling import snapshot as _snapshot
-from dask_oxigdal.scheduling.accounting import Accounting
+from dask_oxigdal.scheduling.accounting import Accounting, restore_from_coordinator
 from dask_oxigdal.scheduling.configure import make_policy, resolve
 from dask_oxigdal.scheduling.holds import HOLD_ADDRESS, NAME, Holds, error_text
+from dask_oxigdal.scheduling.host import PolicyHost, is_task_fault
 from dask_oxigdal.scheduling.parsing import AnnotationCache
-from dask_oxigdal.scheduling.policy import TASK_FAULTS, SchedulingPolicy, TaskInfo
+from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 from dask_oxigdal.scheduling.settings import setting
-from dask_oxigdal.scheduling.tenants import TENANT_KEYS, recorded_tenants
+from dask_oxigdal.scheduling.tenants import TENANT_KEYS, resolve_tenant
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState
@@ -63,13 +66,15 @@ STATUS_HANDLER = "oxigdal_status"
 
 _error_text = error_text
 
+#: Called with each started extension, by dotted path (``"module:function"``),
+#: imported when the extension starts. Each returns ``{what: set up (bool)}``,
+#: merged into ``OxigdalScheduling.monitoring``. Observability attaches itself
+#: this way, so ``scheduling/`` never imports ``monitoring/`` (which imports
+#: ``scheduling/``). Append to it to attach more.
+START_HOOKS: list[str] = ["dask_oxigdal.monitoring.hooks:attach"]
 
-def _is_task_fault(exc: BaseException) -> bool:
-    """Whether ``exc``, raised while a policy handled one task, is that task's fault."""
-    return isinstance(exc, TASK_FAULTS) and not isinstance(exc, ConfigError)
 
-
-class OxigdalScheduling(SchedulerPlugin):
+class OxigdalScheduling(PolicyHost, SchedulerPlugin):
     """The dask-oxigdal scheduler extension.
 
     Install it with :func:`register` (from a client) or
@@ -193,6 +198,7 @@ class OxigdalScheduling(SchedulerPlugin):
             finally:
                 self.scheduler = None
         self._configure()
+        self._check_order()
         self.scheduler = scheduler
         self.started_at = time.time()
         for policy in self.policies:
@@ -215,9 +221,7 @@ class OxigdalScheduling(SchedulerPlugin):
             self.auth.install()
         scheduler.handlers[STATUS_HANDLER] = self.status_handler
         # observability: Prometheus collector and the /oxigdal/ page (never raises)
-        from dask_oxigdal.monitoring.hooks import attach
-
-        self.monitoring = attach(self)
+        self.monitoring = self._run_start_hooks()
         old = scheduler.periodic_callbacks.pop(NAME, None)
         if old is not None:  # left by an extension that was unregistered (replace=True)
             old.stop()
@@ -243,164 +247,16 @@ class OxigdalScheduling(SchedulerPlugin):
             self._coordinator_sync()
             await self.coordinator.close()
 
-    def policy_names(self) -> list[str]:
-        """Names of the configured policies, in order."""
-        return [self.policy_name(p) for p in self.policies]
-
-    @staticmethod
-    def policy_name(policy: SchedulingPolicy) -> str:
-        """The name of ``policy`` in the snapshot: its ``name``, else its class name.
-
-        Parameters
-        ----------
-        policy : SchedulingPolicy
-
-        Returns
-        -------
-        str
-        """
-        return policy.name or type(policy).__name__
-
-    _policy_name = policy_name
-
-    def get_policy(self, name: str) -> SchedulingPolicy:
-        """The policy called ``name`` (its ``name`` or class name).
-
-        Parameters
-        ----------
-        name : str
-            Policy name.
-
-        Returns
-        -------
-        SchedulingPolicy
-        """
-        for policy in self.policies:
-            if self.policy_name(policy) == name:
-                return policy
-        raise KeyError(f"no policy {name!r}; policies are {self.policy_names()}")
-
-    # --------------------------------------------------------- policy errors
-    def _refresh_transition_policies(self) -> None:
-        self._transition_policies = [
-            p
-            for p in self.policies
-            if self.policy_name(p) not in self.disabled
-            and type(p).transition is not SchedulingPolicy.transition
-            and p.wants_transitions
-        ]
-
-    def _active(self) -> Iterable[SchedulingPolicy]:
-        return [p for p in self.policies if self.policy_name(p) not in self.disabled]
-
-    def run_policy(self, policy: SchedulingPolicy, method: str, *args: Any) -> Any:
-        """Call ``policy.<method>(*args)`` unless the policy is disabled; disable it if it raises.
-
-        Policies use this for deferred work (``scheduler.loop.add_callback``).
-
-        Parameters
-        ----------
-        policy : SchedulingPolicy
-        method : str
-        *args
-            Passed on.
-
-        Returns
-        -------
-        object
-            What the method returned, or ``None``.
-        """
-        if self.policy_name(policy) in self.disabled:
-            return None
-        return self._call(policy, method, *args)
-
-    def _call(self, policy: SchedulingPolicy, method: str, *args: Any) -> Any:
-        try:
-            return getattr(policy, method)(*args)
-        except Exception as e:
-            self._disable(policy, method, e)
-            return None
-
-    def _disable(self, policy: SchedulingPolicy, method: str, exc: BaseException) -> None:
-        name = self.policy_name(policy)
-        logger.exception("oxigdal policy %s failed in %s(); disabling it", name, method)
-        self.disabled[name] = f"{type(exc).__name__} in {method}(): {exc}"
-        self._refresh_transition_policies()
-        if self.scheduler is not None and callable(getattr(policy, "close", None)):
-            # a policy that holds something (paused workers, held tasks) gives it
-            # back; later, on the event loop, since this may run in a transition hook
-            self.scheduler.loop.add_callback(self._close_policy, policy)
-        if self.scheduler is not None:
-            self.scheduler.log_event(
-                NAME,
-                {
-                    "action": "policy-disabled",
-                    "policy": name,
-                    "method": method,
-                    "error": f"{type(exc).__name__}: {exc}",
-                },
-            )
-
-    def _task_fault(
-        self,
-        policy: SchedulingPolicy,
-        method: str,
-        tasks: list[tuple[Any, TaskInfo]],
-        exc: BaseException,
-    ) -> None:
-        """``policy`` failed in ``method`` on the input of ``tasks`` (key, info): fail them.
-
-        The policy stays enabled. Tasks already finished or forgotten are only
-        counted and reported.
-        """
-        tasks = [(key, info) for key, info in tasks if key not in self._rejected]
-        if not tasks:
-            return  # already being failed (the policy raised again on a later transition)
-        name = self.policy_name(policy)
-        text = _error_text(exc)
-        self.task_faults[name] = self.task_faults.get(name, 0) + len(tasks)
-        first = tasks[0][0]
-        what = f"task {first!r}" if len(tasks) == 1 else f"{len(tasks)} tasks of one submission"
-        logger.warning(
-            "oxigdal policy %s failed in %s() on %s; rejecting it: %s", name, method, what, text
-        )
-        error = TaskRejected(
-            f"{what} rejected by dask-oxigdal: policy {name} could not handle "
-            f"{'its' if len(tasks) == 1 else 'their'} annotations/events in {method}(): {text}"
-        )
-        for key, info in tasks:
-            ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
-            if (
-                ts is not None
-                and not info.done
-                and ts.state not in ("forgotten", "memory", "erred")
-                and self.info.get(key) is info
-            ):
-                self.reject(ts, info, error)
-        if self.scheduler is not None:
-            self.scheduler.log_event(
-                NAME,
-                {
-                    "action": "task-rejected",
-                    "policy": name,
-                    "method": method,
-                    "key": str(first),
-                    "tasks": len(tasks),
-                    "error": text,
-                },
-            )
-
-    def _close_policies(self) -> None:
-        """Close every policy that has a ``close()`` (this extension is gone)."""
-        for policy in self.policies:
-            if callable(getattr(policy, "close", None)):
-                self._close_policy(policy)
-
-    def _close_policy(self, policy: SchedulingPolicy) -> None:
-        try:
-            policy.close()  # type: ignore[attr-defined]
-        except Exception:
-            logger.exception("oxigdal policy %s failed in close()", self.policy_name(policy))
+    def _run_start_hooks(self) -> dict[str, bool]:
+        done: dict[str, bool] = {}
+        for path in START_HOOKS:
+            module, _, attr = path.partition(":")
+            try:
+                hook = getattr(importlib.import_module(module), attr)
+                done.update(hook(self))
+            except Exception:
+                logger.exception("dask-oxigdal: start hook %s failed", path)
+        return done
 
     # ---------------------------------------------------- annotations/tenants
     def resolve_tenant(self, tenant: str | None) -> str:
@@ -422,18 +278,9 @@ class OxigdalScheduling(SchedulerPlugin):
         ValueError
             Unknown tenant with ``strict``.
         """
-        if tenant is None:
-            return self.default_tenant
-        if tenant in self.weights:
-            return tenant
-        if self.strict:
-            if self.auth is not None:  # never list the other tenants to a principal
-                raise ValueError(f"unknown tenant {tenant!r} (oxigdal.scheduling.strict is on)")
-            raise ValueError(
-                f"unknown tenant {tenant!r} (oxigdal.scheduling.strict is on); "
-                f"configured tenants: {', '.join(sorted(self.weights))}"
-            )
-        return self.default_tenant
+        return resolve_tenant(
+            tenant, self.weights, self.default_tenant, self.strict, list_tenants=self.auth is None
+        )
 
     def _parse(self, annotations: Any) -> tuple[Any, str, str]:
         assert self._annotations is not None
@@ -495,7 +342,7 @@ class OxigdalScheduling(SchedulerPlugin):
             try:
                 policy.update_graph(new)
             except Exception as e:
-                if not _is_task_fault(e):
+                if not is_task_fault(e):
                     self._disable(policy, "update_graph", e)
                     continue
                 # the policy stopped part-way through this submission: its tasks
@@ -506,57 +353,23 @@ class OxigdalScheduling(SchedulerPlugin):
 
     # ------------------------------------------------- holds shared by policies
     def hold(self, ts: TaskState, info: TaskInfo, by: str) -> None:
-        """Hold a task for policy ``by`` (see :meth:`Holds.hold <dask_oxigdal.scheduling.holds.Holds.hold>`).
-
-        Parameters
-        ----------
-        ts : distributed.scheduler.TaskState
-        info : TaskInfo
-        by : str
-            Name of the holding policy.
-        """
+        """Hold a task for policy ``by``: :meth:`Holds.hold <dask_oxigdal.scheduling.holds.Holds.hold>`."""
         self.holds.hold(ts, info, by)
 
     def unhold(self, ts: TaskState, info: TaskInfo, by: str) -> bool:
-        """Drop the hold of policy ``by`` (see :meth:`Holds.unhold <dask_oxigdal.scheduling.holds.Holds.unhold>`).
-
-        Parameters
-        ----------
-        ts : distributed.scheduler.TaskState
-        info : TaskInfo
-        by : str
-            Name of the policy that held it.
-
-        Returns
-        -------
-        bool
-            ``True`` when no policy holds the task any more.
-        """
+        """Drop the hold of ``by``; ``True`` when none is left: :meth:`Holds.unhold <dask_oxigdal.scheduling.holds.Holds.unhold>`."""
         return self.holds.unhold(ts, info, by)
 
     def reject(self, ts: TaskState, info: TaskInfo, exc: BaseException) -> None:
-        """Fail a task with ``exc`` from a later tick (see :meth:`Holds.reject <dask_oxigdal.scheduling.holds.Holds.reject>`).
-
-        Parameters
-        ----------
-        ts : distributed.scheduler.TaskState
-        info : TaskInfo
-        exc : BaseException
-            Picklable exception; its message should name the reason.
-        """
+        """Fail a task with ``exc`` from a later tick: :meth:`Holds.reject <dask_oxigdal.scheduling.holds.Holds.reject>`."""
         self.holds.reject(ts, info, exc)
 
     def transitions(self, recs: dict, stimulus_id: str) -> None:
-        """Enact a policy's recommendations: ``scheduler.transitions(recs, stimulus_id)``.
+        """Enact a policy's ``{key: state}`` recommendations (never from a ``transition`` hook).
 
-        Never call it from a ``transition`` hook (defer with
-        :meth:`SchedulingPolicy.defer <dask_oxigdal.scheduling.policy.SchedulingPolicy.defer>`).
-
-        Parameters
-        ----------
-        recs : dict
-            ``{key: finish state}``.
-        stimulus_id : str
+        Policies call this, not ``scheduler.transitions``
+        (:meth:`Holds.transitions <dask_oxigdal.scheduling.holds.Holds.transitions>`);
+        from a ``transition`` hook, :meth:`~SchedulingPolicy.defer` the work first.
         """
         self.holds.transitions(recs, stimulus_id)
 
@@ -596,7 +409,7 @@ class OxigdalScheduling(SchedulerPlugin):
             try:
                 policy.transition(key, start, finish, info, kwargs)
             except Exception as e:
-                if _is_task_fault(e):
+                if is_task_fault(e):
                     self._task_fault(policy, "transition", [(key, info)], e)
                 else:
                     self._disable(policy, "transition", e)
@@ -635,36 +448,7 @@ class OxigdalScheduling(SchedulerPlugin):
     # ------------------------------------------------------------ coordinator
     def _coordinator_restore(self) -> None:
         """Restore the usage ledgers recorded by the coordinator; record the tenants' settings."""
-        coord = self.coordinator
-        if not self.accounting.restore(coord):
-            return
-        state = coord.state
-        # ready only after start: _configure could not merge the recorded tenants;
-        # add those that are not configured (weights; quotas apply from a restart)
-        for tenant, entry in recorded_tenants(coord).items():
-            if tenant not in self.tenant_options and entry.get("weight") is not None:
-                self.weights[tenant] = float(entry["weight"])
-                self.tenant_options[tenant] = dict(entry)
-        if self._annotations is not None:
-            self._annotations.clear()  # a recorded tenant is no longer the default one
-        for tenant, options in self.tenant_options.items():
-            settings = {
-                "weight": self.weights.get(tenant),
-                "max_tasks": options.get("max-tasks", options.get("max_tasks")),
-                "guaranteed_slots": options.get(
-                    "guaranteed-slots", options.get("guaranteed_slots")
-                ),
-            }
-            recorded = state.tenants.get(tenant, {})
-            if any(v is not None and recorded.get(k) != v for k, v in settings.items()):
-                coord.tenant_set(tenant, **settings)
-        self.emit(
-            "coordinator-restored",
-            tenants=sorted(state.tenants),
-            usage={t: r.get("worker_seconds", 0.0) for t, r in state.usage.items()},
-            quarantine=len(state.quarantine),
-            manifest=len(state.manifest),
-        )
+        restore_from_coordinator(self)
 
     def _coordinator_sync(self) -> None:
         """Write each tenant's usage since the last tick (one command per tenant), then flush."""
@@ -704,19 +488,7 @@ class OxigdalScheduling(SchedulerPlugin):
         appended to its replicated audit log (best effort: skipped while the
         write queue is half full).
         """
-        msg = {"kind": kind, **fields}
-        logger.info("oxigdal event %s", msg)
-        if self.scheduler is not None:
-            self.scheduler.log_event(NAME, msg)
-        coord = self.coordinator
-        if coord is not None and not kind.startswith("coordinator-"):
-            # the coordinator's append-only audit log (best effort, batched)
-            alert = fields.get("alert")
-            if not (isinstance(alert, str) and alert.startswith("coordinator-")):
-                try:
-                    coord.audit({**msg, "at": time.time()})
-                except Exception:
-                    logger.debug("oxigdal: audit entry %s not recorded", kind, exc_info=True)
+        _events.emit(self, kind, **fields)
 
     # ----------------------------------------------------------------- status
     def tenant_snapshot(self) -> dict[str, dict[str, Any]]:

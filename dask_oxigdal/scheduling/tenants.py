@@ -22,7 +22,14 @@ from typing import Any
 
 from dask_oxigdal.exceptions import ConfigError
 
-__all__ = ["TENANT_KEYS", "TenantSettings", "merge_tenants", "parse_tenants", "recorded_tenants"]
+__all__ = [
+    "TENANT_KEYS",
+    "TenantSettings",
+    "merge_tenants",
+    "parse_tenants",
+    "recorded_tenants",
+    "resolve_tenant",
+]
 
 #: Keys of a tenant's settings mapping (``oxigdal.tenants.<tenant>``).
 TENANT_KEYS = frozenset(
@@ -184,3 +191,51 @@ def merge_tenants(recorded: Mapping[str, Any], *layers: Mapping[str, Any] | None
             else ({**previous, "weight": value} if previous else value)
         )
     return tenants
+
+
+def resolve_tenant(
+    tenant: str | None,
+    weights: Mapping[str, float],
+    default: str,
+    strict: bool,
+    *,
+    list_tenants: bool = True,
+) -> str:
+    """The accounting tenant of a task's ``tenant`` annotation.
+
+    Parameters
+    ----------
+    tenant : str or None
+        The annotation value.
+    weights : mapping
+        ``{tenant: weight}`` of the known tenants.
+    default : str
+        The default tenant.
+    strict : bool
+        ``oxigdal.scheduling.strict``: an unknown tenant is an error.
+    list_tenants : bool, default True
+        Name the configured tenants in the error (not with ``oxigdal.auth``:
+        a principal never learns the other tenants).
+
+    Returns
+    -------
+    str
+        ``tenant`` if known, else ``default`` (``strict`` rejects it instead).
+
+    Raises
+    ------
+    ValueError
+        Unknown tenant with ``strict``.
+    """
+    if tenant is None:
+        return default
+    if tenant in weights:
+        return tenant
+    if strict:
+        if not list_tenants:
+            raise ValueError(f"unknown tenant {tenant!r} (oxigdal.scheduling.strict is on)")
+        raise ValueError(
+            f"unknown tenant {tenant!r} (oxigdal.scheduling.strict is on); "
+            f"configured tenants: {', '.join(sorted(weights))}"
+        )
+    return default
