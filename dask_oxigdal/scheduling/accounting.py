@@ -59,6 +59,10 @@ class TenantUsage:
         self.synced = (0.0, 0, 0)
 
 
+def _no_nbytes(key: Any) -> int:
+    return 0
+
+
 class Accounting:
     """The per-tenant ledgers of one extension.
 
@@ -70,6 +74,8 @@ class Accounting:
 
     def __init__(self, half_life: float = 60.0) -> None:
         self.half_life = half_life
+        #: ``(key) -> int``: a task's size in memory when the transition has none
+        self.nbytes_of: Any = _no_nbytes
         #: tenant -> usage (the extension's ``usage``)
         self.usage: dict[str, TenantUsage] = {}
         self.restored = False
@@ -89,22 +95,21 @@ class Accounting:
 
     def transition(
         self,
+        key: Any,
         info: TaskInfo,
         start: str,
         finish: str,
         kwargs: Mapping[str, Any],
-        nbytes_of: Any,
     ) -> None:
         """Account one transition of a known task (O(1)); ``forgotten`` is :meth:`forgotten`.
 
         Parameters
         ----------
+        key : object
         info : TaskInfo
         start, finish : str
         kwargs : mapping
             The transition hook's keyword arguments (``startstops``, ``nbytes``).
-        nbytes_of : callable
-            ``() -> int``: the task's size, when ``kwargs`` has none.
         """
         usage = self.usage[info.tenant]
         if finish == "processing":
@@ -118,7 +123,7 @@ class Accounting:
                 self._account(usage, compute_seconds(kwargs.get("startstops")))
             nbytes = kwargs.get("nbytes")
             if nbytes is None:
-                nbytes = nbytes_of()
+                nbytes = self.nbytes_of(key)
             info.nbytes = nbytes
             usage.bytes_in_memory += nbytes
             if not info.done:

@@ -200,6 +200,7 @@ class OxigdalScheduling(PolicyHost, SchedulerPlugin):
         self._configure()
         self._check_order()
         self.scheduler = scheduler
+        self.accounting.nbytes_of = self._nbytes
         self.started_at = time.time()
         for policy in self.policies:
             try:
@@ -404,7 +405,7 @@ class OxigdalScheduling(PolicyHost, SchedulerPlugin):
                 holds.malformed_transition(key, finish)
             return
         self.holds.rejected_transition(key, finish)
-        self.accounting.transition(info, start, finish, kwargs, lambda: self._nbytes(key))
+        self.accounting.transition(key, info, start, finish, kwargs)
         for policy in self._transition_policies:
             try:
                 policy.transition(key, start, finish, info, kwargs)

@@ -30,8 +30,12 @@ class TaskInfo:
     """What the extension knows about one live task it has seen in ``update_graph``.
 
     One instance per task, created when the task enters the scheduler and
-    dropped when it is forgotten. Policies may add their own values in the
-    free slots (``start_tag``, ``finish_tag``).
+    dropped when it is forgotten. A new policy keeps its own per-task data in
+    its own dicts (keyed by task key, dropped on ``forgotten``), as ``Gang``
+    does; ``start_tag``, ``finish_tag``, ``pseq``, ``dprio``, ``oseq``,
+    ``prefix`` (``FairShare``, on its per-transition path, where a slot is
+    cheaper than a dict lookup) and ``edf`` (``Deadline``, read by
+    ``Autoscaling``) are the remaining policy-owned slots.
     """
 
     __slots__ = (
