@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 from dask_oxigdal.exceptions import ConfigError, GangError, GangTooLarge
 from dask_oxigdal.scheduling._dask import idle_threads
 from dask_oxigdal.scheduling.gang_phases import GangPhases
-from dask_oxigdal.scheduling.gangs import _LEFT, PLACEMENTS, _away_from_previous, _Gang
+from dask_oxigdal.scheduling.gangs import _LEFT, PLACEMENTS, _away_from_previous, _Gang, place
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 from dask_oxigdal.scheduling.settings import setting
 from dask_oxigdal.settings import duration
@@ -125,7 +125,6 @@ class Gang(GangPhases, SchedulingPolicy):
         self.reserve_wait = duration("gang.reserve-wait", reserve_wait)
         self.shrink_wait = duration("gang.shrink-wait", shrink_wait)
         self.gangs: dict[tuple[str, str], _Gang] = {}  # live gangs by (tenant, name)
-        self.member: dict[Any, _Gang] = {}  # key -> its gang, for live member tasks
         self.waiting: dict[int, _Gang] = {}  # by seq (arrival order)
         self._seq = itertools.count(1)
         self.started = 0
@@ -163,7 +162,7 @@ class Gang(GangPhases, SchedulingPolicy):
             gang = _Gang(name, keys, members[0][1], next(self._seq))
             error = self._check(gang, members)
             for ts, info in members:
-                self.member[ts.key] = gang
+                info.gang = gang
                 ext.hold(ts, info, self.name)
             if error is not None:
                 self._refuse(gang, error)
@@ -258,7 +257,7 @@ class Gang(GangPhases, SchedulingPolicy):
         self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
     ) -> None:
         """Track members (O(1)); schedule a release pass when slots or members free up."""
-        gang = self.member.get(key)
+        gang = info.gang
         if gang is None:
             if self.waiting:
                 if start == "processing":
@@ -301,7 +300,6 @@ class Gang(GangPhases, SchedulingPolicy):
                 ext = self.extension
                 ext.scheduler.loop.add_callback(ext.run_policy, self, "restart_gang", gang)
         if finish == "forgotten":
-            del self.member[key]
             gang.done.add(key)
             if len(gang.done) == gang.k:
                 self.waiting.pop(gang.seq, None)
@@ -351,39 +349,8 @@ class Gang(GangPhases, SchedulingPolicy):
         return free
 
     def place(self, free: dict[Any, int], k: int) -> list[Any] | None:
-        """Choose ``k`` slots among ``free`` (``spread`` or ``pack``); ``None`` if too few.
-
-        Parameters
-        ----------
-        free : dict
-            ``{worker: idle threads}``; updated in place when the placement succeeds.
-        k : int
-
-        Returns
-        -------
-        list or None
-            One worker per member.
-        """
-        if sum(free.values()) < k:
-            return None
-        order = sorted(free, key=lambda ws: (-free[ws], ws.address))
-        chosen: list[Any] = []
-        left = dict(free)
-        if self.placement == "pack":
-            for ws in order:
-                take = min(left[ws], k - len(chosen))
-                chosen.extend([ws] * take)
-                left[ws] -= take
-                if len(chosen) == k:
-                    break
-        else:
-            while len(chosen) < k:
-                for ws in order:
-                    if left[ws] > 0 and len(chosen) < k:
-                        chosen.append(ws)
-                        left[ws] -= 1
-        free.update(left)
-        return chosen
+        """Choose ``k`` slots among ``free`` with this policy's placement (:func:`.gangs.place`)."""
+        return place(free, k, self.placement)
 
     def release(self) -> int:
         """Start every waiting gang that fits now, in (queue, arrival) order.
@@ -518,7 +485,6 @@ class Gang(GangPhases, SchedulingPolicy):
         """Every task was forgotten."""
         self.gangs.clear()
         self.waiting.clear()
-        self.member.clear()
         self.reserving = None
         self.reserved.clear()
         self._arrivals.clear()

@@ -65,7 +65,7 @@ class GangPhases:
             if ts.state != "queued":
                 continue
             info = info_map.get(ts.key)
-            if info is None or ts.key in self.member or info.rank < rank:
+            if info is None or info.gang is not None or info.rank < rank:
                 continue
             ext.hold(ts, info, RESERVE)
             self.reserved.add(ts.key)

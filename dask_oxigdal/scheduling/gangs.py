@@ -7,7 +7,7 @@ from typing import Any
 
 from dask_oxigdal.scheduling.policy import TaskInfo
 
-__all__ = ["PLACEMENTS", "RESERVE"]
+__all__ = ["PLACEMENTS", "RESERVE", "place"]
 
 #: Valid ``oxigdal.gang.placement`` values.
 PLACEMENTS = ("spread", "pack")
@@ -90,3 +90,43 @@ def _away_from_previous(members: list, workers: list, previous: dict) -> list:
                 workers[i], workers[j] = workers[j], workers[i]
                 break
     return workers
+
+
+def place(free: dict[Any, int], k: int, placement: str) -> list[Any] | None:
+    """Choose ``k`` slots among ``free`` (``spread`` or ``pack``); ``None`` if too few.
+
+    Parameters
+    ----------
+    free : dict
+        ``{worker: idle threads}``; updated in place when the placement succeeds.
+    k : int
+        Members to place.
+    placement : str
+        ``"spread"`` (one member per worker in turn) or ``"pack"`` (fill the worker
+        with the most idle threads first).
+
+    Returns
+    -------
+    list or None
+        One worker per member.
+    """
+    if sum(free.values()) < k:
+        return None
+    order = sorted(free, key=lambda ws: (-free[ws], ws.address))
+    chosen: list[Any] = []
+    left = dict(free)
+    if placement == "pack":
+        for ws in order:
+            take = min(left[ws], k - len(chosen))
+            chosen.extend([ws] * take)
+            left[ws] -= take
+            if len(chosen) == k:
+                break
+    else:
+        while len(chosen) < k:
+            for ws in order:
+                if left[ws] > 0 and len(chosen) < k:
+                    chosen.append(ws)
+                    left[ws] -= 1
+    free.update(left)
+    return chosen

@@ -32,10 +32,11 @@ class TaskInfo:
     One instance per task, created when the task enters the scheduler and
     dropped when it is forgotten. A new policy keeps its own per-task data in
     its own dicts (keyed by task key, dropped on ``forgotten``), as ``Gang``
-    does; ``start_tag``, ``finish_tag``, ``pseq``, ``dprio``, ``oseq``,
-    ``prefix`` (``FairShare``, on its per-transition path, where a slot is
-    cheaper than a dict lookup) and ``edf`` (``Deadline``, read by
-    ``Autoscaling``) are the remaining policy-owned slots.
+    does with its reservation holds; ``start_tag``, ``finish_tag``, ``pseq``,
+    ``dprio``, ``oseq``, ``prefix`` (``FairShare``, on its per-transition
+    path, where a slot is cheaper than a dict lookup), ``gang`` and ``edf``
+    (``Gang`` and ``Deadline``, both read by ``Autoscaling``) are the
+    remaining policy-owned slots.
     """
 
     __slots__ = (
@@ -45,6 +46,7 @@ class TaskInfo:
         "dprio",
         "edf",
         "finish_tag",
+        "gang",
         "holds",
         "nbytes",
         "oseq",
@@ -79,6 +81,8 @@ class TaskInfo:
         self.holds: set[str] | None = None
         #: the task's own (worker, host, loose) restrictions, saved while it is held
         self.restrictions: tuple[Any, Any, bool] | None = None
+        #: the task's gang (``Gang`` policy; read by ``Autoscaling``), ``None`` for ordinary tasks
+        self.gang: Any = None
         #: absolute deadline (UNIX time) the ``Deadline`` policy orders it by, or ``None``
         self.edf: float | None = None
 
