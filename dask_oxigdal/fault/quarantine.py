@@ -55,19 +55,18 @@ Every state change is published on the ``oxigdal`` event topic
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from dask.utils import parse_timedelta
 from distributed.core import Status
 from distributed.metrics import time
-from distributed.scheduler import heartbeat_interval
-from distributed.worker import Worker
 
 from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.fault._common import duration, number, option
+from dask_oxigdal.fault.attribution import FailureAttribution, _Breaker
+from dask_oxigdal.fault.pausing import STATUS_OP, WorkerPausing
+from dask_oxigdal.scheduling._dask import dask_heartbeat_interval
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 
 if TYPE_CHECKING:
@@ -78,40 +77,8 @@ __all__ = ["HEARTBEAT_FACTOR", "Quarantine", "dask_heartbeat_interval", "min_hea
 logger = logging.getLogger(__name__)
 
 SECTION = "quarantine"
-STATUS_OP = "worker-status-change"
 #: ``heartbeat-timeout`` must be at least this many worker heartbeat intervals.
 HEARTBEAT_FACTOR = 3.0
-
-
-def _worker_default_heartbeat() -> float:
-    # A worker heartbeats every ``Worker(heartbeat_interval=)`` ("1s") until the
-    # scheduler's first heartbeat reply sets ``heartbeat_interval(n)``.
-    param = inspect.signature(Worker.__init__).parameters.get("heartbeat_interval")
-    default = None if param is None else param.default
-    if default is None or default is inspect.Parameter.empty:
-        return 1.0
-    return float(parse_timedelta(default, default="ms"))
-
-
-_WORKER_HEARTBEAT = _worker_default_heartbeat()
-
-
-def dask_heartbeat_interval(n_workers: int) -> float:
-    """Longest interval between two heartbeats of a worker, in seconds.
-
-    Parameters
-    ----------
-    n_workers : int
-        Workers in the cluster.
-
-    Returns
-    -------
-    float
-        ``max(Worker's default heartbeat interval (1 s),
-        distributed.scheduler.heartbeat_interval(n_workers))``: 1 s up to 49
-        workers, 2 s up to 199, then ``n / 200 + 1``.
-    """
-    return max(_WORKER_HEARTBEAT, float(heartbeat_interval(max(int(n_workers), 1))))
 
 
 def min_heartbeat_timeout(n_workers: int = 1) -> float:
@@ -130,38 +97,7 @@ def min_heartbeat_timeout(n_workers: int = 1) -> float:
     return HEARTBEAT_FACTOR * dask_heartbeat_interval(n_workers)
 
 
-class _Breaker:
-    __slots__ = (
-        "counted",
-        "failures",
-        "one_tenant_at",
-        "opened",
-        "probe",
-        "reason",
-        "reported",
-        "since",
-        "state",
-        "tenants",
-    )
-
-    def __init__(self) -> None:
-        self.state = "closed"
-        self.since = time()
-        self.reason = ""
-        #: (time, prefix, tenant) of each failed attempt within the window
-        self.failures: deque[tuple[float, str, str]] = deque()
-        #: tenant -> last time one of its tasks was sent to or left this worker
-        self.tenants: dict[str, float] = {}
-        #: last ``quarantine-one-tenant`` event (at most one per window)
-        self.one_tenant_at = 0.0
-        self.probe: Any = None
-        self.reported = "running"  # last status the worker itself reported
-        self.opened = 0
-        #: the failed prefixes that opened it (one entry per counted failure)
-        self.counted: list[str] = []
-
-
-class Quarantine(SchedulingPolicy):
+class Quarantine(FailureAttribution, WorkerPausing, SchedulingPolicy):
     """Per-worker circuit breaker: failures or silence open it; a probe closes it.
 
     Parameters
@@ -331,178 +267,6 @@ class Quarantine(SchedulingPolicy):
         if failed:
             self._failure(worker, key, b, info.tenant)
 
-    def _failure(self, worker: str, key: Any, b: _Breaker, tenant: str) -> None:
-        self.failures_seen += 1
-        ts = self.extension.scheduler.tasks.get(key)
-        prefix = ts.prefix.name if ts is not None else str(key)
-        now = time()
-        horizon = now - self.window
-        seen = self.prefix_failures.setdefault(prefix, {})
-        seen[worker] = now
-        elsewhere = any(t >= horizon for w, t in seen.items() if w != worker)
-        b.failures.append((now, prefix, tenant))
-        while b.failures and b.failures[0][0] < horizon:
-            b.failures.popleft()
-        if elsewhere:
-            self._forgive(prefix, worker, horizon)
-        if elsewhere or b.state != "closed":
-            return
-        counted = [
-            (p, t) for _, p, t in b.failures if not self._failed_elsewhere(p, worker, horizon)
-        ]
-        if len(counted) >= self.failures:
-            tenants = {t for _, t in counted}
-            if len(tenants) < 2 and self._shared(worker, b, tenants, horizon):
-                self._one_tenant(worker, b, tenants, len(counted), now)
-                return
-            reason = f"{len(counted)} failures within {self.window:g}s"
-            if len(tenants) > 1:
-                reason += f" from {len(tenants)} tenants"
-            if self._open(worker, reason):
-                b.counted = [p for p, _ in counted]
-
-    def _shared(self, worker: str, b: _Breaker, tenants: set, horizon: float) -> bool:
-        """Whether a tenant not in ``tenants`` used ``worker`` within the window, or does now."""
-        if any(t not in tenants and at >= horizon for t, at in b.tenants.items()):
-            return True
-        ws = self.extension.scheduler.workers.get(worker)
-        if ws is None:
-            return False
-        info = self.extension.info
-        for ts in ws.processing:
-            i = info.get(ts.key)
-            if i is not None and i.tenant not in tenants:
-                return True
-        return False
-
-    def _one_tenant(self, worker: str, b: _Breaker, tenants: set, n: int, now: float) -> None:
-        """Failures from one tenant alone reached the threshold on a shared worker."""
-        self.one_tenant_refusals += 1
-        if now - b.one_tenant_at >= self.window:
-            b.one_tenant_at = now
-            self.extension.emit(
-                "quarantine-one-tenant",
-                worker=worker,
-                tenants=sorted(tenants),
-                failures=n,
-                reason="failures from one tenant on a worker other tenants use",
-            )
-
-    def _failed_elsewhere(self, prefix: str, worker: str, horizon: float) -> bool:
-        others = self.prefix_failures.get(prefix, {})
-        return any(t >= horizon for w, t in others.items() if w != worker)
-
-    def _forgive(self, prefix: str, worker: str, horizon: float) -> None:
-        """``prefix`` now failed on ``worker`` too: readmit the workers it quarantined.
-
-        A new buggy prefix can reach ``failures`` on one worker before it fails
-        anywhere else; once it fails on a second worker it is a bug in the
-        task, and a worker whose breaker it opened is readmitted unless the
-        failures of other prefixes alone reach ``failures``.
-        """
-        for w, ob in list(self.breakers.items()):
-            if w == worker or ob.state == "closed" or prefix not in ob.counted:
-                continue
-            left = [p for p in ob.counted if not self._failed_elsewhere(p, w, horizon)]
-            if len(left) < self.failures:
-                ob.reason = f"{ob.reason}; prefix {prefix!r} fails on other workers too"
-                ob.counted = []
-                self._close(w)
-
-    # -------------------------------------------------------------- enacting
-    def _healthy_others(self, worker: str) -> int:
-        n = 0
-        for ws in self.extension.scheduler.running:
-            if ws.address == worker:
-                continue
-            b = self.breakers.get(ws.address)
-            if b is None or b.state == "closed":
-                n += 1
-        return n
-
-    def _pause(self, worker: str, stimulus: str) -> None:
-        ws = self.extension.scheduler.workers.get(worker)
-        if ws is not None and ws.status == Status.running:
-            self._original_handler(Status.paused, worker, f"{stimulus}-{time()}")
-
-    def _resume(self, worker: str, stimulus: str) -> None:
-        """Un-pause ``worker``, later: from the event loop, never inside a transition.
-
-        ``handle_worker_status_change(running)`` makes Dask dispatch work to
-        the worker (``Scheduler.transitions``); called from a transition hook
-        it would re-enter the transition engine.
-        """
-        scheduler = self.extension.scheduler
-        b = self.breakers.get(worker)
-        ws = scheduler.workers.get(worker)
-        if ws is None or b is None or b.reported != "running":
-            return
-        if ws.status == Status.paused:
-            scheduler.loop.add_callback(self._resume_now, worker, ws, f"{stimulus}-{time()}")
-
-    def _resume_now(self, worker: str, ws: WorkerState, stimulus_id: str) -> None:
-        """The deferred half of :meth:`_resume`: only if nothing changed meanwhile."""
-        scheduler = self._scheduler
-        if scheduler is None or scheduler.workers.get(worker) is not ws:
-            return  # the worker left (or another one took its address)
-        if ws.status != Status.paused:
-            return  # already running, or closing: not ours to change
-        b = self.breakers.get(worker)
-        if self.closed:
-            if self._successor_holds(worker) or (b is not None and b.reported != "running"):
-                return
-        elif b is None or b.reported != "running" or b.state == "open":
-            return  # quarantined again meanwhile
-        elif b.state == "half-open" and b.probe is not None:
-            return  # its probe runs: it stays paused until the probe ends
-        try:
-            self._original_handler(Status.running, worker, stimulus_id)
-        except Exception:  # never let a deferred callback take the loop down
-            logger.exception("oxigdal quarantine: could not resume worker %s", worker)
-
-    def _successor_holds(self, worker: str) -> bool:
-        """Whether the Quarantine of the extension installed now keeps ``worker`` paused."""
-        ext, scheduler = self.extension, self._scheduler
-        installed = scheduler.plugins.get(ext.name) if scheduler is not None else None
-        if installed is None or installed is ext:
-            return False
-        try:
-            other = installed.get_policy(self.name)
-        except (AttributeError, KeyError):
-            return False
-        b = getattr(other, "breakers", {}).get(worker)
-        return worker in getattr(other, "restored", {}) or (b is not None and b.state != "closed")
-
-    # ---------------------------------------------------------------- closing
-    def close(self) -> None:
-        """Stop: resume every worker this policy paused, restore the status handler.
-
-        Called by the extension when it is removed or replaced or disables
-        the policy, by the Quarantine of a replacing extension, or directly. Idempotent. The coordinator's record of the
-        quarantine is kept (a restarted scheduler restores it).
-        """
-        if self.closed or self.extension is None:
-            self.closed = True
-            return
-        self.closed = True
-        scheduler = self._scheduler
-        if scheduler is None:
-            return
-        if scheduler.stream_handlers.get(STATUS_OP) is self._handler:
-            scheduler.stream_handlers[STATUS_OP] = self._original_handler
-        for address, b in self.breakers.items():
-            if b.state == "closed":
-                continue
-            b.state = "closed"
-            b.since = time()
-            b.probe = None
-            ws = scheduler.workers.get(address)
-            if ws is not None and ws.status == Status.paused:
-                scheduler.loop.add_callback(
-                    self._resume_now, address, ws, f"oxigdal-quarantine-close-{time()}"
-                )
-            self._record("worker-readmitted", address, reason="quarantine policy closed")
-
     def _record(self, kind: str, worker: str, **fields: Any) -> None:
         self.events += 1
         entry = {"kind": kind, "worker": worker, "at": time(), **fields}
@@ -642,8 +406,8 @@ class Quarantine(SchedulingPolicy):
     def _reschedule_all(self, ws: WorkerState) -> None:
         keys = [ts.key for ts in ws.processing]
         if keys:
-            self.extension.scheduler.transitions(
-                {k: "released" for k in keys}, stimulus_id=f"oxigdal-quarantine-hung-{time()}"
+            self.extension.transitions(
+                {k: "released" for k in keys}, f"oxigdal-quarantine-hung-{time()}"
             )
 
     # --------------------------------------------------------------- workers

@@ -18,12 +18,13 @@ makes exactly ``retries + 1`` attempts and then errs as usual) and changes
 ``oxigdal.retries.backoff``.
 
 How a task waits: when Dask re-queues a failed task (``processing ->
-released -> waiting``), the transition hook restricts it to
-:data:`~dask_oxigdal.scheduling.extension.HOLD_ADDRESS`, so Dask parks it in
-``no-worker``; a ``loop.call_later`` callback then gives it its preferred
-workers and sends it to ``processing``. The task was admitted by every other
-policy before its first attempt, so no other policy holds it at that point;
-the restrictions it had before the hold are restored on release.
+released -> waiting``), the transition hook holds it with the extension's
+:meth:`~dask_oxigdal.scheduling.extension.OxigdalScheduling.hold`, so Dask
+parks it in ``no-worker``; a ``loop.call_later`` callback then drops the hold
+(:meth:`~dask_oxigdal.scheduling.extension.OxigdalScheduling.unhold`), gives
+the task its preferred workers and sends it to ``processing``. The
+restrictions it had before its first attempt are restored on release. A task
+another policy holds as well (a rejection) stays held until that one lets go.
 
 A held task is never left behind: the timer releases it even when the policy
 was disabled meanwhile, and :meth:`Retries.close` releases every held task at
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from distributed.metrics import time
 
 from dask_oxigdal.fault._common import duration, number, option
+from dask_oxigdal.scheduling.holds import Holds
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 
 if TYPE_CHECKING:
@@ -220,8 +222,6 @@ class Retries(SchedulingPolicy):
                 self.held -= 1
 
     def _hold(self, ts: TaskState, r: _Retry) -> None:
-        from dask_oxigdal.scheduling.extension import HOLD_ADDRESS
-
         r.attempts += 1
         r.retries = ts.retries
         if r.worker is not None:
@@ -229,9 +229,12 @@ class Retries(SchedulingPolicy):
         if r.attempts == 1:  # the task's own restrictions, before any of ours
             r.restrictions = (ts.worker_restrictions, ts.host_restrictions, ts.loose_restrictions)
         r.held = True
-        ts.worker_restrictions = {HOLD_ADDRESS}
-        ts.host_restrictions = None  # Dask adds a host's workers to the valid ones
-        ts.loose_restrictions = False
+        ext = self.extension
+        info = ext.info.get(ts.key)
+        if info is not None:
+            ext.hold(ts, info, self.name)
+        else:  # not known to the extension: restrict it all the same
+            Holds.restrict(ts)
         self.held += 1
         self.retried += 1
         delay = self.delay(r.attempts, r.backoff)
@@ -246,7 +249,6 @@ class Retries(SchedulingPolicy):
             }
         )
         del self.history[:-100]
-        ext = self.extension
         ext.emit("task-retry", key=str(ts.key), attempt=r.attempts, delay=delay, failed_on=r.worker)
         ext.scheduler.loop.call_later(delay, self._timer, ts.key)
 
@@ -276,6 +278,9 @@ class Retries(SchedulingPolicy):
             return
         r.held = False
         self.held -= 1
+        info = self.extension.info.get(key)
+        if info is not None and not self.extension.unhold(ts, info, self.name):
+            return  # another policy holds it too: it sends the task on
         restrictions, hosts, loose = r.restrictions
         ts.worker_restrictions = restrictions
         ts.host_restrictions = hosts
@@ -288,7 +293,7 @@ class Retries(SchedulingPolicy):
                 ts.worker_restrictions = others
                 ts.loose_restrictions = True
         if ts.state == "no-worker":
-            scheduler.transitions({key: "processing"}, stimulus_id=f"oxigdal-retry-{time()}")
+            self.extension.transitions({key: "processing"}, f"oxigdal-retry-{time()}")
 
     def close(self) -> int:
         """Stop: release every held task now, without waiting out its backoff.

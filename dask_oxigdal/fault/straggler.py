@@ -36,6 +36,7 @@ from tornado.ioloop import PeriodicCallback
 
 from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.fault._common import duration, number, option
+from dask_oxigdal.scheduling._dask import compute_seconds, idle_threads
 from dask_oxigdal.scheduling.bounded import evict_idle, max_prefixes, prefix_is_live
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 
@@ -58,13 +59,6 @@ class _Prefix:
         self.done = 0
         self.durations: deque[float] = deque(maxlen=512)
         self.median: float | None = None
-
-
-def _compute_seconds(kwargs: dict[str, Any]) -> float | None:
-    for ss in kwargs.get("startstops") or ():
-        if ss.get("action") == "compute":
-            return ss["stop"] - ss["start"]
-    return None
 
 
 class Stragglers(SchedulingPolicy):
@@ -165,7 +159,7 @@ class Stragglers(SchedulingPolicy):
             if sent is not None:
                 self.last_finish[sent[0]] = time()
         if start == "processing" and finish == "memory":
-            seconds = _compute_seconds(kwargs)
+            seconds = compute_seconds(kwargs.get("startstops"))
             ts = self.extension.scheduler.tasks.get(key)
             if ts is None:
                 return
@@ -173,7 +167,7 @@ class Stragglers(SchedulingPolicy):
             if p is None:
                 return
             p.done += 1
-            if seconds is not None:
+            if seconds > 0:
                 p.durations.append(seconds)
                 p.median = None
         elif finish == "erred" or (finish == "forgotten" and not info.done):
@@ -248,8 +242,8 @@ class Stragglers(SchedulingPolicy):
                 worker=ts.processing_on.address if ts.processing_on else None,
                 to=target.address,
             )
-        scheduler.transitions(
-            {ts.key: "released" for ts, _ in moved}, stimulus_id=f"oxigdal-straggler-{now}"
+        self.extension.transitions(
+            {ts.key: "released" for ts, _ in moved}, f"oxigdal-straggler-{now}"
         )
         return len(moved)
 
@@ -288,7 +282,7 @@ class Stragglers(SchedulingPolicy):
         for ws in self.extension.scheduler.running:
             if ws is slow:
                 continue
-            free = ws.nthreads - len(ws.processing) - taken.get(ws, 0)
+            free = idle_threads(ws) - taken.get(ws, 0)
             if free > 0 and (best is None or free > best[0]):
                 best = (free, ws)
         return None if best is None else best[1]

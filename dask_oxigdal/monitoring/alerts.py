@@ -25,10 +25,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dask.utils import parse_timedelta
-
 from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.monitoring.metrics import active_coordinator
+from dask_oxigdal.settings import duration
 
 __all__ = ["RULE_METRICS", "AlertRule", "DurationAnomalyDetector", "parse_rules"]
 
@@ -158,7 +157,7 @@ class AlertRule:
         self.above = above
         self.below = below
         self.threshold = float(threshold)
-        self.hold = float(parse_timedelta(for_ or 0))
+        self.hold = duration(f"monitoring.rules.{name}.for", for_ or 0)
         self.severity = severity
         self.since: dict[str, float] = {}  # subject -> when the condition started holding
         self.fired: dict[str, float] = {}  # subject -> when it last fired

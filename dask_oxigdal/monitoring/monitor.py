@@ -22,13 +22,13 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from dask.utils import parse_timedelta
-
 from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.monitoring.alerts import DurationAnomalyDetector, parse_rules
+from dask_oxigdal.scheduling._dask import compute_seconds
 from dask_oxigdal.scheduling.bounded import evict_idle, max_prefixes, prefix_is_live
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 from dask_oxigdal.scheduling.settings import setting
+from dask_oxigdal.settings import duration
 
 if TYPE_CHECKING:
     from distributed.scheduler import TaskState
@@ -77,7 +77,7 @@ class Monitor(SchedulingPolicy):
             raise ConfigError(
                 f"oxigdal.monitoring.history-length={length!r} must be an integer >= 1"
             )
-        self.cooldown = float(parse_timedelta(setting("monitoring.alert-cooldown", alert_cooldown)))
+        self.cooldown = duration("monitoring.alert-cooldown", alert_cooldown)
         keep = setting("monitoring.recent-alerts", recent_alerts)
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ConfigError(f"oxigdal.monitoring.recent-alerts={keep!r} must be an integer >= 1")
@@ -104,7 +104,7 @@ class Monitor(SchedulingPolicy):
             min_samples=a.get("min-samples", 10),
             threshold=a.get("threshold", 5.0),
             min_ratio=a.get("min-ratio", 3.0),
-            min_excess=float(parse_timedelta(a.get("min-excess", "50ms"))),
+            min_excess=duration("monitoring.anomaly.min-excess", a.get("min-excess", "50ms")),
             min_consecutive=a.get("min-consecutive", 2),
         )
         self._anomaly_at: dict[str, float] = {}  # prefix -> last anomaly alert
@@ -146,10 +146,7 @@ class Monitor(SchedulingPolicy):
             if finish not in _DONE and key in self._open:
                 self.queue_depth[q] += 1  # back to waiting (worker lost, stolen, ...)
             if finish == "memory" and self.anomaly_enabled:
-                seconds = 0.0
-                for ss in kwargs.get("startstops") or ():
-                    if ss.get("action") == "compute":
-                        seconds += ss["stop"] - ss["start"]
+                seconds = compute_seconds(kwargs.get("startstops"))
                 if seconds > 0:
                     prefix = info.prefix  # set by FairShare; else ask the scheduler
                     if not prefix:

@@ -64,6 +64,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dask_oxigdal.exceptions import ConfigError, DeadlineInfeasible, DeadlineMissed
+from dask_oxigdal.scheduling._dask import prefix_estimate
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 from dask_oxigdal.scheduling.settings import setting
 
@@ -131,6 +132,8 @@ class Deadline(SchedulingPolicy):
     """
 
     name = "Deadline"
+    #: it edits the priority FairShare writes
+    after = ("FairShare",)
 
     def __init__(self, *, infeasible: str | None = None, on_miss: str | None = None) -> None:
         super().__init__()
@@ -162,13 +165,7 @@ class Deadline(SchedulingPolicy):
     def start(self, extension: OxigdalScheduling) -> None:
         """Attach; ``FairShare`` (which rewrites whole priorities) must run first."""
         super().start(extension)
-        names = extension.policy_names()
-        self._fairshare = extension.get_policy("FairShare") if "FairShare" in names else None
-        if "FairShare" in names and names.index("FairShare") > names.index(self.name):
-            raise ConfigError(
-                f"oxigdal.scheduling.policies: Deadline must come after FairShare "
-                f"(it edits the priority FairShare writes); order is {names}"
-            )
+        self._fairshare = extension.policy("FairShare")
 
     # ------------------------------------------------------------ estimates
     def task_cost(self, prefix: TaskPrefix) -> float:
@@ -191,11 +188,9 @@ class Deadline(SchedulingPolicy):
             cost = self._fairshare.prefix_cost.get(prefix.name)
             if cost is not None:
                 return float(cost)
-        duration = prefix.duration_average
-        if duration is not None and duration >= 0:
-            return float(duration)
-        if prefix.max_exec_time > 0:
-            return 2.0 * prefix.max_exec_time
+        cost = prefix_estimate(prefix)
+        if cost is not None:
+            return cost
         return float(self.extension.scheduler.UNKNOWN_TASK_DURATION)
 
     def estimate(self, job: _Job, longest: float) -> float:

@@ -83,39 +83,32 @@ import itertools
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
-from dask.utils import parse_timedelta
 from sortedcontainers import SortedList
 
 from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.scheduling import _submitting
 from dask_oxigdal.scheduling.bounded import evict_idle, prefix_is_live
 from dask_oxigdal.scheduling.bounded import max_prefixes as _max_prefixes
+from dask_oxigdal.scheduling.costs import MEAN_WINDOW, PRIOR_WEIGHT, PrefixCosts  # noqa: F401
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
+from dask_oxigdal.scheduling.retag import Retagging
 from dask_oxigdal.scheduling.settings import setting
+from dask_oxigdal.settings import duration
 
 if TYPE_CHECKING:
-    from distributed.scheduler import TaskPrefix, TaskState
+    from distributed.scheduler import TaskState
 
     from dask_oxigdal.scheduling.extension import OxigdalScheduling
 
 __all__ = ["FairShare"]
 
-#: Finished tasks over which a prefix's mean cost is a plain running mean; after
-#: that an exponential average with weight 1/MEAN_WINDOW on the latest task.
-MEAN_WINDOW = 100
-#: Weight, in tasks, of the prior (the median of the measured prefixes) in the
-#: cost of a prefix measured on few tasks.
-PRIOR_WEIGHT = 4
-
 # states of tasks that are ready to run: waiting in scheduler.queued, or sent to a worker
 _RUNNABLE = ("queued", "processing")
-# states of tasks whose priority can still change what runs first
-_PENDING = ("waiting", "queued", "no-worker", "released")
 # states after which a task's order no longer matters
 _DONE = ("memory", "erred", "forgotten")
 
 
-class FairShare(SchedulingPolicy):
+class FairShare(PrefixCosts, Retagging, SchedulingPolicy):
     """Weighted fair share of worker-time between tenants, within strict-priority queues.
 
     Parameters
@@ -145,7 +138,7 @@ class FairShare(SchedulingPolicy):
         self.max_prefixes = _max_prefixes(max_prefixes)
         self.evicted_prefixes = 0
         self._evicted_at = 0.0
-        cost = parse_timedelta(setting("scheduling.default-task-cost", default_task_cost))
+        cost = duration("scheduling.default-task-cost", default_task_cost)
         if not cost > 0:
             raise ConfigError(
                 f"oxigdal.scheduling.default-task-cost={default_task_cost!r} must be > 0"
@@ -171,14 +164,12 @@ class FairShare(SchedulingPolicy):
         # (queue, tenant)s that inserted work ahead of their backlog while another
         # tenant competed: their backlog is re-tagged on the next tick
         self.reorder: set[tuple[str, str]] = set()
-        self._reorder_scheduled = False
         self.inserted_ahead = 0
         # (queue, tenant)s whose Dask ties share a tag (tagged while alone): spread
         # over consecutive tags when another tenant competes, or a separate
         # client.submit loop would count as one task against the other tenants
         self.shared_ties: set[tuple[str, str]] = set()
         self.subtasks = 0
-        self._check_scheduled = False
         self.retags = 0
         self.retagged_tasks = 0
         # prefixes whose cost moved while a single tenant had pending work: the
@@ -206,101 +197,6 @@ class FairShare(SchedulingPolicy):
         ext = self.extension
         if ext is not None and ext.scheduler is not None:
             _submitting.uninstall(ext.scheduler)
-
-    def dask_estimate(self, prefix: TaskPrefix) -> float | None:
-        """Dask's duration estimate (seconds) of a task prefix, ``None`` if it has none.
-
-        ``TaskPrefix.duration_average`` when set, else twice the longest
-        execution time seen in a worker heartbeat (as Dask's own occupancy
-        estimate does), else ``None``.
-
-        Parameters
-        ----------
-        prefix : distributed.scheduler.TaskPrefix
-
-        Returns
-        -------
-        float or None
-        """
-        duration = prefix.duration_average
-        if duration is not None and duration >= 0:
-            return max(duration, 1e-6)
-        if prefix.max_exec_time > 0:
-            return 2.0 * prefix.max_exec_time
-        return None
-
-    def estimate(self, prefix: TaskPrefix) -> float:
-        """Fair-share cost (seconds) of a task of ``prefix``.
-
-        In order of preference:
-
-        1. the mean compute time of the prefix's tasks this policy has seen
-           finish (from the workers' ``startstops``; a running mean over the
-           first ``MEAN_WINDOW`` tasks, then an exponential average with the
-           same weight), shrunk toward the median of the measured prefixes
-           while it rests on few tasks (``PRIOR_WEIGHT`` pseudo-tasks). Dask's
-           own ``duration_average`` is the same data with a weight of 1/2 on
-           the latest task, too noisy to compare tenants;
-        2. Dask's estimate (:meth:`dask_estimate`), e.g. from tasks that
-           finished before the extension was installed;
-        3. a guess: the median cost of the prefixes measured so far (a
-           newcomer is assumed to be like the work already running, so a late
-           tenant with a new function neither jumps ahead nor waits for the
-           queue), or ``default-task-cost`` when nothing is measured yet. A
-           guess is replaced by the measurement as soon as the prefix's first
-           task finishes.
-
-        Parameters
-        ----------
-        prefix : distributed.scheduler.TaskPrefix
-
-        Returns
-        -------
-        float
-        """
-        name = prefix.name
-        stats = self.stats.get(name)
-        if stats is not None:
-            self.guessed.discard(name)
-            n, mean = stats
-            prior = self.prior
-            if prior is not None and n < MEAN_WINDOW:
-                # shrink a mean of few tasks toward the median of the measured
-                # prefixes: one noisy first task must not bias a whole tenant
-                mean = (n * mean + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT)
-            return max(mean, 1e-6)
-        cost = self.dask_estimate(prefix)
-        if cost is None:
-            self.guessed.add(name)
-            return self.guess
-        self.guessed.discard(name)
-        return cost
-
-    def _observe(self, name: str, kwargs: dict[str, Any]) -> None:
-        seconds = 0.0
-        for ss in kwargs.get("startstops") or ():
-            if ss.get("action") == "compute":
-                seconds += ss["stop"] - ss["start"]
-        if seconds <= 0:
-            return
-        stats = self.stats.get(name)
-        if stats is None:
-            self.stats[name] = [1, seconds]
-            if name in self.guessed and not self._check_scheduled:
-                # first measurement of a guessed prefix: re-tag soon, outside the
-                # state machine (never re-enter it from a transition hook)
-                ext = self.extension
-                assert ext is not None and ext.scheduler is not None
-                self._check_scheduled = True
-                ext.scheduler.loop.add_callback(ext.run_policy, self, "periodic")
-            return
-        count = min(stats[0] + 1, MEAN_WINDOW)
-        stats[0] += 1
-        stats[1] += (seconds - stats[1]) / count
-
-    def _update_guess(self) -> None:
-        costs = sorted(cost for name, cost in self.prefix_cost.items() if name not in self.guessed)
-        self.guess = costs[len(costs) // 2] if costs else self.default_task_cost
 
     def _subtask_generation(self) -> float | None:
         """Dask's generation for sub-tasks of the graph being added, or ``None``.
@@ -393,15 +289,9 @@ class FairShare(SchedulingPolicy):
 
     def _schedule_reorder(self) -> None:
         """Re-tag the tenants in ``reorder`` on the next event-loop tick."""
-        if self._reorder_scheduled:
-            return
-        ext = self.extension
-        assert ext is not None and ext.scheduler is not None
-        self._reorder_scheduled = True
-        ext.scheduler.loop.add_callback(ext.run_policy, self, "_reorder")
+        self.defer("_reorder")
 
     def _reorder(self) -> None:
-        self._reorder_scheduled = False
         tenants, self.reorder = self.reorder, set()
         if tenants:
             self.retag(tenants=tenants)
@@ -469,7 +359,6 @@ class FairShare(SchedulingPolicy):
         """
         ext = self.extension
         assert ext is not None and ext.scheduler is not None
-        self._check_scheduled = False
         prefixes = ext.scheduler.task_prefixes
         changed: set[str] = set()
         factor = self.retag_factor
@@ -558,131 +447,6 @@ class FairShare(SchedulingPolicy):
                 if n >= 2:
                     break
         return n
-
-    def retag(
-        self,
-        changed: set[str] | None = None,
-        tenants: set[tuple[str, str]] | None = None,
-    ) -> int:
-        """Re-tag some tenants' live tasks, in Dask's order, keeping that order.
-
-        Walks each tenant's live tasks in Dask's priority order and gives the
-        ones still on the scheduler (``waiting``, ``queued``, ``no-worker``,
-        ``released``) consecutive tags from the tenant's earliest start tag
-        (or the virtual time, if earlier). Tasks already sent to a worker, and
-        deadline tasks (their priority carries their EDF key), keep their tags.
-        The new tags never decrease along Dask's order (Dask's ties get
-        consecutive tags in submission order, the order in which the
-        scheduler's queue breaks them) and stay at or below the tag of every
-        later task already on a worker, so the tenant's own order holds wherever its tasks meet. One
-        exception: after a cost change, a task already on a worker keeps its
-        tag in the old units, which may be larger than the new tags of tasks
-        Dask ranks after it; they would overtake it only on that worker's
-        ready heap (with a finite ``worker-saturation``, a worker holds few
-        tasks that have not started).
-
-        Parameters
-        ----------
-        changed : set of str, optional
-            Prefix names whose cost changed (already updated in ``prefix_cost``):
-            re-tag the tenants that have live tasks of these prefixes.
-        tenants : set of (queue, tenant), optional
-            Re-tag these tenants' live tasks.
-
-        Returns
-        -------
-        int
-            The number of tasks re-tagged.
-        """
-        ext = self.extension
-        assert ext is not None and ext.scheduler is not None
-        scheduler = ext.scheduler
-        tasks = scheduler.tasks
-        count = 0
-        queued_changed = False
-        queues = set()
-        retagged: set[tuple[str, str]] = set()
-        inf = float("inf")
-        for (queue, tenant), live in self.order.items():
-            if not live:
-                continue
-            if not (
-                (tenants is not None and (queue, tenant) in tenants)
-                or (changed and any(entry[3].prefix in changed for entry in live))
-            ):
-                continue
-            entries = []
-            for dprio, _, key, info in live:
-                ts = tasks.get(key)
-                movable = (
-                    ts is not None
-                    and ts.state in _PENDING
-                    and info.edf is None
-                    and info.finish_tag != 0.0
-                    and bool(ts.priority)
-                )
-                entries.append((dprio, info, ts if movable else None))
-            # bound[i]: the smallest tag of a fixed task at or after position i
-            bound = [inf] * (len(entries) + 1)
-            for i in range(len(entries) - 1, -1, -1):
-                _, info, ts = entries[i]
-                bound[i] = bound[i + 1] if ts is not None else min(bound[i + 1], info.finish_tag)
-            starts = [info.start_tag for _, info, ts in entries if ts is not None]
-            if not starts:
-                continue
-            weight = ext.weights.get(tenant, 1.0)
-            # keep a tenant that is behind the virtual time behind it; reset a lead
-            start = min(min(starts), self._advance(queue))
-            prev_tag = -inf  # the last re-tagged task's tag: tags never decrease
-            n = 0
-            for i, (_, info, ts) in enumerate(entries):
-                if ts is None:
-                    continue
-                natural = start + self.prefix_cost.get(info.prefix, self.default_task_cost) / weight
-                # Dask's ties get consecutive tags too, in submission order (a re-tag
-                # runs only while tenants compete): the scheduler's queue breaks them
-                # in that order anyway
-                tag = max(prev_tag, min(natural, bound[i + 1]))
-                info.start_tag, info.finish_tag = min(start, tag), tag
-                start = natural
-                ts.priority = (info.rank, tag, *ts.priority[2:])
-                queued_changed = queued_changed or ts.state == "queued"
-                prev_tag = tag
-                n += 1
-            # the tenant's next submission continues after its re-tagged backlog
-            self.last_tag[(queue, tenant)] = max(start, prev_tag, entries[-1][1].finish_tag)
-            queues.add(queue)
-            retagged.add((queue, tenant))
-            count += n
-        if queued_changed:
-            # scheduler.queued caches priorities at insertion: rebuild it
-            queued = list(scheduler.queued)
-            scheduler.queued.clear()
-            for ts in queued:
-                scheduler.queued.add(ts)
-        for queue, tenant in list(self.last_tag):
-            # tenants with no live task: their last tag is in the old units; one
-            # in the future would delay their next submission, so bring it to V
-            if (
-                queue in queues
-                and (queue, tenant) not in retagged
-                and not self.order.get((queue, tenant))
-            ):
-                vt = self.virtual_time.get(queue, 0.0)
-                if self.last_tag[(queue, tenant)] > vt:
-                    self.last_tag[(queue, tenant)] = vt
-        if queues:
-            for queue in queues:
-                heap = [
-                    (info.start_tag, info.pseq, info)
-                    for info in ext.info.values()
-                    if info.pseq and info.queue == queue
-                ]
-                heapq.heapify(heap)
-                self.runnable[queue] = heap
-        self.retags += 1
-        self.retagged_tasks += count
-        return count
 
     def restart(self) -> None:
         """Every task was forgotten: reset the virtual clocks."""

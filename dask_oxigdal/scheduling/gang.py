@@ -59,11 +59,13 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
-from dask.utils import parse_timedelta
-
 from dask_oxigdal.exceptions import ConfigError, GangError, GangTooLarge
+from dask_oxigdal.scheduling._dask import idle_threads
+from dask_oxigdal.scheduling.gang_phases import GangPhases
+from dask_oxigdal.scheduling.gangs import _LEFT, PLACEMENTS, _away_from_previous, _Gang, place
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 from dask_oxigdal.scheduling.settings import setting
+from dask_oxigdal.settings import duration
 
 if TYPE_CHECKING:
     from distributed.scheduler import TaskState
@@ -72,64 +74,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PLACEMENTS", "Gang"]
 
-#: Valid ``oxigdal.gang.placement`` values.
-PLACEMENTS = ("spread", "pack")
 
-_LEFT = ("released", "waiting", "no-worker", "queued")
-
-#: Hold reason of the ordinary tasks held while a gang reserves slots.
-RESERVE = "Gang-reserve"
-
-
-class _Gang:
-    """One gang: its members and where it stands."""
-
-    __slots__ = (
-        "blocked_since",
-        "done",
-        "expires",
-        "k",
-        "keys",
-        "name",
-        "previous",
-        "queue",
-        "rank",
-        "restarts",
-        "seq",
-        "started_at",
-        "state",
-        "submitted",
-        "tenant",
-        "workers",
-    )
-
-    def __init__(self, name: str, keys: list, info: TaskInfo, seq: int) -> None:
-        self.name = name
-        self.keys = keys
-        self.k = len(keys)
-        self.tenant = info.tenant
-        self.queue = info.queue
-        self.rank = info.rank
-        self.seq = seq
-        # waiting -> running -> done; running -> restarting -> waiting; or failed
-        self.state = "waiting"
-        self.submitted = time.time()
-        self.blocked_since: float | None = None
-        self.expires: float | None = None
-        self.restarts = 0
-        self.done: set = set()
-        self.started_at = 0.0
-        self.workers: list[str] = []
-        # member -> worker it was released from by the last restart (still running there)
-        self.previous: dict = {}
-
-    @property
-    def ident(self) -> tuple[str, str]:
-        """``(tenant, name)``: gang names are per tenant."""
-        return (self.tenant, self.name)
-
-
-class Gang(SchedulingPolicy):
+class Gang(GangPhases, SchedulingPolicy):
     """All-or-nothing admission of gangs (``annotate(gang=...)``).
 
     Parameters
@@ -171,21 +117,16 @@ class Gang(SchedulingPolicy):
             )
         self.placement = placement
         timeout = setting("gang.timeout", timeout)
-        self.timeout = _seconds("oxigdal.gang.timeout", timeout) if timeout else 0.0
+        self.timeout = duration("gang.timeout", timeout) if timeout else 0.0
         restarts = setting("gang.max-restarts", max_restarts)
         if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
             raise ConfigError(f"oxigdal.gang.max-restarts={restarts!r} must be an integer >= 0")
         self.max_restarts = restarts
-        self.reserve_wait = _seconds(
-            "oxigdal.gang.reserve-wait", setting("gang.reserve-wait", reserve_wait)
-        )
-        self.shrink_wait = _seconds(
-            "oxigdal.gang.shrink-wait", setting("gang.shrink-wait", shrink_wait)
-        )
+        self.reserve_wait = duration("gang.reserve-wait", reserve_wait)
+        self.shrink_wait = duration("gang.shrink-wait", shrink_wait)
         self.gangs: dict[tuple[str, str], _Gang] = {}  # live gangs by (tenant, name)
         self.waiting: dict[int, _Gang] = {}  # by seq (arrival order)
         self._seq = itertools.count(1)
-        self._scheduled = False
         self.started = 0
         self.started_by_tenant: dict[str, int] = {}
         self.completed = 0
@@ -274,9 +215,9 @@ class Gang(SchedulingPolicy):
         """
         if self.timeout:
             return self.timeout
-        for policy in self.extension._active():
-            if getattr(policy, "name", "") == "Autoscaling":
-                return float(getattr(policy, "gang_timeout", 0.0) or 0.0)
+        autoscaling = self.extension.policy("Autoscaling")
+        if autoscaling is not None:
+            return float(getattr(autoscaling, "gang_timeout", 0.0) or 0.0)
         return 0.0
 
     def _too_large(self, gang: _Gang, total: int) -> GangTooLarge:
@@ -390,10 +331,7 @@ class Gang(SchedulingPolicy):
             write(worker, holder)
 
     def _schedule(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            ext = self.extension
-            ext.scheduler.loop.add_callback(ext.run_policy, self, "release")
+        self.defer("release")
 
     # --------------------------------------------------------------- release
     def free_slots(self) -> dict[Any, int]:
@@ -405,45 +343,14 @@ class Gang(SchedulingPolicy):
         """
         free = {}
         for ws in self.extension.scheduler.running:
-            n = ws.nthreads - (len(ws.processing) - len(ws.long_running))
+            n = idle_threads(ws)
             if n > 0:
                 free[ws] = n
         return free
 
     def place(self, free: dict[Any, int], k: int) -> list[Any] | None:
-        """Choose ``k`` slots among ``free`` (``spread`` or ``pack``); ``None`` if too few.
-
-        Parameters
-        ----------
-        free : dict
-            ``{worker: idle threads}``; updated in place when the placement succeeds.
-        k : int
-
-        Returns
-        -------
-        list or None
-            One worker per member.
-        """
-        if sum(free.values()) < k:
-            return None
-        order = sorted(free, key=lambda ws: (-free[ws], ws.address))
-        chosen: list[Any] = []
-        left = dict(free)
-        if self.placement == "pack":
-            for ws in order:
-                take = min(left[ws], k - len(chosen))
-                chosen.extend([ws] * take)
-                left[ws] -= take
-                if len(chosen) == k:
-                    break
-        else:
-            while len(chosen) < k:
-                for ws in order:
-                    if left[ws] > 0 and len(chosen) < k:
-                        chosen.append(ws)
-                        left[ws] -= 1
-        free.update(left)
-        return chosen
+        """Choose ``k`` slots among ``free`` with this policy's placement (:func:`.gangs.place`)."""
+        return place(free, k, self.placement)
 
     def release(self) -> int:
         """Start every waiting gang that fits now, in (queue, arrival) order.
@@ -456,7 +363,6 @@ class Gang(SchedulingPolicy):
         int
             The number of gangs started.
         """
-        self._scheduled = False
         if not self.waiting:
             if self.reserving is not None:
                 self._unreserve()
@@ -507,85 +413,8 @@ class Gang(SchedulingPolicy):
             self._unreserve()
         return started
 
-    def _in_reserve_phase(self, gang: _Gang, now: float) -> bool:
-        """Reservation cycles: ``reserve_wait`` reserving, then as long not reserving."""
-        wait = self.reserve_wait
-        if not wait:
-            return False
-        return (now - gang.blocked_since) % (2 * wait) < wait
-
-    def _reserve(self, gang: _Gang) -> None:
-        """Hold the ordinary tasks waiting in ``scheduler.queued`` while ``gang`` is head.
-
-        Only tasks whose queue rank is not higher than the gang's are held
-        (``info.rank >= gang.rank``; rank 0 is the highest-priority queue):
-        a higher-priority queue keeps the freed threads. Freed threads then
-        stay idle until the head gang fits, unless such tasks take them.
-        O(queued tasks) when the reservation starts (or the head gang
-        changes), O(new arrivals) afterwards.
-        """
-        ext = self.extension
-        scheduler = ext.scheduler
-        info_map = ext.info
-        if self.reserving is not gang:
-            self.reservations += 1
-            ext.emit("gang-reserving", gang=gang.name, k=gang.k, tenant=gang.tenant)
-            if self.reserving is not None and self.reserved:
-                # a new head gang of a lower-priority queue: give back the tasks
-                # of the queues above it held for the previous head
-                self._unreserve_keys(
-                    [
-                        k
-                        for k in self.reserved
-                        if (i := info_map.get(k)) is None or i.rank < gang.rank
-                    ]
-                )
-            candidates = list(scheduler.queued)
-        else:
-            tasks = scheduler.tasks
-            candidates = [tasks[k] for k in self._arrivals if k in tasks]
-        self._arrivals.clear()
-        self.reserving = gang
-        recs = {}
-        rank = gang.rank
-        for ts in candidates:
-            if ts.state != "queued":
-                continue
-            info = info_map.get(ts.key)
-            if info is None or info.gang is not None or info.rank < rank:
-                continue
-            ext.hold(ts, info, RESERVE)
-            self.reserved.add(ts.key)
-            recs[ts.key] = "released"
-        if recs:
-            # queued -> released -> waiting -> no-worker (held)
-            scheduler.transitions(recs, stimulus_id=f"oxigdal-gang-reserve-{next(self._seq)}")
-
-    def _unreserve(self) -> None:
-        """End the reservation: send the held ordinary tasks back to Dask."""
-        self.reserving = None
-        self._arrivals.clear()
-        self._unreserve_keys(list(self.reserved))
-
-    def _unreserve_keys(self, keys: list) -> None:
-        """Drop the reservation hold of ``keys`` and send the free ones back to Dask."""
-        ext = self.extension
-        scheduler = ext.scheduler
-        recs = {}
-        for key in keys:
-            self.reserved.discard(key)
-            ts = scheduler.tasks.get(key)
-            info = ext.info.get(key)
-            if ts is None or info is None:
-                continue
-            if ext.unhold(ts, info, RESERVE) and ts.state == "no-worker":
-                recs[key] = "waiting"
-        if recs:
-            scheduler.transitions(recs, stimulus_id=f"oxigdal-gang-unreserve-{next(self._seq)}")
-
     def _launch(self, gang: _Gang, members: list, workers: list, quota: Any) -> None:
         ext = self.extension
-        scheduler = ext.scheduler
         info_map = ext.info
         recs = {}
         if any(info_map[ts.key].holds != {self.name} for ts in members):
@@ -604,7 +433,7 @@ class Gang(SchedulingPolicy):
         gang.blocked_since = None
         gang.started_at = time.time()
         gang.workers = sorted({ws.address for ws in workers})
-        scheduler.transitions(recs, stimulus_id=f"oxigdal-gang-{gang.name}-{next(self._seq)}")
+        ext.transitions(recs, f"oxigdal-gang-{gang.name}-{next(self._seq)}")
         missing = [ts.key for ts in members if ts.state != "processing"]
         if missing:
             # a pinned worker vanished in between: undo as a whole-gang restart
@@ -626,68 +455,10 @@ class Gang(SchedulingPolicy):
         )
 
     def _quota(self) -> Any:
-        for policy in self.extension._active():
-            if getattr(policy, "name", "") == "Quota" and getattr(policy, "_enabled", False):
-                return policy
-        return None
+        quota = self.extension.policy("Quota")
+        return quota if quota is not None and getattr(quota, "enabled", False) else None
 
     # --------------------------------------------------------------- restart
-    def restart_gang(self, gang: _Gang, reason: str = "member-lost") -> None:
-        """Hold every unfinished member again and release it from its worker.
-
-        Parameters
-        ----------
-        gang : _Gang
-        reason : str
-        """
-        ext = self.extension
-        scheduler = ext.scheduler
-        if gang.state != "restarting":
-            return
-        gang.restarts += 1
-        self.restarts += 1
-        self._leases(gang, occupy=False)  # it starts again, maybe elsewhere
-        if gang.restarts > self.max_restarts:
-            self.failed += 1
-            self._refuse(
-                gang,
-                GangError(
-                    f"gang {gang.name!r} lost a member {gang.restarts} times; "
-                    f"oxigdal.gang.max-restarts={self.max_restarts} exhausted"
-                ),
-            )
-            return
-        recs = {}
-        gang.previous = {}
-        for key in gang.keys:
-            if key in gang.done:
-                continue
-            ts = scheduler.tasks.get(key)
-            info = ext.info.get(key)
-            if ts is None or info is None:
-                continue
-            ext.hold(ts, info, self.name)
-            if ts.state in ("processing", "queued"):
-                if ts.processing_on is not None:
-                    gang.previous[key] = ts.processing_on.address
-                recs[key] = "released"
-        gang.state = "waiting"
-        gang.blocked_since = None
-        self.waiting[gang.seq] = gang
-        if recs:
-            # processing -> released -> waiting -> no-worker (held again)
-            scheduler.transitions(recs, stimulus_id=f"oxigdal-gang-restart-{next(self._seq)}")
-        ext.emit(
-            "gang-restarted",
-            gang=gang.name,
-            k=gang.k,
-            restarts=gang.restarts,
-            reason=reason,
-            workers=gang.workers,
-        )
-        self._schedule()
-
-    # -------------------------------------------------------------- periodic
     def periodic(self) -> None:
         """Err gangs still too big after the timeout; retry releases (workers joined)."""
         if not self.waiting:
@@ -753,41 +524,3 @@ class Gang(SchedulingPolicy):
         if self.extension is None or gang.tenant == self.extension.default_tenant:
             return gang.name
         return f"{gang.tenant}/{gang.name}"
-
-
-def _away_from_previous(members: list, workers: list, previous: dict) -> list:
-    """Reassign ``workers`` so no member goes back to the worker it was released from.
-
-    Python cannot stop the released member's thread: a worker that receives the
-    same key while that run is still going resumes the old run instead of
-    starting a new one (``cancelled`` -> ``executing`` in Dask's worker state
-    machine), so the member would not restart with its gang. Swaps slots among
-    the members (the set of slots does not change); a member keeps its old
-    worker only when no swap avoids it.
-    """
-    workers = list(workers)
-    keys = [ts.key for ts in members]
-
-    def back(i: int, ws: Any) -> bool:
-        return previous.get(keys[i]) == ws.address
-
-    for i in range(len(workers)):
-        if not back(i, workers[i]):
-            continue
-        for j in range(len(workers)):
-            if not back(i, workers[j]) and not back(j, workers[i]):
-                workers[i], workers[j] = workers[j], workers[i]
-                break
-    return workers
-
-
-def _seconds(name: str, value: Any) -> float:
-    try:
-        seconds = parse_timedelta(value)
-    except (TypeError, ValueError, KeyError) as e:
-        raise ConfigError(
-            f"{name}={value!r} is not a duration (give seconds or a string like '30s')"
-        ) from e
-    if seconds is None or not seconds >= 0:
-        raise ConfigError(f"{name}={value!r} must be a duration >= 0")
-    return float(seconds)

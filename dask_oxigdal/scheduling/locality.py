@@ -61,10 +61,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from dask.utils import parse_timedelta
-
+from dask_oxigdal.exceptions import ConfigError
+from dask_oxigdal.scheduling._dask import idle_threads
 from dask_oxigdal.scheduling.policy import SchedulingPolicy, TaskInfo
 from dask_oxigdal.scheduling.settings import setting
+from dask_oxigdal.settings import duration
 
 if TYPE_CHECKING:
     from distributed.scheduler import TaskState
@@ -102,6 +103,9 @@ class Locality(SchedulingPolicy):
     """
 
     name = "Locality"
+    #: Locality leaves the tasks that Quota holds to Quota; in the other order
+    #: Quota would not see them
+    after = ("Quota",)
 
     def __init__(
         self,
@@ -111,27 +115,29 @@ class Locality(SchedulingPolicy):
         max_keys: int | None = None,
     ) -> None:
         super().__init__()
-        raw = setting("locality.wait", wait)
         try:
-            self.wait = parse_timedelta(raw)
-        except (ValueError, TypeError, KeyError):
-            raise ValueError(
+            self.wait = duration("locality.wait", wait)
+        except ConfigError:
+            raw = setting("locality.wait", wait)
+            raise ConfigError(
                 f"oxigdal.locality.wait={raw!r} is not a duration >= 0 (e.g. '3s', '500ms', 2.5)"
             ) from None
-        if not self.wait >= 0:
-            raise ValueError(f"oxigdal.locality.wait={raw!r} must be >= 0")
         self.prefetch = setting("locality.prefetch", prefetch)
         if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int):
-            raise ValueError(f"oxigdal.locality.prefetch={self.prefetch!r} must be an integer >= 0")
+            raise ConfigError(
+                f"oxigdal.locality.prefetch={self.prefetch!r} must be an integer >= 0"
+            )
         if self.prefetch < 0:
-            raise ValueError(f"oxigdal.locality.prefetch={self.prefetch!r} must be >= 0")
+            raise ConfigError(f"oxigdal.locality.prefetch={self.prefetch!r} must be >= 0")
         self.max_keys = setting("locality.max-keys", max_keys)
         if (
             isinstance(self.max_keys, bool)
             or not isinstance(self.max_keys, int)
             or self.max_keys < 1
         ):
-            raise ValueError(f"oxigdal.locality.max-keys={self.max_keys!r} must be an integer >= 1")
+            raise ConfigError(
+                f"oxigdal.locality.max-keys={self.max_keys!r} must be an integer >= 1"
+            )
         # keys recorded per (worker, tenant); the default tenant's keys are under None
         self.key_counts: dict[tuple[str, Any], int] = {}
         self.report_keys_dropped = 0
@@ -148,23 +154,12 @@ class Locality(SchedulingPolicy):
         self.waits = 0
         self.moves = 0
         self.reports = 0
-        self._scheduled = False
         self._timer = False
         self._seq = 0
 
     def start(self, extension: Any) -> None:
         """Install the ``oxigdal_cache_report`` handler."""
         super().start(extension)
-        from dask_oxigdal.exceptions import ConfigError
-        from dask_oxigdal.scheduling.quota import Quota
-
-        later = extension.policies[extension.policies.index(self) + 1 :]
-        if any(isinstance(p, Quota) for p in later):
-            raise ConfigError(
-                "oxigdal.scheduling.policies: list Locality after Quota (Locality leaves "
-                "the tasks that Quota holds to Quota; in the other order Quota would not "
-                f"see them): got {extension.policy_names()}"
-            )
         extension.scheduler.handlers[REPORT_HANDLER] = self.cache_report
         # no transition hook (no per-task cost) until the first locality task arrives
         self.wants_transitions = False
@@ -261,10 +256,7 @@ class Locality(SchedulingPolicy):
             self._schedule()
 
     def _schedule(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            ext = self.extension
-            ext.scheduler.loop.add_callback(ext.run_policy, self, "place")
+        self.defer("place")
 
     def _wake(self) -> None:
         self._timer = False
@@ -272,7 +264,6 @@ class Locality(SchedulingPolicy):
 
     def place(self) -> int:
         """Place held ready tasks on free threads (hits first); returns how many were placed."""
-        self._scheduled = False
         scheduler = self.extension.scheduler
         if not self.ready:
             return 0
@@ -281,7 +272,7 @@ class Locality(SchedulingPolicy):
         free: dict[str, int] = {}  # idle threads
         room: dict[str, int] = {}  # idle threads + prefetch (for tasks going home)
         for ws in scheduler.running:
-            n = ws.nthreads - len(ws.processing)
+            n = idle_threads(ws)
             if n > 0:
                 free[ws.address] = n
             if n + self.prefetch > 0:
@@ -369,7 +360,7 @@ class Locality(SchedulingPolicy):
             self._seq += 1
             # transitions() pops recommendations last-in first-out: best priority last
             ordered = dict(reversed(list(recs.items())))
-            scheduler.transitions(ordered, stimulus_id=f"oxigdal-locality-{self._seq}")
+            self.extension.transitions(ordered, f"oxigdal-locality-{self._seq}")
         return len(recs)
 
     def periodic(self) -> None:

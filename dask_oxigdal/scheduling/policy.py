@@ -30,8 +30,13 @@ class TaskInfo:
     """What the extension knows about one live task it has seen in ``update_graph``.
 
     One instance per task, created when the task enters the scheduler and
-    dropped when it is forgotten. Policies may add their own values in the
-    free slots (``start_tag``, ``finish_tag``).
+    dropped when it is forgotten. A new policy keeps its own per-task data in
+    its own dicts (keyed by task key, dropped on ``forgotten``), as ``Gang``
+    does with its reservation holds; ``start_tag``, ``finish_tag``, ``pseq``,
+    ``dprio``, ``oseq``, ``prefix`` (``FairShare``, on its per-transition
+    path, where a slot is cheaper than a dict lookup), ``gang`` and ``edf``
+    (``Gang`` and ``Deadline``, both read by ``Autoscaling``) are the
+    remaining policy-owned slots.
     """
 
     __slots__ = (
@@ -76,7 +81,7 @@ class TaskInfo:
         self.holds: set[str] | None = None
         #: the task's own (worker, host, loose) restrictions, saved while it is held
         self.restrictions: tuple[Any, Any, bool] | None = None
-        #: the task's gang (``Gang`` policy), ``None`` for ordinary tasks
+        #: the task's gang (``Gang`` policy; read by ``Autoscaling``), ``None`` for ordinary tasks
         self.gang: Any = None
         #: absolute deadline (UNIX time) the ``Deadline`` policy orders it by, or ``None``
         self.edf: float | None = None
@@ -130,6 +135,13 @@ class SchedulingPolicy:
     ``transition`` hook of policies that override it (it runs on every task
     transition and must be O(1)).
 
+    Policies decide, the extension enacts: a policy holds and releases tasks
+    with ``extension.hold`` / ``extension.unhold`` / ``extension.reject``,
+    enacts its recommendations with ``extension.transitions(recs,
+    stimulus_id)`` (never from its ``transition`` hook: :meth:`defer` the work
+    to the next tick), and finds another policy with
+    ``extension.policy(name)``. :meth:`close` gives back what the policy holds.
+
     Parameters
     ----------
     **kwargs
@@ -139,6 +151,9 @@ class SchedulingPolicy:
 
     #: Name in the status snapshot; defaults to the class name.
     name: str = ""
+    #: Names of the policies that, when configured, must come before this one in
+    #: ``oxigdal.scheduling.policies`` (the extension checks it at start).
+    after: tuple[str, ...] = ()
     #: Whether the extension calls :meth:`transition` (when overridden); a policy
     #: with nothing to do for its configuration sets it to ``False`` in ``start``.
     wants_transitions: bool = True
@@ -153,6 +168,43 @@ class SchedulingPolicy:
     def start(self, extension: OxigdalScheduling) -> None:
         """Attach to the extension (called once, on the event loop)."""
         self.extension = extension
+
+    def close(self) -> None:
+        """Give back what the policy holds (the policy was disabled or its extension removed).
+
+        Called on the event loop, outside a transition hook; must be idempotent.
+        """
+
+    def defer(self, method: str, *args: Any) -> None:
+        """Run ``self.<method>(*args)`` on the next event-loop tick, once.
+
+        Requests for the same method and arguments made before it runs merge
+        into one call. The call goes through ``extension.run_policy``: it is
+        skipped when the policy was disabled meanwhile, and an exception
+        disables the policy. Safe from any hook, ``transition`` included.
+
+        Parameters
+        ----------
+        method : str
+            Name of a method of this policy.
+        *args
+            Hashable arguments.
+        """
+        ext = self.extension
+        if ext is None or ext.scheduler is None:
+            return
+        pending = self.__dict__.setdefault("_deferred", set())
+        request = (method, args)
+        if request in pending:
+            return
+        pending.add(request)
+        ext.scheduler.loop.add_callback(self._run_deferred, request)
+
+    def _run_deferred(self, request: tuple[str, tuple]) -> None:
+        self.__dict__.get("_deferred", set()).discard(request)
+        ext = self.extension
+        if ext is not None:
+            ext.run_policy(self, request[0], *request[1])
 
     def update_graph(self, new: list[tuple[TaskState, TaskInfo]]) -> None:
         """New tasks entered the scheduler, before Dask transitions them.

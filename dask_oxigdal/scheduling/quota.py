@@ -118,10 +118,9 @@ class Quota(SchedulingPolicy):
         self.held_keys: set[Any] = set()
         self.max_admitted: dict[str, int] = {}
         self.slots = 0
-        self._enabled = False
+        self.enabled = False
         self._gangs = False
         self._seq = itertools.count()
-        self._release_scheduled = False
 
     def start(self, extension: Any) -> None:
         """Read the limits and guarantees (tenant settings, then the options)."""
@@ -130,7 +129,7 @@ class Quota(SchedulingPolicy):
         self.guarantees = _per_tenant(
             extension, "guaranteed-slots", self._guarantees_option, "guarantees"
         )
-        self._enabled = self.wants_transitions = bool(self.limits or self.guarantees)
+        self.enabled = self.wants_transitions = bool(self.limits or self.guarantees)
         # gang members are admitted by the Gang policy (all together), not held here
         self._gangs = "Gang" in extension.policy_names()
         for tenant, g in self.guarantees.items():
@@ -193,7 +192,7 @@ class Quota(SchedulingPolicy):
         ----------
         info : TaskInfo
         """
-        if self._enabled and not info.admitted:
+        if self.enabled and not info.admitted:
             self._admit(info)
 
     def _admit(self, info: TaskInfo) -> None:
@@ -207,7 +206,7 @@ class Quota(SchedulingPolicy):
         self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
     ) -> None:
         """Queue held tasks that became runnable; free a slot when an admitted task ends."""
-        if not self._enabled:
+        if not self.enabled:
             return
         if finish == "no-worker":
             if key in self.held_keys:
@@ -228,10 +227,7 @@ class Quota(SchedulingPolicy):
                     self._schedule_release()
 
     def _schedule_release(self) -> None:
-        if not self._release_scheduled:
-            self._release_scheduled = True
-            ext = self.extension
-            ext.scheduler.loop.add_callback(ext.run_policy, self, "release")
+        self.defer("release")
 
     def _top(self, tenant: str) -> tuple[Any, int, Any] | None:
         """The best held task of ``tenant`` that is still waiting in ``no-worker``."""
@@ -276,7 +272,6 @@ class Quota(SchedulingPolicy):
         int
             The number of tasks admitted.
         """
-        self._release_scheduled = False
         scheduler = self.extension.scheduler
         limits, guarantees, admitted = self.limits, self.guarantees, self.admitted
         order: list[Any] = []
@@ -304,7 +299,7 @@ class Quota(SchedulingPolicy):
         # chain, waiting -> processing, before the next): insert the first
         # admitted last, so that tasks reach the workers in admission order.
         recs = {key: "waiting" for key in reversed(free)}
-        scheduler.transitions(recs, stimulus_id=f"oxigdal-quota-release-{next(self._seq)}")
+        self.extension.transitions(recs, f"oxigdal-quota-release-{next(self._seq)}")
         return len(order)
 
     def periodic(self) -> None:
