@@ -282,7 +282,7 @@ async def test_worker_holding_a_wanted_tile_is_not_closed(c, s, a, b):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"cooldown": "-5s"}, r"oxigdal.autoscaling.cooldown='-5s' is not a duration >= 0"),
+        ({"cooldown": "-5s"}, r"oxigdal.autoscaling.cooldown='-5s' is not a duration"),
         ({"cooldown": "soon"}, r"oxigdal.autoscaling.cooldown='soon'"),
         (
             {"forecast": {"model": "arima"}},

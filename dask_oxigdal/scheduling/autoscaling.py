@@ -31,6 +31,7 @@ import dask.config
 from dask.utils import parse_timedelta
 
 from dask_oxigdal.scheduling import autoscaling_close, autoscaling_target
+from dask_oxigdal.scheduling._dask import prefix_estimate
 from dask_oxigdal.scheduling.autoscaling_rules import (
     FORECAST_MODELS,
     RULES,
@@ -290,21 +291,12 @@ class Autoscaling(SchedulingPolicy):
         deadline = self._policy("Deadline")
         if deadline is not None:
             return float(deadline.task_cost(prefix))
-        duration = prefix.duration_average
-        if duration is not None and duration >= 0:
-            return float(duration)
-        if prefix.max_exec_time > 0:
-            return 2.0 * prefix.max_exec_time
-        return float(ext.scheduler.UNKNOWN_TASK_DURATION)
+        estimate = prefix_estimate(prefix)
+        return float(ext.scheduler.UNKNOWN_TASK_DURATION) if estimate is None else estimate
 
     def _policy(self, name: str) -> Any:
         ext = self.extension
-        if ext is None or name in ext.disabled:
-            return None
-        for policy in ext.policies:
-            if policy.name == name or type(policy).__name__ == name:
-                return policy
-        return None
+        return None if ext is None else ext.policy(name)
 
     # ---------------------------------------------------------------- periodic
     def periodic(self) -> None:

@@ -9,10 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from dask.utils import parse_timedelta
-
 from dask_oxigdal.exceptions import ConfigError
-from dask_oxigdal.scheduling.settings import setting
+from dask_oxigdal.settings import duration, setting
 
 __all__ = [
     "FORECAST_MODELS",
@@ -135,21 +133,6 @@ def feed(models: dict, arrived: dict[str, float], steps: int, new: Any) -> None:
             model.update(0.0)
 
 
-def _seconds(name: str, value: Any, *, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    try:
-        seconds = parse_timedelta(value)
-    except (TypeError, ValueError, KeyError):
-        seconds = None
-    if seconds is None or not (seconds >= 0 and math.isfinite(seconds)):
-        raise ConfigError(
-            f"oxigdal.autoscaling.{name}={value!r} is not a duration >= 0 "
-            "(give seconds or a string like '30s')"
-        )
-    return float(seconds)
-
-
 def _fraction(name: str, value: Any, *, low: float = 0.0, high: float = 1.0) -> float:
     if (
         isinstance(value, bool)
@@ -254,7 +237,7 @@ def parse_settings(**given: Any) -> dict[str, Any]:
         )
     for name in ("cooldown", "start-latency", "gang-timeout"):
         attr = name.replace("-", "_")
-        out[attr] = _seconds(name, setting(f"autoscaling.{name}", given[attr]))
+        out[attr] = duration(f"autoscaling.{name}", given[attr])
     out["hysteresis"] = _fraction(
         "hysteresis", setting("autoscaling.hysteresis", given["hysteresis"]), high=0.9
     )
@@ -284,7 +267,7 @@ def parse_settings(**given: Any) -> dict[str, Any]:
             f"oxigdal.autoscaling.forecast.model={out['model']!r} is not valid; choose one "
             f"of {', '.join(FORECAST_MODELS)}"
         )
-    out["interval"] = _seconds("forecast.interval", fc.get("interval"))
+    out["interval"] = duration("autoscaling.forecast.interval", fc.get("interval"))
     if not out["interval"] > 0:
         raise ConfigError(
             f"oxigdal.autoscaling.forecast.interval={fc.get('interval')!r} must be > 0"
