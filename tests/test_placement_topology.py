@@ -18,6 +18,7 @@ from distributed.comm import connect, listen
 from distributed.utils_test import gen_cluster
 
 import dask_oxigdal as dox
+from dask_oxigdal.monitoring.metrics import metric_families
 from dask_oxigdal.placement import comm as throttle
 from dask_oxigdal.placement.topology import (
     TopologyWorkerPlugin,
@@ -227,6 +228,16 @@ async def test_locality_places_a_new_key_by_transfer_cost(c, s, *workers):
     assert snap["classes"]["same-rack"]["transfers"] >= 1
     assert snap["median_error"] is not None and snap["dask_median_error"] is not None
     assert snap["workers"][holder]["rack"] == racks[holder]
+    # dox.status and /metrics show it
+    st = await dox.status(c)
+    assert st["topology"]["workers"][mate]["rack"] == racks[holder]
+    assert st["topology"]["classes"]["cross-rack"]["bandwidth"] == 12.5e6  # the prior
+    fams = {f.name: f for f in metric_families(st)}
+    assert fams["transfer_bandwidth_bytes"].samples[0][0] == ("cross-rack",)
+    assert {s[0] for s in fams["transfer_prediction_median_error"].samples} == {
+        ("ours",),
+        ("dask",),
+    }
 
 
 # ------------------------------------------------------------------ throttled network
@@ -309,5 +320,49 @@ async def _send_unshaped():
         await asyncio.sleep(0.01)
     await comm.close()
     lst.stop()
-    assert throttle.link_stats() == {}
+    assert not any(v["messages"] for v in throttle.link_stats().values())
     return len(out[0]["data"]), None, None
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[_labelled("r1", "w1"), _labelled("r2", "w2")],
+    scheduler_kwargs={"plugins": [TopologyExtension()]},
+    timeout=60,
+)
+async def test_guard_placement_private_attributes(c, s, a, b):
+    """The ``distributed`` internals dask_oxigdal.placement relies on (docs/architecture.md)."""
+    from distributed.comm import registry
+    from distributed.comm.core import Comm
+    from distributed.comm.tcp import TCP, BaseTCPBackend, TCPConnector, TCPListener
+    from distributed.protocol.serialize import Pickled, Serialize, Serialized, ToPickle
+
+    # worker side: startup_information -> WorkerState.extra; the transfer log's fields
+    assert isinstance(a.startup_information, dict)
+    assert s.workers[a.address].extra["oxigdal_topology"] == {"rack": "r1", "host": "w1"}
+    x = c.submit(np.ones, 200_000, workers=[a.address], pure=False)
+    y = c.submit(len, x, workers=[b.address], pure=False)
+    assert await y == 200_000
+    rec = b.transfer_incoming_log[-1]
+    assert rec["who"] == a.address and rec["total"] >= 1_600_000
+    assert rec["duration"] > 0 and rec["stop"] >= rec["start"]
+    assert "oxigdal-topology" in b.periodic_callbacks and callable(b.batched_send)
+    # scheduler side: handlers, stream handlers, bandwidth tables, task placement fields
+    assert callable(s.handlers["oxigdal_topology"])
+    assert callable(s.stream_handlers["oxigdal_transfers"])
+    assert isinstance(s.bandwidth, float) and hasattr(s.bandwidth_workers, "get")
+    ts = s.tasks[y.key]
+    [dts] = ts.dependencies
+    assert a.address in {ws.address for ws in dts.who_has}  # b holds a replica now too
+    assert dts.get_nbytes() >= 1_600_000
+    assert s.plugins["oxigdal-topology"].model is not None
+    # comm: the registry, TCP's classes and hooks the throttled backend extends
+    assert isinstance(registry.backends, dict) and registry.backends["throttled"]
+    assert issubclass(throttle.ThrottledTCP, TCP) and issubclass(TCP, Comm)
+    assert TCPConnector.prefix == "tcp://" and TCPListener.comm_class is TCP
+    backend = throttle.ThrottledBackend()
+    assert isinstance(backend, BaseTCPBackend)
+    assert isinstance(backend.get_connector(), throttle.ThrottledConnector)
+    assert callable(Comm.handshake_info)
+    assert Serialize(1).data == 1 and ToPickle(2).data == 2
+    assert Serialized({}, [b"ab"]).frames == [b"ab"] and Pickled({}, [b"c"]).frames == [b"c"]

@@ -26,8 +26,12 @@ How it works
   tenant alone may use every slot. Among the coflows whose tenant is under its
   share, the one waiting longer than ``aging`` goes first (oldest first:
   nothing starves), else the smallest bottleneck (Varys' smallest-bottleneck-first).
-- An admitted coflow's tasks are released at once (one ``transitions`` call):
-  Dask places and runs them as usual. The coflow finishes when all its tasks
+- An admitted coflow's tasks are released at once (one ``transitions`` call).
+  With the topology extension installed
+  (:func:`dask_oxigdal.placement.topology_cost.install`), each is first pinned
+  (loosely) to the worker with the lowest predicted transfer cost of its
+  inputs, at most ``ceil(tasks / workers)`` per worker; without it Dask places
+  them as usual. The coflow finishes when all its tasks
   are in memory (or erred / forgotten), which frees its slot.
 
 Dask's own network knobs stay in force inside an admitted coflow:
@@ -229,6 +233,7 @@ class ShuffleAdmission(SchedulingPolicy):
         self.task_coflow: dict[Any, Coflow] = {}
         self.log: list[dict[str, Any]] = []  # admissions, last 1000
         self.completed = 0
+        self.placed = 0  # tasks pinned by transfer cost
         self._seq = 0
         self._timer = False
 
@@ -352,13 +357,16 @@ class ShuffleAdmission(SchedulingPolicy):
             cf.state = "admitted"
             cf.admitted_at = now
             self.log.append({**cf.record(), "at": time.time()})
-            for key in cf.keys:
+            released = []
+            for key in sorted(cf.keys, key=str):
                 ts = tasks.get(key)
                 info = info_map.get(key)
                 if ts is None or info is None:
                     continue
                 if self.extension.unhold(ts, info, self.name) and ts.state == "no-worker":
                     recs[key] = "waiting"
+                    released.append(ts)
+            self._place(released)
             if not cf.keys:
                 self._finish(cf)
         del self.log[:-1000]
@@ -367,6 +375,35 @@ class ShuffleAdmission(SchedulingPolicy):
         if any(c.state == "ready" for c in self.coflows.values()) and chosen:
             self._schedule()
         return len(chosen)
+
+    def _place(self, released: list) -> None:
+        """Pin released tasks to their cheapest workers by transfer cost (topology known).
+
+        Without the topology extension Dask places them. Each worker takes at
+        most ``ceil(tasks / workers)`` of one coflow's tasks, so the shuffle
+        still spreads; the pin is loose (Dask may move a task whose worker left).
+        """
+        from dask_oxigdal.placement.topology_cost import dependency_costs
+
+        scheduler = self.extension.scheduler
+        workers = sorted(ws.address for ws in scheduler.running)
+        if not released or not workers:
+            return
+        cap = math.ceil(len(released) / len(workers))
+        load: dict[str, int] = {}
+        # the heaviest tasks choose first; empty ones fill the slots that are left
+        released = sorted(released, key=lambda ts: -sum(d.get_nbytes() for d in ts.dependencies))
+        for ts in released:
+            if ts.worker_restrictions or ts.host_restrictions or ts.resource_restrictions:
+                continue  # the user's own restrictions
+            costs = dependency_costs(scheduler, ts, workers)
+            if costs is None:
+                return
+            target = min(workers, key=lambda a: (load.get(a, 0) >= cap, costs[a], load.get(a, 0)))
+            load[target] = load.get(target, 0) + 1
+            ts.worker_restrictions = {target}
+            ts.loose_restrictions = True
+        self.placed += sum(load.values())
 
     def restart(self) -> None:
         """Every task was forgotten."""
@@ -384,5 +421,6 @@ class ShuffleAdmission(SchedulingPolicy):
             "round": self.round,
             "coflows": states,
             "completed": self.completed,
+            "placed_by_cost": self.placed,
             "admissions": self.log[-20:],
         }

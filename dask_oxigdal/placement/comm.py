@@ -198,8 +198,10 @@ def set_links(links: Mapping[str, tuple[float, float]] | str | None) -> None:
 
 
 def reset_links() -> None:
-    """Forget every link and its accounting (new connections start fresh)."""
-    _links.clear()
+    """Zero the accounting of every link (open connections keep their links)."""
+    for link in _links.values():
+        link.bytes = link.messages = 0
+        link.transmit_seconds = link.waited_seconds = 0.0
 
 
 def link_stats() -> dict[str, dict[str, Any]]:

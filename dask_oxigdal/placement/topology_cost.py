@@ -378,3 +378,54 @@ def register(client: Any, labels: Any = None, priors: dict | None = None) -> Any
         return _register()
     client.sync(_register)
     return None
+
+
+def metric_families(topology: dict[str, Any]) -> list[Any]:
+    """Prometheus metric families of a :func:`topology_status` snapshot (for ``/metrics``).
+
+    Parameters
+    ----------
+    topology : dict
+        ``topology_status(scheduler)``.
+
+    Returns
+    -------
+    list of dask_oxigdal.monitoring.metrics.MetricFamily
+        ``transfer_bandwidth_bytes`` and ``transfer_alpha_seconds`` per pair
+        class, ``transfers_observed``, and ``transfer_prediction_median_error``
+        per model (``ours``, ``dask``).
+    """
+    from dask_oxigdal.monitoring.metrics import MetricFamily
+
+    bw = MetricFamily(
+        "transfer_bandwidth_bytes",
+        "gauge",
+        "Bandwidth the transfer-cost model uses per worker-pair class (bytes/s)",
+        ("pair_class",),
+    )
+    alpha = MetricFamily(
+        "transfer_alpha_seconds",
+        "gauge",
+        "Per-transfer latency the transfer-cost model uses per worker-pair class",
+        ("pair_class",),
+    )
+    for cls, c in sorted((topology.get("classes") or {}).items()):
+        bw.samples.append(((cls,), float(c["bandwidth"])))
+        alpha.samples.append(((cls,), float(c["alpha"])))
+    err = MetricFamily(
+        "transfer_prediction_median_error",
+        "gauge",
+        "Median relative error of predicted worker-to-worker transfer times (last 1000)",
+        ("model",),
+    )
+    for model, key in (("ours", "median_error"), ("dask", "dask_median_error")):
+        if topology.get(key) is not None:
+            err.samples.append(((model,), float(topology[key])))
+    observed = MetricFamily(
+        "transfers_observed",
+        "counter",
+        "Worker-to-worker transfers reported to the transfer-cost model",
+        (),
+        [((), float(topology.get("transfers_observed") or 0))],
+    )
+    return [bw, alpha, err, observed]

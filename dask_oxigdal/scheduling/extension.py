@@ -1168,6 +1168,7 @@ class OxigdalScheduling(SchedulerPlugin):
             "tasks_tracked": len(self.info),
             "malformed_tasks": self.malformed_tasks,
             "task_faults": dict(self.task_faults),
+            "topology": _topology_status(self.scheduler),
             "coordinator": (
                 self.coordinator.snapshot()
                 if self.coordinator is not None
@@ -1193,6 +1194,13 @@ class OxigdalScheduling(SchedulerPlugin):
                 return view
             snap["auth"] = self.auth.snapshot()
         return snap
+
+
+def _topology_status(scheduler: Any) -> dict[str, Any] | None:
+    """The topology extension's snapshot (``dask_oxigdal.placement``), ``None`` when absent."""
+    from dask_oxigdal.placement.topology_cost import topology_status
+
+    return topology_status(scheduler)
 
 
 def register(client: Client, *, replace: bool = False, **options: Any) -> Any:
