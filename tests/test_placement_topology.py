@@ -366,3 +366,23 @@ async def test_guard_placement_private_attributes(c, s, a, b):
     assert callable(Comm.handshake_info)
     assert Serialize(1).data == 1 and ToPickle(2).data == 2
     assert Serialized({}, [b"ab"]).frames == [b"ab"] and Pickled({}, [b"c"]).frames == [b"c"]
+
+
+def test_entry_point_names_the_backend():
+    """setup.cfg registers ``throttled`` under ``distributed.comm.backends`` (for any process)."""
+    import configparser
+    import importlib
+    from pathlib import Path
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).parent.parent / "setup.cfg")
+    entries = {
+        k.strip(): v.strip()
+        for k, v in (
+            line.split("=", 1)
+            for line in cfg["options.entry_points"]["distributed.comm.backends"].split("\n")
+            if line.strip()
+        )
+    }
+    module, _, name = entries["throttled"].partition(":")
+    assert getattr(importlib.import_module(module), name) is throttle.ThrottledBackend
