@@ -170,11 +170,16 @@ def test_cost_model_priors_fit_and_measurement():
     assert source == "fitted" and bw == pytest.approx(10e6, rel=1e-6)
     assert m.alpha("cross-rack") == pytest.approx(0.005, rel=1e-6)
     assert m.predict(3e6, "a", "c") == pytest.approx(0.305, rel=1e-6)
+    # durations the sizes do not explain (a saturated machine): a line through the mean point
+    for n in (1e6, 2e6, 3e6):
+        m.observe("b", "a", int(n), 0.5)
+    assert m.bandwidth("a", "b")[1] == "fitted"
+    assert m.predict(2e6, "a", "b") == pytest.approx(0.5, rel=0.01)
     # Dask's own measurement of the pair wins over the class fit
     S.bandwidth_workers = {("c", "a"): 20e6}
     assert m.bandwidth("a", "c") == (20e6, "measured")
     snap = m.snapshot()
-    assert snap["transfers_observed"] == 4 and snap["classes"]["cross-rack"]["source"] == "fitted"
+    assert snap["transfers_observed"] == 7 and snap["classes"]["cross-rack"]["source"] == "fitted"
     with pytest.raises(ValueError, match=r"unknown pair class 'cross-city'.*same-rack"):
         TransferCostModel(S(), {"cross-city": (1e6, 0.0)})
 

@@ -11,8 +11,10 @@
 - ``alpha(pair)``: the fitted intercept of the class (per-transfer latency and
   overhead), else the class's prior.
 
-The fit is an ordinary least-squares line ``duration = alpha + bytes * (1/bandwidth)``
-per class over the transfers the workers report (``Worker.transfer_incoming_log``,
+The fit is a least-squares line ``duration = alpha + bytes * (1/bandwidth)``
+per class (until it has 3 points of different sizes, or when the sizes do not
+explain the durations, a line through the mean point with the prior's alpha)
+over the transfers the workers report (``Worker.transfer_incoming_log``,
 through :class:`~dask_oxigdal.placement.topology.TopologyWorkerPlugin`), with
 exponentially decaying weights so that it follows a changing network.
 
@@ -79,18 +81,28 @@ class _LineFit:
         self.sxy = self.sxy * d + x * y
         self.n += 1
 
-    def params(self) -> tuple[float, float] | None:
-        """``(a, b)`` once 3 points with distinct ``x`` give a positive slope."""
-        if self.n < 3:
+    def params(self, alpha0: float) -> tuple[float, float] | None:
+        """``(a, b)``: the least-squares line, or a line through the mean point.
+
+        The line needs 3 points with distinct ``x`` and gives ``b > 0``,
+        ``a >= 0``. Otherwise (few points, or durations that sizes do not
+        explain, e.g. on a saturated machine) the line keeps the prior's
+        intercept ``alpha0`` and passes through the weighted mean point.
+        ``None`` before the first point.
+        """
+        if self.n == 0:
             return None
         mx, my = self.sx / self.w, self.sy / self.w
-        var = self.sxx / self.w - mx * mx
-        if var <= (mx * 1e-3) ** 2:
-            return None
-        b = (self.sxy / self.w - mx * my) / var
-        if b <= 0:
-            return None
-        return max(0.0, my - b * mx), b
+        if self.n >= 3:
+            var = self.sxx / self.w - mx * mx
+            if var > (mx * 1e-3) ** 2:
+                b = (self.sxy / self.w - mx * my) / var
+                a = my - b * mx
+                if b > 0 and a >= 0:
+                    return a, b
+        a = min(alpha0, my)
+        b = (my - a) / mx if mx > 0 else 0.0
+        return a, max(b, 1e-12)
 
 
 class TransferCostModel:
@@ -137,14 +149,14 @@ class TransferCostModel:
         if measured:
             return float(measured), "measured"
         cls = cls or self.pair_class(src, dst)
-        fit = self.fits[cls].params()
+        fit = self.fits[cls].params(self.priors[cls][1])
         if fit is not None:
             return 1.0 / fit[1], "fitted"
         return self.priors[cls][0], "prior"
 
     def alpha(self, cls: str) -> float:
         """The per-transfer latency of a class (fitted, else the prior)."""
-        fit = self.fits[cls].params()
+        fit = self.fits[cls].params(self.priors[cls][1])
         return fit[0] if fit is not None else self.priors[cls][1]
 
     def predict(self, nbytes: float, src: str, dst: str) -> float:
@@ -184,7 +196,7 @@ class TransferCostModel:
         """JSON-serialisable state: per-class bandwidth/alpha and the median errors."""
         classes = {}
         for cls in CLASSES:
-            fit = self.fits[cls].params()
+            fit = self.fits[cls].params(self.priors[cls][1])
             classes[cls] = {
                 "bandwidth": (1.0 / fit[1]) if fit else self.priors[cls][0],
                 "alpha": fit[0] if fit else self.priors[cls][1],
