@@ -192,9 +192,11 @@ def _scheduler_snapshot(dask_scheduler=None):
     snap = topology_status(dask_scheduler)
     from dask_oxigdal.scheduling.extension import NAME
 
-    admission = dask_scheduler.plugins[NAME].policies[-1].snapshot()
+    policy = dask_scheduler.plugins[NAME].policies[-1]
+    admission = policy.snapshot()
     return {
         "admission": {k: admission[k] for k in ("completed", "placed_by_cost", "coflows")},
+        "admission_order": [r["tenant"] for r in policy.log],
         "median_error": snap["median_error"],
         "dask_median_error": snap["dask_median_error"],
         "transfers_observed": snap["transfers_observed"],
@@ -259,6 +261,7 @@ def main(argv=None) -> int:
         f"(target <= 20%), Dask's model {ours['dask_median_error']:.1%} "
         f"over {ours['transfers_observed']} transfers"
     )
+    print(f"admission order (ours, warm-up round first): {' '.join(ours['admission_order'])}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, default=str)

@@ -2,21 +2,19 @@
 
 ``cost(n, src, dst) = alpha(pair) + n / bandwidth(pair)``
 
-- ``bandwidth(pair)``: Dask's own measurement ``Scheduler.bandwidth_workers[dst, src]``
-  when the workers have moved more than 1 MB between them (Dask measures only
-  those); else a fit of the transfers reported for the pair's *class* (how
-  their topology labels relate: ``same-host``, ``same-rack``, ``cross-rack``,
-  ``cross-zone``, ``unknown``, see :func:`~dask_oxigdal.placement.topology.relation`);
-  else the class's prior.
-- ``alpha(pair)``: the fitted intercept of the class (per-transfer latency and
-  overhead), else the class's prior.
+Each pair of workers falls in a *class*: how their topology labels relate,
+``same-host``, ``same-rack``, ``cross-rack``, ``cross-zone`` or ``unknown``
+(see :func:`~dask_oxigdal.placement.topology.relation`).
 
-The fit is a least-squares line ``duration = alpha + bytes * (1/bandwidth)``
-per class (until it has 3 points of different sizes, or when the sizes do not
-explain the durations, a line through the mean point with the prior's alpha)
-over the transfers the workers report (``Worker.transfer_incoming_log``,
-through :class:`~dask_oxigdal.placement.topology.TopologyWorkerPlugin`), with
-exponentially decaying weights so that it follows a changing network.
+- ``bandwidth(pair)``: Dask's own measurements ``Scheduler.bandwidth_workers``
+  (Dask measures transfers over 1 MB), pooled per class: the median over the
+  class's measured pairs, so that one noisy pair cannot invert the topology's
+  order; else the class's prior.
+- ``alpha(class)``: the per-transfer cost (latency, request, serialisation):
+  an exponentially weighted mean of ``observed - bytes / bandwidth`` over the
+  transfers the workers report (``Worker.transfer_incoming_log``, through
+  :class:`~dask_oxigdal.placement.topology.TopologyWorkerPlugin`); else the
+  class's prior.
 
 Each reported transfer is first *predicted* with the model as it stood, then
 added to it: the relative error ``|predicted - observed| / observed`` of our
@@ -29,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 from collections import deque
 from typing import Any
 
@@ -62,47 +61,22 @@ PRIORS: dict[str, tuple[float, float]] = {
 _MAX_ERRORS = 1000
 
 
-class _LineFit:
-    """Weighted least squares ``y = a + b x`` with exponentially decaying weights."""
+class _Residual:
+    """Exponentially weighted mean of ``observed - bytes / bandwidth`` (the per-transfer cost)."""
 
-    __slots__ = ("decay", "n", "sx", "sxx", "sxy", "sy", "w")
+    __slots__ = ("decay", "mean", "n")
 
-    def __init__(self, decay: float = 0.98) -> None:
+    def __init__(self, decay: float = 0.9) -> None:
         self.decay = decay
-        self.w = self.sx = self.sy = self.sxx = self.sxy = 0.0
+        self.mean = 0.0
         self.n = 0
 
-    def add(self, x: float, y: float) -> None:
-        d = self.decay
-        self.w = self.w * d + 1.0
-        self.sx = self.sx * d + x
-        self.sy = self.sy * d + y
-        self.sxx = self.sxx * d + x * x
-        self.sxy = self.sxy * d + x * y
+    def add(self, residual: float) -> None:
+        residual = max(0.0, residual)
+        self.mean = (
+            residual if self.n == 0 else self.decay * self.mean + (1 - self.decay) * residual
+        )
         self.n += 1
-
-    def params(self, alpha0: float) -> tuple[float, float] | None:
-        """``(a, b)``: the least-squares line, or a line through the mean point.
-
-        The line needs 3 points with distinct ``x`` and gives ``b > 0``,
-        ``a >= 0``. Otherwise (few points, or durations that sizes do not
-        explain, e.g. on a saturated machine) the line keeps the prior's
-        intercept ``alpha0`` and passes through the weighted mean point.
-        ``None`` before the first point.
-        """
-        if self.n == 0:
-            return None
-        mx, my = self.sx / self.w, self.sy / self.w
-        if self.n >= 3:
-            var = self.sxx / self.w - mx * mx
-            if var > (mx * 1e-3) ** 2:
-                b = (self.sxy / self.w - mx * my) / var
-                a = my - b * mx
-                if b > 0 and a >= 0:
-                    return a, b
-        a = min(alpha0, my)
-        b = (my - a) / mx if mx > 0 else 0.0
-        return a, max(b, 1e-12)
 
 
 class TransferCostModel:
@@ -128,7 +102,9 @@ class TransferCostModel:
                     f"prior for {cls!r} must be (bandwidth > 0, alpha >= 0): {value!r}"
                 )
             self.priors[cls] = (float(bw), float(alpha))
-        self.fits = {cls: _LineFit() for cls in CLASSES}
+        self.alphas = {cls: _Residual() for cls in CLASSES}
+        self._pooled: dict[str, float] = {}
+        self._pooled_at = -1.0
         self.errors: deque[float] = deque(maxlen=_MAX_ERRORS)
         self.dask_errors: deque[float] = deque(maxlen=_MAX_ERRORS)
         self.observed = 0
@@ -143,21 +119,30 @@ class TransferCostModel:
             return "unknown"
         return relation(worker_labels(a), worker_labels(b))
 
+    def _measured(self) -> dict[str, float]:
+        """Dask's measured pair bandwidths pooled per class (median), refreshed each second."""
+        now = time.monotonic()
+        if now - self._pooled_at >= 1.0:
+            per_class: dict[str, list[float]] = {}
+            for (dst, src), value in list(self.scheduler.bandwidth_workers.items()):
+                if value and value > 0:
+                    per_class.setdefault(self.pair_class(src, dst), []).append(float(value))
+            self._pooled = {cls: statistics.median(v) for cls, v in per_class.items()}
+            self._pooled_at = now
+        return self._pooled
+
     def bandwidth(self, src: str, dst: str, cls: str | None = None) -> tuple[float, str]:
-        """``(bytes/s, source)`` with source ``measured``, ``fitted`` or ``prior``."""
-        measured = self.scheduler.bandwidth_workers.get((dst, src))
-        if measured:
-            return float(measured), "measured"
+        """``(bytes/s, source)`` of a pair: ``measured`` (Dask's, pooled per class) or ``prior``."""
         cls = cls or self.pair_class(src, dst)
-        fit = self.fits[cls].params(self.priors[cls][1])
-        if fit is not None:
-            return 1.0 / fit[1], "fitted"
+        measured = self._measured().get(cls)
+        if measured:
+            return measured, "measured"
         return self.priors[cls][0], "prior"
 
     def alpha(self, cls: str) -> float:
-        """The per-transfer latency of a class (fitted, else the prior)."""
-        fit = self.fits[cls].params(self.priors[cls][1])
-        return fit[0] if fit is not None else self.priors[cls][1]
+        """The per-transfer cost of a class: learned from observed transfers, else the prior."""
+        res = self.alphas[cls]
+        return res.mean if res.n else self.priors[cls][1]
 
     def predict(self, nbytes: float, src: str, dst: str) -> float:
         """Seconds to move ``nbytes`` from worker ``src`` to worker ``dst`` (0 when equal)."""
@@ -188,20 +173,23 @@ class TransferCostModel:
         self.errors.append(abs(predicted - duration) / duration)
         dask_bw = getattr(self.scheduler, "bandwidth", 0) or PRIORS["unknown"][0]
         self.dask_errors.append(abs(nbytes / dask_bw - duration) / duration)
-        self.fits[cls].add(float(nbytes), float(duration))
+        bw, _ = self.bandwidth(src, dst, cls)
+        self.alphas[cls].add(duration - nbytes / bw)
         self.observed += 1
         self.observed_bytes[cls] += int(nbytes)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable state: per-class bandwidth/alpha and the median errors."""
         classes = {}
+        measured = self._measured()
         for cls in CLASSES:
-            fit = self.fits[cls].params(self.priors[cls][1])
+            res = self.alphas[cls]
             classes[cls] = {
-                "bandwidth": (1.0 / fit[1]) if fit else self.priors[cls][0],
-                "alpha": fit[0] if fit else self.priors[cls][1],
-                "source": "fitted" if fit else "prior",
-                "transfers": self.fits[cls].n,
+                "bandwidth": measured.get(cls) or self.priors[cls][0],
+                "bandwidth_source": "measured" if measured.get(cls) else "prior",
+                "alpha": self.alpha(cls),
+                "alpha_source": "observed" if res.n else "prior",
+                "transfers": res.n,
                 "bytes": self.observed_bytes[cls],
             }
         return {
@@ -311,7 +299,7 @@ def topology_status(scheduler: Any) -> dict[str, Any] | None:
     Returns
     -------
     dict or None
-        ``workers`` (labels), ``classes`` (bandwidth, alpha, source, transfers,
+        ``workers`` (labels), ``classes`` (bandwidth, alpha, their sources, transfers,
         bytes), ``transfers_observed``, ``median_error``, ``dask_median_error``,
         ``dask_bandwidth``.
     """
