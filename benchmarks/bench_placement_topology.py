@@ -149,7 +149,7 @@ async def run(mode: str, rows_big: int, rows_small: int, repeats: int) -> dict:
                     {
                         "class": "dask_oxigdal.placement.admission.ShuffleAdmission",
                         "slots": 1,
-                        "round": "20ms",
+                        "round": "250ms",
                     },
                 ],
             )

@@ -175,10 +175,16 @@ def test_cost_model_priors_measurements_and_learned_alpha():
     assert m.bandwidth("a", "c") == (11e6, "measured")
     assert m.bandwidth("b", "d") == (11e6, "measured")
     assert m.bandwidth("a", "b") == (1e6, "measured")
+    # a class without measurements keeps its place in the order: its prior, scaled by how
+    # the measured classes compare with their priors
+    S.bandwidth_workers = {("c", "a"): 6.25e6}  # cross-rack at half its prior
+    m._pooled_at = -1.0
+    assert m.bandwidth("a", "b") == (125e6 / 2, "prior")
     snap = m.snapshot()
     assert snap["transfers_observed"] == 4
     assert snap["classes"]["cross-rack"]["alpha_source"] == "observed"
-    assert snap["classes"]["same-rack"]["bandwidth_source"] == "measured"
+    assert snap["classes"]["cross-rack"]["bandwidth_source"] == "measured"
+    assert snap["classes"]["same-rack"]["bandwidth"] == 125e6 / 2
     with pytest.raises(ValueError, match=r"unknown pair class 'cross-city'.*same-rack"):
         TransferCostModel(S(), {"cross-city": (1e6, 0.0)})
 

@@ -9,7 +9,9 @@ Each pair of workers falls in a *class*: how their topology labels relate,
 - ``bandwidth(pair)``: Dask's own measurements ``Scheduler.bandwidth_workers``
   (Dask measures transfers over 1 MB), pooled per class: the median over the
   class's measured pairs, so that one noisy pair cannot invert the topology's
-  order; else the class's prior.
+  order; else the class's prior, scaled by the median ratio of measured
+  to prior bandwidth over the measured classes (so that an unmeasured class
+  keeps its place in the topology's order next to measured ones).
 - ``alpha(class)``: the per-transfer cost (latency, request, serialisation):
   an exponentially weighted mean of ``observed - bytes / bandwidth`` over the
   transfers the workers report (``Worker.transfer_incoming_log``, through
@@ -104,6 +106,7 @@ class TransferCostModel:
             self.priors[cls] = (float(bw), float(alpha))
         self.alphas = {cls: _Residual() for cls in CLASSES}
         self._pooled: dict[str, float] = {}
+        self._scale = 1.0
         self._pooled_at = -1.0
         self.errors: deque[float] = deque(maxlen=_MAX_ERRORS)
         self.dask_errors: deque[float] = deque(maxlen=_MAX_ERRORS)
@@ -128,6 +131,10 @@ class TransferCostModel:
                 if value and value > 0:
                     per_class.setdefault(self.pair_class(src, dst), []).append(float(value))
             self._pooled = {cls: statistics.median(v) for cls, v in per_class.items()}
+            # how much slower (or faster) than its prior the measured network is: the
+            # classes without a measurement keep their prior's place in the order
+            ratios = [bw / self.priors[cls][0] for cls, bw in self._pooled.items()]
+            self._scale = statistics.median(ratios) if ratios else 1.0
             self._pooled_at = now
         return self._pooled
 
@@ -137,7 +144,7 @@ class TransferCostModel:
         measured = self._measured().get(cls)
         if measured:
             return measured, "measured"
-        return self.priors[cls][0], "prior"
+        return self.priors[cls][0] * self._scale, "prior"
 
     def alpha(self, cls: str) -> float:
         """The per-transfer cost of a class: learned from observed transfers, else the prior."""
@@ -185,7 +192,7 @@ class TransferCostModel:
         for cls in CLASSES:
             res = self.alphas[cls]
             classes[cls] = {
-                "bandwidth": measured.get(cls) or self.priors[cls][0],
+                "bandwidth": measured.get(cls) or self.priors[cls][0] * self._scale,
                 "bandwidth_source": "measured" if measured.get(cls) else "prior",
                 "alpha": self.alpha(cls),
                 "alpha_source": "observed" if res.n else "prior",
