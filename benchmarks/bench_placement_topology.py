@@ -195,7 +195,9 @@ def _scheduler_snapshot(dask_scheduler=None):
     policy = dask_scheduler.plugins[NAME].policies[-1]
     admission = policy.snapshot()
     return {
-        "admission": {k: admission[k] for k in ("completed", "placed_by_cost", "coflows")},
+        "admission": {
+            k: admission[k] for k in ("completed", "placed_by_cost", "deferrals", "coflows")
+        },
         "admission_order": [r["tenant"] for r in policy.log],
         "median_error": snap["median_error"],
         "dask_median_error": snap["dask_median_error"],

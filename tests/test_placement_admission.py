@@ -152,3 +152,46 @@ async def test_a_stream_of_smaller_shuffles_does_not_starve_a_large_one(c, s, a,
     assert len(await f_big) == 20_000
     assert policy.admit() == 1
     await f_small
+
+
+def _wait_for(ev):
+    ev.wait()
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=120)
+async def test_a_ready_large_shuffle_waits_for_a_smaller_pending_one(c, s, a, b):
+    import dask.dataframe as dd
+    from distributed import Event
+
+    await register(
+        c,
+        tenants={"a": 1, "b": 1},
+        policies=[{"class": ADMISSION, "slots": 1, "round": "1h", "aging": "1h"}],
+    )
+    policy = s.plugins[NAME].policies[0]
+    big = dox.shuffle(dd.from_pandas(_frame(20_000, 1), npartitions=4), "k")
+    with dox.annotate(tenant="a"):
+        f_big = c.compute(big)
+    await _until(lambda: [cf.state for cf in policy.coflows.values()] == ["ready"], "big ready")
+    parts = c.persist(dd.from_pandas(_frame(400, 2), npartitions=2))
+    await parts
+    # both threads busy: the small shuffle's inputs are in memory, its splits cannot run yet
+    ev = Event()
+    blockers = [c.submit(_wait_for, ev, workers=[w.address], pure=False) for w in (a, b)]
+    await _until(lambda: all(s.workers[w.address].processing for w in (a, b)), "blocked")
+    small = dox.shuffle(parts, "k")
+    with dox.annotate(tenant="b"):
+        f_small = c.compute(small)
+    await _until(lambda: len(policy.coflows) == 2, "small submitted")
+    assert policy.admit() == 0  # the big one waits for the smaller pending one
+    assert policy.deferrals == 1
+    await ev.set()
+    await c.gather(blockers)
+    await _until(
+        lambda: sorted(cf.state for cf in policy.coflows.values()) == ["ready", "ready"],
+        lambda: policy.snapshot(),
+    )
+    assert policy.admit() == 1 and policy.log[-1]["tenant"] == "b"
+    await f_small
+    assert policy.admit() == 1 and policy.log[-1]["tenant"] == "a"
+    assert len(await f_big) == 20_000

@@ -26,6 +26,10 @@ How it works
   tenant alone may use every slot. Among the coflows whose tenant is under its
   share, the one waiting longer than ``aging`` goes first (oldest first:
   nothing starves), else the smallest bottleneck (Varys' smallest-bottleneck-first).
+  Varys knows each coflow's size when it arrives; here a coflow whose inputs
+  are still being computed gets an estimate from its nearest ancestors in
+  memory, and a ready coflow larger than a pending one waits for it (at most
+  ``aging``; a pending coflow of unknown size makes no one wait).
 - An admitted coflow's tasks are released at once (one ``transitions`` call).
   With the topology extension installed
   (:func:`dask_oxigdal.placement.topology_cost.install`), each is first pinned
@@ -90,6 +94,7 @@ class Coflow:
         "bytes",
         "done",
         "done_at",
+        "estimate",
         "id",
         "keys",
         "ready",
@@ -114,6 +119,7 @@ class Coflow:
         self.done_at: float | None = None
         self.bytes = 0
         self.bottleneck = 0
+        self.estimate: float | None = None
 
     def record(self) -> dict[str, Any]:
         """JSON-serialisable summary."""
@@ -234,6 +240,7 @@ class ShuffleAdmission(SchedulingPolicy):
         self.log: list[dict[str, Any]] = []  # admissions, last 1000
         self.completed = 0
         self.placed = 0  # tasks pinned by transfer cost
+        self.deferrals = 0  # rounds a ready coflow waited for a smaller pending one
         self._seq = 0
         self._timer = False
 
@@ -337,6 +344,36 @@ class ShuffleAdmission(SchedulingPolicy):
         cf.bytes = sum(out.values())
         cf.bottleneck = max(out.values(), default=0)
 
+    def _estimate(self, cf: Coflow) -> float:
+        """Bottleneck of a pending coflow from its nearest ancestors in memory (once).
+
+        Infinite when some ancestor within 6 levels is neither in memory nor
+        resolved (the size is unknown: nothing waits for it).
+        """
+        if cf.estimate is not None:
+            return cf.estimate
+        tasks = self.extension.scheduler.tasks
+        out: dict[str, int] = {}
+        seen: set[Any] = set()
+        frontier = [tasks[k] for k in cf.keys if k in tasks]
+        for _ in range(6):
+            nxt = []
+            for ts in frontier:
+                for dts in ts.dependencies:
+                    if dts.key in seen:
+                        continue
+                    seen.add(dts.key)
+                    if dts.state == "memory" and dts.who_has:
+                        addr = next(iter(dts.who_has)).address
+                        out[addr] = out.get(addr, 0) + dts.get_nbytes()
+                    else:
+                        nxt.append(dts)
+            frontier = nxt
+            if not frontier or len(seen) > 10_000:
+                break
+        cf.estimate = float(max(out.values())) if out and not frontier else math.inf
+        return cf.estimate
+
     def admit(self) -> int:
         """One admission round; returns how many coflows were admitted."""
         self._timer = False
@@ -348,6 +385,21 @@ class ShuffleAdmission(SchedulingPolicy):
                 self._size(c)
         admitted = [c for c in self.coflows.values() if c.state == "admitted"]
         now = time.monotonic()
+        # Varys knows coflow sizes up front; here a coflow whose inputs are still computing
+        # has an estimate (its nearest ancestors in memory): a larger ready one waits for a
+        # smaller pending one, at most `aging`
+        pending = [c for c in self.coflows.values() if c.state == "pending"]
+        if pending:
+            smallest = min(self._estimate(c) for c in pending)
+            later = [
+                c
+                for c in ready
+                if c.bottleneck > smallest and now - (c.ready_at or now) < self.aging
+            ]
+            if later:
+                self.deferrals += len(later)
+                ready = [c for c in ready if c not in later]
+                self._schedule()
         chosen = choose(ready, admitted, self.slots, self.extension.weights, now, self.aging)
         scheduler = self.extension.scheduler
         tasks = scheduler.tasks
@@ -422,5 +474,6 @@ class ShuffleAdmission(SchedulingPolicy):
             "coflows": states,
             "completed": self.completed,
             "placed_by_cost": self.placed,
+            "deferrals": self.deferrals,
             "admissions": self.log[-20:],
         }
