@@ -330,6 +330,11 @@ def metric_families(snapshot: dict[str, Any]) -> list[MetricFamily]:
         )
     )
 
+    if snapshot.get("topology"):  # the topology extension (dask_oxigdal.placement)
+        from dask_oxigdal.placement.topology_cost import metric_families as topology_families
+
+        out += topology_families(snapshot["topology"])
+
     coordinator = active_coordinator(snapshot)
     if coordinator is not None:
         role = MetricFamily(

@@ -22,10 +22,12 @@ them or ``distributed.scheduler.active-memory-manager.policies`` names them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from distributed.active_memory_manager import ActiveMemoryManagerPolicy, Suggestion
+
+from dask_oxigdal.placement.topology import EXTRA_KEY, worker_labels
 
 if TYPE_CHECKING:
     from distributed.active_memory_manager import SuggestionGenerator
@@ -42,39 +44,11 @@ __all__ = [
     "worker_labels",
 ]
 
-#: Key of ``WorkerState.extra`` where a worker publishes its topology labels.
-TOPOLOGY_KEY = "oxigdal-topology"
+#: Key of ``WorkerState.extra`` where a worker publishes its topology labels
+#: (:mod:`dask_oxigdal.placement.topology`).
+TOPOLOGY_KEY = EXTRA_KEY
 #: Failure domains, widest first; ``host`` falls back to the worker's host name.
 LEVELS = ("zone", "rack", "host")
-
-
-def worker_labels(ws: Any) -> dict[str, str]:
-    """The topology labels of a worker: ``zone``, ``rack`` and ``host`` where known.
-
-    Read from ``ws.extra["oxigdal-topology"]`` (a mapping of label to string,
-    published by the worker); ``host`` falls back to the worker's host name.
-
-    Parameters
-    ----------
-    ws : distributed.scheduler.WorkerState
-
-    Returns
-    -------
-    dict
-        ``{"zone": ..., "rack": ..., "host": ...}``, only the known labels
-        (``host`` always).
-    """
-    extra = getattr(ws, "extra", None)
-    raw = extra.get(TOPOLOGY_KEY) if isinstance(extra, Mapping) else None
-    labels: dict[str, str] = {}
-    if isinstance(raw, Mapping):
-        for level in LEVELS:
-            value = raw.get(level)
-            if isinstance(value, str) and value:
-                labels[level] = value
-    if "host" not in labels:
-        labels["host"] = str(getattr(ws, "host", "") or getattr(ws, "address", ""))
-    return labels
 
 
 def spread_candidates(

@@ -319,15 +319,23 @@ class Locality(SchedulingPolicy):
                     if not free:
                         continue  # expired, but no idle thread anywhere yet
                     deps = _dependency_bytes(tasks[key])
-                    target = max(free, key=lambda a: (deps.get(a, 0), free[a]))
+                    cost = _transfer_cost(scheduler, tasks[key], free)
+                    target = max(free, key=lambda a: (-cost.get(a, 0), deps.get(a, 0), free[a]))
                     self.misses += 1
                     self.moves += 1
             else:
                 # a new key: any worker with room (prefetch too, as Dask's queue does)
                 deps = _dependency_bytes(tasks[key])
+                cost = _transfer_cost(scheduler, tasks[key], room)
                 target = min(
                     room,
-                    key=lambda a: (-deps.get(a, 0), -room[a], len(self.worker_keys.get(a, ())), a),
+                    key=lambda a: (
+                        cost.get(a, 0),
+                        -deps.get(a, 0),
+                        -room[a],
+                        len(self.worker_keys.get(a, ())),
+                        a,
+                    ),
                 )
                 self.misses += 1
             room[target] -= 1
@@ -419,6 +427,13 @@ def _dependency_bytes(ts: Any) -> dict[str, int]:
         for ws in dts.who_has or ():
             out[ws.address] = out.get(ws.address, 0) + dts.nbytes
     return out
+
+
+def _transfer_cost(scheduler: Any, ts: Any, addresses: Any) -> dict[str, float]:
+    """Predicted seconds to fetch ``ts``'s dependencies per address ({} without topology)."""
+    from dask_oxigdal.placement.topology_cost import dependency_costs
+
+    return dependency_costs(scheduler, ts, addresses) or {}
 
 
 def _cache_key(key: Any) -> Any:

@@ -52,9 +52,17 @@ def snapshot(ext: OxigdalScheduling) -> dict[str, Any]:
         "tasks_tracked": len(ext.info),
         "malformed_tasks": ext.holds.malformed_tasks,
         "task_faults": dict(ext.task_faults),
+        "topology": _topology_status(ext.scheduler),
         "coordinator": (
             ext.coordinator.snapshot()
             if ext.coordinator is not None
             else dict(COORDINATOR_DISABLED)
         ),
     }
+
+
+def _topology_status(scheduler: Any) -> dict[str, Any] | None:
+    """The topology extension's snapshot (``dask_oxigdal.placement``), ``None`` when absent."""
+    from dask_oxigdal.placement.topology_cost import topology_status
+
+    return topology_status(scheduler)

@@ -1,0 +1,280 @@
+"""Topology-aware placement and shuffle admission on an emulated two-rack network.
+
+    python benchmarks/bench_placement_topology.py            # full run
+    python benchmarks/bench_placement_topology.py --quick    # smoke test, < 2 min
+    python benchmarks/bench_placement_topology.py --json out.json
+
+The network: a scheduler and 4 one-thread worker processes on 127.0.0.1,
+connected by the ``throttled://`` comm backend
+(:mod:`dask_oxigdal.placement.comm`): workers w0, w1 in rack r1, w2, w3 in
+rack r2; 1 Gb/s within a rack, 100 Mb/s across (the defaults).
+
+The workload: two tenants run a spatial join at the same time: points are
+shuffled by their x strip (the join key) and each output partition is joined
+with a table of strip cells. Tenant "big" moves ~10x the bytes of tenant
+"small"; "big" is submitted first. Each strip's points were ingested mostly
+(80%) by its home rack and 20% by the other rack, as a region's data mostly
+lives near where it was collected.
+
+- **vanilla**: Dask's own ``DataFrame.shuffle(on=..., method="tasks")``,
+  no plugin: Dask places each output task on a holder of its inputs by
+  occupancy and bytes, assuming 100 MB/s between any two workers.
+- **ours**: ``dox.shuffle`` (the same output partitions) with
+  ``ShuffleAdmission`` (one coflow at a time, smallest bottleneck first) and the
+  topology extension (labels from ``OXIGDAL_TOPOLOGY``; each output task is
+  pinned to the cheapest worker by predicted transfer cost).
+
+Figures: cross-rack bytes (the throttle's accounting in each worker process),
+mean shuffle completion time of the two tenants, and the median relative
+error of the predicted transfer time of each worker-to-worker transfer (ours
+and Dask's ``bytes / Scheduler.bandwidth`` side by side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import dask
+import dask.dataframe as dd
+import distributed
+from distributed import Client, Nanny, Scheduler, SpecCluster
+
+import dask_oxigdal as dox
+from dask_oxigdal.placement import comm as throttle  # noqa: F401  (registers throttled://)
+from dask_oxigdal.placement.topology_cost import register as register_topology
+from dask_oxigdal.placement.topology_cost import topology_status
+
+RACKS = {"w0": "r1", "w1": "r1", "w2": "r2", "w3": "r2"}
+NSTRIPS = 8
+
+
+def _cluster() -> SpecCluster:
+    workers = {
+        name: {
+            "cls": Nanny,
+            "options": {
+                "nthreads": 1,
+                "host": "127.0.0.1",
+                "protocol": "throttled://",
+                "env": {"OXIGDAL_TOPOLOGY": f"rack={rack},host={name}"},
+                "preload": ["dask_oxigdal.placement.comm"],
+                "memory_limit": "1GiB",
+            },
+        }
+        for name, rack in RACKS.items()
+    }
+    scheduler = {
+        "cls": Scheduler,
+        "options": {"protocol": "throttled://", "host": "127.0.0.1", "dashboard_address": ":0"},
+    }
+    return SpecCluster(workers=workers, scheduler=scheduler, asynchronous=True)
+
+
+def _points(strips: list[int], rows: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    strip = rng.choice(np.asarray(strips), rows)
+    x = strip + rng.random(rows)
+    return pd.DataFrame(
+        {
+            "strip": strip.astype("int64"),
+            "x": x,
+            "y": rng.random(rows),
+            "payload": rng.random(rows),
+            "payload2": rng.random(rows),
+        }
+    )
+
+
+def _join(part: pd.DataFrame) -> int:
+    cells = pd.DataFrame({"strip": np.arange(NSTRIPS), "cell_id": np.arange(NSTRIPS) * 10})
+    return len(part.merge(cells, on="strip"))
+
+
+def _inputs(client: Client, addrs: dict[str, str], rows: int, seed: int):
+    """Input partitions on the workers: each rack holds 80% of its half's strips, 20% of the other's."""
+    half = {"r1": list(range(NSTRIPS // 2)), "r2": list(range(NSTRIPS // 2, NSTRIPS))}
+    futures = []
+    i = 0
+    for name, rack in RACKS.items():
+        other = "r2" if rack == "r1" else "r1"
+        for strips, n in ((half[rack], int(rows * 0.8)), (half[other], int(rows * 0.2))):
+            futures.append(
+                client.submit(_points, strips, n, seed + i, workers=[addrs[name]], pure=False)
+            )
+            i += 1
+    return futures
+
+
+async def _cross_rack_bytes(client: Client) -> dict[str, int]:
+    def collect():
+        from dask_oxigdal.placement import comm
+
+        out: dict[str, int] = {}
+        for link in comm.link_stats().values():
+            out[link["class"]] = out.get(link["class"], 0) + link["bytes"]
+        return out
+
+    per_worker = await client.run(collect)
+    total: dict[str, int] = {}
+    for d in per_worker.values():
+        for k, v in d.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+async def run(mode: str, rows_big: int, rows_small: int, repeats: int) -> dict:
+    """One cluster, ``repeats`` rounds of the two tenants' joins; figures of the run."""
+    async with _cluster() as cluster, Client(cluster, asynchronous=True) as client:
+        await client.wait_for_workers(len(RACKS))
+        info = (await client.scheduler.identity())["workers"]
+        addrs = {str(w["name"]): a for a, w in info.items()}
+        assert set(addrs) == set(RACKS), addrs
+        if mode == "ours":
+            await dox.register(
+                client,
+                tenants={"big": 1, "small": 1},
+                policies=[
+                    {"class": "dask_oxigdal.scheduling.fairshare.FairShare"},
+                    {
+                        "class": "dask_oxigdal.placement.admission.ShuffleAdmission",
+                        "slots": 1,
+                        "round": "250ms",
+                    },
+                ],
+            )
+            await register_topology(client)
+        completions: dict[str, list[float]] = {"big": [], "small": []}
+        warm = _inputs(client, addrs, 200, 10_000)  # warm up both code paths and the model
+        await distributed.wait(warm)
+        await _one_round(client, mode, warm, warm, {"big": [], "small": []})
+        await client.run(_reset_links)
+        for r in range(repeats):
+            big_in = _inputs(client, addrs, rows_big, 100 * r)
+            small_in = _inputs(client, addrs, rows_small, 100 * r + 50)
+            await distributed.wait(big_in + small_in)
+            await _one_round(client, mode, big_in, small_in, completions)
+            del big_in, small_in
+        links = await _cross_rack_bytes(client)
+        out = {
+            "mode": mode,
+            "completion_big": statistics.mean(completions["big"]),
+            "completion_small": statistics.mean(completions["small"]),
+            "mean_completion": statistics.mean(completions["big"] + completions["small"]),
+            "bytes_by_class": links,
+            "cross_rack_bytes": links.get("cross-rack", 0),
+        }
+        if mode == "ours":
+            snap = await client.run_on_scheduler(_scheduler_snapshot)
+            out.update(snap)
+        else:
+            out["dask_median_error"] = None
+        return out
+
+
+def _reset_links():
+    from dask_oxigdal.placement import comm
+
+    comm.reset_links()
+
+
+def _scheduler_snapshot(dask_scheduler=None):
+    snap = topology_status(dask_scheduler)
+    from dask_oxigdal.scheduling.extension import NAME
+
+    policy = dask_scheduler.plugins[NAME].policies[-1]
+    admission = policy.snapshot()
+    return {
+        "admission": {
+            k: admission[k] for k in ("completed", "placed_by_cost", "deferrals", "coflows")
+        },
+        "admission_order": [r["tenant"] for r in policy.log],
+        "median_error": snap["median_error"],
+        "dask_median_error": snap["dask_median_error"],
+        "transfers_observed": snap["transfers_observed"],
+        "classes": snap["classes"],
+    }
+
+
+async def _one_round(client, mode, big_in, small_in, completions) -> None:
+    meta = _points([0], 0, 0)
+    jobs = {}
+    for tenant, parts in (("big", big_in), ("small", small_in)):
+        ddf = dd.from_delayed(parts, meta=meta, verify_meta=False)
+        if mode == "ours":
+            shuffled = dox.shuffle(ddf, "strip", npartitions=NSTRIPS)
+        else:
+            shuffled = ddf.shuffle(on="strip", npartitions=NSTRIPS)  # Dask's default (P2P)
+        joined = shuffled.map_partitions(_join, meta=(None, "int64")).sum()
+        jobs[tenant] = joined
+    t0 = time.monotonic()
+    futures = {}
+    for tenant, job in jobs.items():  # big first
+        with dox.annotate(tenant=tenant):
+            futures[tenant] = client.compute(job)
+
+    async def wait(tenant):
+        await futures[tenant]
+        completions[tenant].append(time.monotonic() - t0)
+
+    await asyncio.gather(*(wait(t) for t in futures))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke test: smaller data, 2 rounds")
+    p.add_argument("--json", help="write the figures to this file")
+    args = p.parse_args(argv)
+    rows_big, rows_small, repeats = (150_000, 15_000, 2) if args.quick else (300_000, 30_000, 5)
+    with dask.config.set({"distributed.scheduler.work-stealing": True}):
+        vanilla = asyncio.run(run("vanilla", rows_big, rows_small, repeats))
+        ours = asyncio.run(run("ours", rows_big, rows_small, repeats))
+    result = {
+        "machine": _describe(),
+        "load": os.getloadavg(),
+        "vanilla": vanilla,
+        "ours": ours,
+        "cross_rack_ratio": ours["cross_rack_bytes"] / max(1, vanilla["cross_rack_bytes"]),
+        "speedup_mean_completion": vanilla["mean_completion"] / ours["mean_completion"],
+    }
+    print(f"machine: {result['machine']}; load {result['load'][0]:.1f}")
+    for name, r in (("vanilla", vanilla), ("ours", ours)):
+        print(
+            f"{name:8s} cross-rack {r['cross_rack_bytes'] / 1e6:8.1f} MB   "
+            f"completion big {r['completion_big']:.2f} s small {r['completion_small']:.2f} s "
+            f"mean {r['mean_completion']:.2f} s"
+        )
+    print(
+        f"cross-rack bytes ours/vanilla: {result['cross_rack_ratio']:.2f} (target <= 0.5); "
+        f"mean completion vanilla/ours: {result['speedup_mean_completion']:.2f}x (target >= 1.5)"
+    )
+    print(
+        f"median error of predicted transfer time: ours {ours['median_error']:.1%} "
+        f"(target <= 20%), Dask's model {ours['dask_median_error']:.1%} "
+        f"over {ours['transfers_observed']} transfers"
+    )
+    print(f"admission order (ours, warm-up round first): {' '.join(ours['admission_order'])}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2, default=str)
+    return 0
+
+
+def _describe() -> str:
+    from _machine import describe
+
+    return describe(f"dask {dask.__version__}, distributed {distributed.__version__}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
