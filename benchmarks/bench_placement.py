@@ -293,10 +293,26 @@ def bench_cache(quick: bool) -> list[str]:
     return lines
 
 
+def bench_topology(quick: bool) -> list[str]:
+    """The two-rack network section: benchmarks/bench_placement_topology.py, in a subprocess.
+
+    It runs its own clusters on the ``throttled://`` backend; a fresh process
+    keeps its comm registration and its clusters apart from the other sections.
+    """
+    import subprocess
+
+    cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "bench_placement_topology.py")]
+    out = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True)
+    if out.returncode:
+        return ["topology: failed", out.stdout, out.stderr[-4000:]]
+    return ["topology (two racks on 127.0.0.1: 1 Gb/s within, 100 Mb/s across):", out.stdout]
+
+
 #: Section name -> function(quick) -> printed lines. Add a section by adding an entry.
 SECTIONS = {
     "loss": bench_loss,
     "cache": bench_cache,
+    "topology": bench_topology,
 }
 
 
