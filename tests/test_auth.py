@@ -703,7 +703,8 @@ async def test_page_login_sets_a_session_cookie_that_state_json_accepts(tmp_path
         loop = asyncio.get_running_loop()
 
         def call(path, data=None, cookie=None):
-            req = urllib.request.Request(base + path, data=data)
+            url = base.split("/oxigdal/")[0] + path if path.startswith("/") else base + path
+            req = urllib.request.Request(url, data=data)
             if cookie:
                 req.add_header("Cookie", f"{COOKIE}={cookie}")
             try:
@@ -717,6 +718,10 @@ async def test_page_login_sets_a_session_cookie_that_state_json_accepts(tmp_path
 
         code, page, _ = await do("")
         assert code == 200 and 'id="login"' in page and 'fetch("login"' in page
+        # /metrics (distributed's, unauthenticated) carries no per-tenant series with auth on
+        code, metrics, _ = await do("/metrics")
+        assert code == 200 and "oxigdal_" in metrics
+        assert "team-" not in metrics and 'tenant="' not in metrics
         assert (await do("state.json"))[0] == 401
         # wrong, malformed and missing tokens: 401, no cookie
         for body in (b"token=alice:" + b"0" * 64, b"token=garbage", b""):
