@@ -17,6 +17,11 @@ docs/architecture.md, guarded by ``tests/test_auth.py::test_guard_*``):
   batched stream that name another client id (``Server.handle_stream``
   merges the message over ``{"client": <bound id>}``, so a message's own
   ``client`` field wins) or that are worker-stream operations.
+
+The tables of operations, :class:`Identity`, the handler dict and the
+stream filter live in :mod:`dask_oxigdal.auth.handlers`; the page's login in
+:mod:`dask_oxigdal.auth.web`; deadline admission in
+:mod:`dask_oxigdal.auth.admission`.
 """
 
 from __future__ import annotations
