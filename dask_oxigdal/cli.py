@@ -68,6 +68,12 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option(
     "--keep-alive", is_flag=True, help="Leave the embedded cluster up until Ctrl-C, to explore."
 )
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Mutual TLS with throw-away certificates, oxigdal.auth on and one principal per "
+    "tenant; the summary shows who ran what (docs/security.md).",
+)
 def demo(
     workers: int | None,
     threads_per_worker: int | None,
@@ -81,6 +87,7 @@ def demo(
     report_dir: str | None,
     as_json: bool,
     keep_alive: bool,
+    secure: bool,
 ) -> None:
     """The same multi-tenant day on plain Dask and with dask-oxigdal, side by side.
 
@@ -99,6 +106,10 @@ def demo(
             f"choose --tiles between 1 and {scene}, or a larger --size",
             param_hint="--tiles",
         )
+    if secure and scheduler_address:
+        raise click.BadParameter(
+            "--secure starts its own TLS clusters; leave out --scheduler", param_hint="--secure"
+        )
     summary = run_demo(
         workers=workers,
         threads_per_worker=threads_per_worker,
@@ -112,6 +123,7 @@ def demo(
         report_dir=report_dir,
         progress_stream=sys.stderr if as_json else sys.stdout,
         keep_alive=keep_alive,
+        secure=secure,
     )
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))

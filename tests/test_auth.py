@@ -581,3 +581,171 @@ async def test_audit_entries_are_replicated_through_the_coordinator(tmp_path):
         assert entry["mac"] == next(
             e["mac"] for e in ext.auth.audit.entries() if e["action"] == "run_function"
         )
+
+
+# ----------------------------------------------------- deadline admission (auth/admission.py)
+NOWHERE = "tcp://127.0.0.1:9"  # no worker has this address: restricted tasks wait, unrun
+DEADLINE_CFG = {
+    "oxigdal.scheduling.policies": [
+        *POLICIES,
+        {"class": "dask_oxigdal.scheduling.deadline.Deadline"},
+    ],
+    "oxigdal.deadline.infeasible": "warn",
+}
+
+
+def _over_entitlement(s):
+    return [m for _, m in s.get_events("oxigdal") if m.get("kind") == "deadline-over-entitlement"]
+
+
+def _edf(s, keys):
+    """Whether each task carries the Deadline policy's EDF priority (negative 2nd element)."""
+    return [s.tasks[k].priority[1] < 0 for k in keys]
+
+
+@gen_test(timeout=60)
+async def test_deadline_jobs_are_admitted_within_entitlement_plus_idle_capacity(tmp_path, certs):
+    async with _cluster(tmp_path, certs, extra=DEADLINE_CFG) as (s, audit):
+        ext = s.plugins[NAME]
+        deadline = ext.get_policy("Deadline")
+        async with (
+            await _client(s, certs, "alice") as alice,
+            await _client(s, certs, "bob") as bob,
+        ):
+            # team-b has pending work (held on no worker): team-a's share is 1/2 of 1 thread
+            held_b = bob.map(inc, range(4), key=[f"b-{i}" for i in range(4)], workers=[NOWHERE])
+            await _wait(lambda: ext.usage.get("team-b") and ext.usage["team-b"].pending == 4)
+
+            def job(name, n):
+                with dox.annotate(deadline="60s"):
+                    keys = [f"{name}-{i}" for i in range(n)]
+                    return alice.map(inc, range(n), key=keys, workers=[NOWHERE]), keys
+
+            # 40 tasks of unknown duration (0.5 s each): 20 task-s <= 1/2 x 1 thread x
+            # ~60 s = ~30 task-s: urgent (EDF)
+            f1, k1 = job("first", 40)
+            await _wait(lambda: all(k in ext.info for k in k1))
+            assert _edf(s, k1) == [True] * 40
+            assert not _over_entitlement(s)
+            (w1,) = [j.work for j in deadline.jobs.values()]
+            assert w1 == pytest.approx(20.0)
+            # 20 more due no earlier: 40 > ~30, so this job is demoted to fair-share order
+            f2, k2 = job("second", 40)
+            await _wait(lambda: _over_entitlement(s))
+            assert _edf(s, k2) == [False] * 40
+            (event,) = _over_entitlement(s)
+            assert event["tenant"] == "team-a" and event["outcome"] == "demoted"
+            assert event["demand"] == pytest.approx(40.0)
+            assert 25.0 < event["budget"] <= 30.0 and event["share"] == pytest.approx(0.5)
+            for part in ("'team-a'", "40 task-seconds", "entitlement plus idle capacity"):
+                assert part in event["message"], event["message"]
+            assert "team-b" not in event["message"]  # never names the other tenants
+            assert len(deadline.jobs) == 1  # the demoted job is not tracked as a deadline job
+            # team-b's work goes away: its share is idle capacity team-a may use (1 x ~60 s)
+            await bob.cancel(held_b)
+            await _wait(lambda: ext.usage["team-b"].pending == 0)
+            f3, k3 = job("third", 40)  # 20 (first) + 20 = 40 <= ~60
+            await _wait(lambda: all(k in ext.info for k in k3))
+            assert _edf(s, k3) == [True] * 40
+            assert len(_over_entitlement(s)) == 1
+            snap = ext.auth.snapshot()["deadline_admission"]
+            assert snap == {"action": "demote", "admitted": 2, "demoted": 1, "rejected": 0}
+            del f1, f2, f3
+    demoted = [e for e in _audit_lines(audit) if e["action"] == "deadline-admission"]
+    assert [(e["tenant"], e["outcome"]) for e in demoted] == [("team-a", "demoted")]
+
+
+@gen_test(timeout=60)
+async def test_deadline_jobs_over_entitlement_can_be_rejected(tmp_path, certs):
+    from dask_oxigdal.auth.admission import DeadlineOverEntitlement
+
+    extra = {**DEADLINE_CFG, "oxigdal.auth.deadline-admission": "reject"}
+    async with _cluster(tmp_path, certs, extra=extra) as (s, _):
+        async with (
+            await _client(s, certs, "alice") as alice,
+            await _client(s, certs, "bob") as bob,
+        ):
+            held = bob.map(inc, range(2), key=["b-0", "b-1"], workers=[NOWHERE])
+            ext = s.plugins[NAME]
+            await _wait(lambda: ext.usage.get("team-b") and ext.usage["team-b"].pending == 2)
+            with dox.annotate(deadline="60s"):  # 100 x 0.5 s > 1/2 x 1 thread x 60 s
+                big = alice.map(inc, range(100), key=[f"big-{i}" for i in range(100)])
+            with pytest.raises(DeadlineOverEntitlement, match="over its entitlement"):
+                await big[0]
+            # the rest of team-a's work is unaffected
+            assert await alice.submit(inc, 1, key="plain") == 2
+            del held
+
+
+def test_deadline_admission_setting_is_validated():
+    from dask_oxigdal.auth.admission import DeadlineAdmission
+
+    with pytest.raises(ConfigError, match=r"'later'.*demote, reject, off"):
+        DeadlineAdmission(None, "later")
+    assert DeadlineAdmission(None, False).action == "off"  # YAML 1.1: unquoted off
+
+
+def inc(x):
+    return x + 1
+
+
+# ------------------------------------------------------ the page's login (auth/web.py)
+@gen_test(timeout=60)
+async def test_page_login_sets_a_session_cookie_that_state_json_accepts(tmp_path, certs):
+    from dask_oxigdal.auth.web import COOKIE
+    from dask_oxigdal.monitoring import http
+
+    assert http.COOKIE == COOKIE
+    async with _cluster(tmp_path, certs, dashboard=True) as (s, audit):
+        async with await _client(s, certs, "bob") as bob:
+            await bob.gather(bob.map(inc, range(3), key=[f"bobs-{i}" for i in range(3)]))
+        base = f"http://127.0.0.1:{s.http_server.port}/oxigdal/"
+        loop = asyncio.get_running_loop()
+
+        def call(path, data=None, cookie=None):
+            url = base.split("/oxigdal/")[0] + path if path.startswith("/") else base + path
+            req = urllib.request.Request(url, data=data)
+            if cookie:
+                req.add_header("Cookie", f"{COOKIE}={cookie}")
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status, r.read().decode(), r.headers.get_all("Set-Cookie") or []
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode(), e.headers.get_all("Set-Cookie") or []
+
+        async def do(*args, **kw):
+            return await loop.run_in_executor(None, lambda: call(*args, **kw))
+
+        code, page, _ = await do("")
+        assert code == 200 and 'id="login"' in page and 'fetch("login"' in page
+        # /metrics (distributed's, unauthenticated) carries no per-tenant series with auth on
+        code, metrics, _ = await do("/metrics")
+        assert code == 200 and "oxigdal_" in metrics
+        assert "team-" not in metrics and 'tenant="' not in metrics
+        assert (await do("state.json"))[0] == 401
+        # wrong, malformed and missing tokens: 401, no cookie
+        for body in (b"token=alice:" + b"0" * 64, b"token=garbage", b""):
+            code, _, cookies = await do("login", data=body)
+            assert code == 401 and not cookies
+        token = _tok("alice")
+        code, body, cookies = await do("login", data=f"token={token}".encode())
+        assert code == 200 and json.loads(body) == {"principal": "alice"}
+        (set_cookie,) = cookies
+        value = set_cookie.split(";")[0].split("=", 1)[1].strip('"')
+        attrs = set_cookie.lower()
+        assert "httponly" in attrs and "samesite=strict" in attrs and "path=/oxigdal/" in attrs
+        assert token.partition(":")[2] not in set_cookie  # the token itself is never stored
+        # the cookie is what the page's same-origin fetch("state.json") sends
+        code, body, _ = await do("state.json", cookie=value)
+        assert code == 200 and "team-a" in body and "team-b" not in body
+        # a forged principal name or MAC in the cookie is refused
+        expiry, mac, _ = value.split(":", 2)
+        for forged in (f"{expiry}:{mac}:ops", f"{expiry}:{'0' * 64}:alice", "x", f"1:{mac}:alice"):
+            assert (await do("state.json", cookie=forged))[0] == 401
+        code, _, cookies = await do("logout", data=b"")
+        assert code == 200 and any(COOKIE in c for c in cookies)
+        assert s.plugins[NAME].auth.snapshot()["page_logins"] == 1
+    lines = open(audit).read()
+    assert token.partition(":")[2] not in lines  # no token in the audit log
+    logins = [e for e in _audit_lines(audit) if e["action"] == "http-login"]
+    assert [e["outcome"] for e in logins] == ["denied"] * 3 + ["allowed"]

@@ -20,7 +20,13 @@ import sys
 
 import pytest
 
-from dask_oxigdal.demo import DEMO_TENANTS, countries_path, jain, policy_counters
+from dask_oxigdal.demo import (
+    DEMO_TENANTS,
+    countries_path,
+    format_summary,
+    jain,
+    policy_counters,
+)
 from dask_oxigdal.demo.report import rows
 from dask_oxigdal.demo.sampler import attempts_from_trace, measure
 
@@ -118,8 +124,10 @@ def test_the_report_shows_the_runs_figures(side_by_side):
 
 def test_figures_change_with_the_seed(side_by_side, tmp_path):
     s, _ = side_by_side
-    other, _ = _demo(tmp_path, "--quick", "--seed", "7", "--no-kill-worker")
+    # (this quick run is also the --secure run: mutual TLS, oxigdal.auth, one principal per tenant)
+    other, _ = _demo(tmp_path, "--quick", "--seed", "7", "--no-kill-worker", "--secure")
     assert other["plain"] is None and other["seed"] == 7 and s["seed"] == 42
+    _check_secure(other)
     a, b = s["ours"], other["ours"]
     # the scene, and the straggling report task, come from the seed
     assert a["ndvi"]["ndvi_mean"] != b["ndvi"]["ndvi_mean"]
@@ -132,6 +140,22 @@ def test_figures_change_with_the_seed(side_by_side, tmp_path):
     for label, cells in rows(other):
         assert all(cell in text for cell in cells), label
     assert not b["kill"]["done"] and "not killed" in text
+
+
+def _check_secure(summary):
+    """--secure: who ran what, the refused cross-tenant claim, the verified audit chain."""
+    ours = summary["ours"]
+    sec = ours["secure"]
+    assert sec["tls"] and sec["auth"] and "mutual TLS" in ours["cluster"]
+    assert ours["errors"] == {}
+    submitted = {t: v["tasks"] for t, v in ours["tenants"].items()}
+    assert {p["tenant"]: p["tasks"] for p in sec["principals"].values()} == submitted
+    assert set(sec["principals"]) == {f"{t}-team" for t in DEMO_TENANTS}
+    assert "may not use tenant" in sec["refused_claim"]
+    assert sec["audit"]["verified"] and sec["audit"]["entries"] > 0
+    assert sec["guard"]["denied"] >= 1  # the refused claim was audited
+    text = format_summary(summary)
+    assert "principal imagery-team" in text and "HMAC chain verified" in text
 
 
 def test_vector_and_ndvi_figures(side_by_side):

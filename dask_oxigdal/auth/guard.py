@@ -17,6 +17,11 @@ docs/architecture.md, guarded by ``tests/test_auth.py::test_guard_*``):
   batched stream that name another client id (``Server.handle_stream``
   merges the message over ``{"client": <bound id>}``, so a message's own
   ``client`` field wins) or that are worker-stream operations.
+
+The tables of operations, :class:`Identity`, the handler dict and the
+stream filter live in :mod:`dask_oxigdal.auth.handlers`; the page's login in
+:mod:`dask_oxigdal.auth.web`; deadline admission in
+:mod:`dask_oxigdal.auth.admission`.
 """
 
 from __future__ import annotations
@@ -25,160 +30,44 @@ import inspect
 import logging
 import time
 import weakref
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dask_oxigdal.auth.admission import DeadlineAdmission
 from dask_oxigdal.auth.audit import AuditLog, audit_key
+from dask_oxigdal.auth.handlers import (
+    _CURRENT,
+    _PROTECTED_TOPICS,
+    _QUIET,
+    _SAFE_BROADCASTS,
+    _WRAPPED,
+    ADMIN_OPS,
+    WORKER_OPS,
+    WORKER_STREAM_OPS,
+    Identity,
+    _expects_comm,
+    _Handlers,
+    _StreamFilter,
+    current_identity,
+)
 from dask_oxigdal.auth.identity import HANDSHAKE_KEY, cert_identity, load_token_secrets
 from dask_oxigdal.auth.identity import verify_token as _verify_token
 from dask_oxigdal.auth.rbac import Principal, parse_principals
+from dask_oxigdal.auth.web import WebSessions
 from dask_oxigdal.scheduling.settings import setting
 
 if TYPE_CHECKING:
     from dask_oxigdal.scheduling.extension import OxigdalScheduling
 
-__all__ = ["ADMIN_OPS", "WORKER_OPS", "AuthGuard", "Identity", "current_identity"]
+__all__ = [
+    "ADMIN_OPS",
+    "WORKER_OPS",
+    "WORKER_STREAM_OPS",
+    "AuthGuard",
+    "Identity",
+    "current_identity",
+]
 
 logger = logging.getLogger(__name__)
-
-#: Scheduler handlers only the ``admin`` role may call.
-ADMIN_OPS = frozenset(
-    {
-        "unregister_scheduler_plugin",
-        "register_worker_plugin",
-        "unregister_worker_plugin",
-        "register_nanny_plugin",
-        "unregister_nanny_plugin",
-        "run_function",
-        "restart",
-        "restart_workers",
-        "retire_workers",
-        "terminate",
-        "proxy",
-        "feed",
-        "dump_cluster_state_to_url",
-        "workers_to_close",
-        "set_resources",
-        "rebalance",
-    }
-)
-#: Handlers for workers and nannies (the ``worker`` role, or ``admin``).
-WORKER_OPS = frozenset(
-    {
-        "register-worker",
-        "register_nanny",
-        "unregister",
-        "heartbeat_worker",
-        "add_keys",
-        "oxigdal_cache_report",
-    }
-)
-#: Worker handlers too frequent to audit when allowed.
-_QUIET = frozenset({"heartbeat_worker", "add_keys", "oxigdal_cache_report"})
-#: ``broadcast`` messages any principal may send to the workers.
-_SAFE_BROADCASTS = frozenset({"versions", "get_story"})
-#: Event topics only admins may write to.
-_PROTECTED_TOPICS = frozenset({"oxigdal", "all"})
-#: Worker-stream operations a client's stream must not carry.
-WORKER_STREAM_OPS = frozenset(
-    {
-        "task-finished",
-        "task-erred",
-        "release-worker-data",
-        "add-keys",
-        "long-running",
-        "reschedule",
-        "keep-alive",
-        "log-event",
-        "worker-status-change",
-        "request-refresh-who-has",
-    }
-)
-
-_WRAPPED = "_oxigdal_auth_wrapped"
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A principal as seen on one comm."""
-
-    principal: Principal
-    credential: str | None
-    peer: str | None
-
-    @property
-    def name(self) -> str:
-        """The principal's name."""
-        return self.principal.name
-
-
-_CURRENT: ContextVar[Identity | None] = ContextVar("oxigdal_auth_identity", default=None)
-
-
-def current_identity() -> Identity | None:
-    """The identity of the comm whose handler is running, or ``None``.
-
-    Returns
-    -------
-    Identity or None
-    """
-    return _CURRENT.get()
-
-
-def _expects_comm(func: Any) -> bool:
-    try:
-        params = inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
-    return bool(params) and next(iter(params)) == "comm"
-
-
-class _Handlers(dict):
-    """``Scheduler.handlers`` whose ``[op] = handler`` stores the guarded handler."""
-
-    def __init__(self, guard: AuthGuard, items: Any) -> None:
-        super().__init__()
-        self.guard = guard
-        for op, handler in items:
-            self[op] = handler
-
-    def __setitem__(self, op: str, handler: Any) -> None:
-        super().__setitem__(op, self.guard.wrap(op, handler))
-
-
-class _StreamFilter:
-    """A comm whose ``read()`` drops foreign-client and worker-only stream messages."""
-
-    def __init__(self, comm: Any, guard: AuthGuard, client: str, ident: Identity) -> None:
-        object.__setattr__(self, "_comm", comm)
-        object.__setattr__(self, "_guard", guard)
-        object.__setattr__(self, "_client", client)
-        object.__setattr__(self, "_ident", ident)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._comm, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._comm, name, value)
-
-    async def read(self, *args: Any, **kwargs: Any) -> Any:
-        msgs = await self._comm.read(*args, **kwargs)
-        if not isinstance(msgs, (list, tuple)):
-            msgs = [msgs]
-        client = self._client
-        keep = []
-        for msg in msgs:
-            if isinstance(msg, dict):
-                op = msg.get("op")
-                claimed = msg.get("client", client)
-                if claimed == client and op not in WORKER_STREAM_OPS:
-                    keep.append(msg)
-                    continue
-                self._guard.stream_dropped(self._ident, client, op, claimed, msg)
-            elif msg == "OK":
-                keep.append(msg)
-        return keep
 
 
 class AuthGuard:
@@ -209,6 +98,14 @@ class AuthGuard:
         self.clients: dict[str, Identity] = {}
         self._comms: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.counters = {"denied": 0, "stream_dropped": 0, "refused_connections": 0}
+        #: (principal, tenant annotation, queue annotation) -> admitted (tenant, queue)
+        self._admitted: dict[tuple, tuple[str, str]] = {}
+        #: the page's logins and session cookies
+        self.web = WebSessions(self)
+        #: deadline jobs within the tenant's entitlement plus idle capacity (Deadline policy)
+        self.admission = DeadlineAdmission(
+            extension, setting("auth.deadline-admission"), audit=self.audit.append
+        )
 
     # ----------------------------------------------------------- install
     def install(self) -> None:
@@ -456,9 +353,16 @@ class AuthGuard:
             The client is not bound to a principal, or claims what it may not.
         """
         ext = self.extension
-        principal = self.principal_of_client(client)
-        if principal is None:
+        ident = self.clients.get(client)
+        if ident is None:
             raise PermissionError(f"dask-oxigdal: client {client!r} has no authenticated principal")
+        principal = ident.principal
+        # without a deadline the answer depends only on these three (the table is fixed)
+        key = (principal.name, parsed.tenant, queue_annotation) if parsed.deadline is None else None
+        if key is not None:
+            hit = self._admitted.get(key)
+            if hit is not None:
+                return hit
         tenant, queue = principal.admit(
             parsed.tenant,
             queue_annotation,
@@ -470,6 +374,10 @@ class AuthGuard:
             tenant = ext.default_tenant
         elif tenant not in ext.weights:
             tenant = ext.resolve_tenant(tenant)
+        if key is not None:
+            if len(self._admitted) >= 4096:
+                self._admitted.clear()
+            self._admitted[key] = (tenant, queue)
         return tenant, queue
 
     def denied_tasks(self, client: str, count: int, error: str) -> None:
@@ -501,21 +409,24 @@ class AuthGuard:
             "default_tenant": ident.principal.default_tenant if ident is not None else None,
         }
 
-    def http_identity(self, authorization: str | None) -> tuple[int, Identity | None]:
-        """HTTP status for ``Authorization: Bearer <token>``: 200 (any principal) or 401.
+    def http_identity(
+        self, authorization: str | None, cookie: str | None = None
+    ) -> tuple[int, Identity | None]:
+        """HTTP status for a bearer token or the page's session cookie: 200 or 401.
+
+        Parameters
+        ----------
+        authorization : str or None
+            The ``Authorization`` header (``Bearer <token>``).
+        cookie : str or None
+            The page's session cookie (:mod:`dask_oxigdal.auth.web`).
 
         Returns
         -------
         (int, Identity or None)
         """
-        if not authorization or not authorization.startswith("Bearer "):
-            return 401, None
-        name = _verify_token(authorization[len("Bearer ") :].strip(), self.secrets)
-        principal = self.principals.get(name) if name else None
-        if principal is None:
-            return 401, None
-        ident = Identity(principal, f"token:{name}", None)
-        return 200, ident
+        ident = self.web.identify(authorization, cookie)
+        return (200, ident) if ident is not None else (401, None)
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for ``dox.status`` (admins)."""
@@ -526,4 +437,7 @@ class AuthGuard:
             "audit_seq": self.audit.seq,
             "audit_head": self.audit.head,
             **self.counters,
+            "page_logins": self.web.logins,
+            "page_logins_refused": self.web.refused,
+            "deadline_admission": self.admission.snapshot(),
         }

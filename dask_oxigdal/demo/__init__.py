@@ -7,6 +7,8 @@
 - :mod:`~dask_oxigdal.demo.sampler`: the killer thread, and the figures of a
   run computed from its task trace;
 - :mod:`~dask_oxigdal.demo.run`: the clusters and :func:`run_demo`;
+- :mod:`~dask_oxigdal.demo.secure`: ``--secure``, TLS clusters with
+  ``oxigdal.auth`` and one principal per tenant;
 - :mod:`~dask_oxigdal.demo.report`: the side-by-side table, PNG and HTML.
 """
 

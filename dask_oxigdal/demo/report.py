@@ -114,6 +114,26 @@ def _kill(r: dict[str, Any], what: str) -> str:
     return _fmt(k.get("replaced_after_s"), ".1f", " s")
 
 
+def _secure_lines(sec: dict[str, Any] | None) -> list[str]:
+    """``--secure``: who ran what, the refused claim, the audit chain's verdict."""
+    if not sec:
+        return []
+    lines = ["security           mutual TLS" + (", oxigdal.auth on" if sec.get("auth") else "")]
+    for name, p in (sec.get("principals") or {}).items():
+        lines.append(f"  principal {name:14s} ran {p['tasks']} task(s) of tenant {p['tenant']}")
+    if sec.get("refused_claim"):
+        lines.append(f"  refused: {_short(sec['refused_claim'], 150)}")
+    audit = sec.get("audit")
+    if audit:
+        verdict = "verified" if audit.get("verified") else "BROKEN"
+        lines.append(f"audit log          {audit['entries']} entries, HMAC chain {verdict}")
+    return lines
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """Render the summary as a text table, plain Dask and dask-oxigdal side by side.
 
@@ -166,6 +186,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             if role == "disabled"
             else f"coordinator        {role}, commit index {coordinator.get('commit_index')}"
         )
+    lines.extend(_secure_lines(ours.get("secure")))
     links = ours.get("urls") or {}
     if links:
         lines.append(f"dashboard          {links['dashboard']}")

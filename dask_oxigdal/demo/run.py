@@ -190,6 +190,7 @@ def run_half(
     scheduler_address: str | None,
     stream: TextIO,
     keep_alive: bool = False,
+    secure: bool = False,
 ) -> dict[str, Any]:
     """Run the day once: ``mode`` is ``"plain"`` (no extension) or ``"ours"``.
 
@@ -204,6 +205,10 @@ def run_half(
         Where progress lines go.
     keep_alive : bool
         Keep the embedded cluster up until interrupted once the day is over.
+    secure : bool
+        Mutual TLS, ``oxigdal.auth`` on (for ``"ours"``) and one principal
+        per tenant (:class:`~dask_oxigdal.demo.secure.SecureCluster`); the
+        result gets ``secure`` (who ran what, the audit's verdict).
 
     Returns
     -------
@@ -221,6 +226,7 @@ def run_half(
         raise ValueError(f"mode={mode!r}; valid modes: plain, ours")
     with contextlib.ExitStack() as stack:
         settings: dict[str, Any] = {}
+        sc = None
         if scheduler_address:
             client = stack.enter_context(Client(scheduler_address))
             where = f"scheduler {scheduler_address}"
@@ -234,17 +240,21 @@ def run_half(
                     "oxigdal.coordinator.enabled": True,
                     "oxigdal.coordinator.data-dir": data_dir,
                 }
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=threads_per_worker,
-                    processes=True,
-                    dashboard_address="127.0.0.1:0",
-                    host="127.0.0.1",
-                )
-            )
-            client = stack.enter_context(Client(cluster))
+            shape = dict(n_workers=workers, threads_per_worker=threads_per_worker)
+            local = dict(processes=True, dashboard_address="127.0.0.1:0", host="127.0.0.1")
             where = f"LocalCluster({workers} workers x {threads_per_worker} threads)"
+            if secure:
+                from dask_oxigdal.demo.secure import SecureCluster
+
+                sc = SecureCluster(
+                    stack, ours=mode == "ours", settings=settings, policies=demo_policies(),
+                    **shape, **local,
+                )  # fmt: skip
+                client = sc.client
+                where += ", mutual TLS" + (", oxigdal.auth" if mode == "ours" else "")
+            else:
+                cluster = stack.enter_context(LocalCluster(**shape, **local))
+                client = stack.enter_context(Client(cluster))
         extension = None
         if mode == "ours":
             with dask.config.set(settings):
@@ -259,7 +269,10 @@ def run_half(
         # compiles the kernels before it takes tasks: neither day's figures pay it
         client.register_plugin(_WarmUp(), name="oxigdal-demo-warm-up")
         threads = sum(v["nthreads"] for v in client.scheduler_info()["workers"].values())
-        day = Day(client, seed=seed, size=size, tiles=tiles, deadline_s=deadline_s, threads=threads)
+        day = Day(
+            client, seed=seed, size=size, tiles=tiles, deadline_s=deadline_s, threads=threads,
+            clients=sc.clients() if sc is not None else None,
+        )  # fmt: skip
         killer = Killer(client, KILL_AT if kill_worker else None)
         t0 = time.time()
         killer.start(t0)
@@ -315,6 +328,8 @@ def run_half(
             out["stragglers"] = {
                 k: stragglers.get(k) for k in ("detected", "backups", "no_free_slot")
             }
+        if sc is not None:
+            out["secure"] = sc.summary(day.submitted)
         if keep_alive and not scheduler_address:
             from dask_oxigdal.demo.report import format_summary
 
@@ -382,6 +397,7 @@ def run_demo(
     report_dir: str | None = None,
     progress_stream: TextIO | None = None,
     keep_alive: bool = False,
+    secure: bool = False,
 ) -> dict[str, Any]:
     """Run the day on plain Dask and with dask-oxigdal; write the report.
 
@@ -410,6 +426,9 @@ def run_demo(
         Where progress lines go (default ``sys.stdout``).
     keep_alive : bool
         Keep our embedded cluster up until interrupted once the day is over.
+    secure : bool
+        Embedded clusters with mutual TLS, our half with ``oxigdal.auth``
+        and one principal per tenant (``dask oxigdal demo --secure``).
 
     Returns
     -------
@@ -427,6 +446,11 @@ def run_demo(
             f"tiles={tiles} tiles per side do not fit a {size}x{size} scene; "
             f"valid: 1 <= tiles <= size={size}"
         )
+    if secure and scheduler_address:
+        raise ValueError(
+            "secure=True starts its own TLS clusters; it cannot run against "
+            f"scheduler_address={scheduler_address!r}"
+        )
     if scheduler_address and kill_worker is None:
         kill_worker = False  # never kill a worker of someone's cluster unless asked to
     kill_worker = bool(config.get("demo.kill-worker", kill_worker))
@@ -441,6 +465,7 @@ def run_demo(
         kill_worker=kill_worker,
         scheduler_address=scheduler_address,
         stream=stream,
+        secure=secure,
     )
     start = time.perf_counter()
     plain = None if (quick or scheduler_address) else run_half("plain", **common)

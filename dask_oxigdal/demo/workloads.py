@@ -276,14 +276,26 @@ class Day:
         Deadline of each quick-look job.
     threads : int
         Threads of the cluster (a gang has at most ``threads - 1`` members).
+    clients : dict, optional
+        ``{tenant: client}``: each tenant's work is submitted by its own
+        client (``--secure``: its own principal); others use ``client``.
     """
 
     def __init__(
-        self, client: Any, *, seed: int, size: int, tiles: int, deadline_s: float, threads: int
+        self,
+        client: Any,
+        *,
+        seed: int,
+        size: int,
+        tiles: int,
+        deadline_s: float,
+        threads: int,
+        clients: dict[str, Any] | None = None,
     ):
         from dask_oxigdal.demo.scene import plan_tiles
 
         self.client = client
+        self.clients = dict(clients or {})
         self.seed, self.size, self.tiles, self.deadline_s = seed, size, tiles, deadline_s
         self.plan = plan_tiles(size, tiles)
         self.run = f"{time.time_ns():x}"[-8:]
@@ -295,6 +307,9 @@ class Day:
         self.gangs: dict[str, list[str]] = {}
         # a gang of 3 on the demo's 4 threads; smaller on a smaller existing cluster
         self.gang_size = max(1, min(GANG_SIZE, threads - 1))
+
+    def _client(self, tenant: str) -> Any:
+        return self.clients.get(tenant, self.client)
 
     def _add(self, tenant: str, futures: list) -> list[str]:
         now = time.time()
@@ -312,7 +327,7 @@ class Day:
         # one submission per batch: Dask orders its tasks 0..n-1 (separate
         # submits within one fifo-timeout window would all tie)
         with annotate(tenant=tenant, **ann):
-            futures = self.client.map(
+            futures = self._client(tenant).map(
                 traced, [func] * n, [tenant] * n, [kind] * n, [latency] * n, *columns, key=keys
             )
         return self._add(tenant, futures)
@@ -333,7 +348,7 @@ class Day:
         for g in range(GANGS):
             name = f"research-gang-{g}-{self.run}"
             with annotate(tenant="research", gang=name):
-                futures = self.client.map(
+                futures = self._client("research").map(
                     gang_member,
                     [name] * self.gang_size,
                     range(self.gang_size),
@@ -406,7 +421,7 @@ class Day:
 
         straggler = self.seed % REPORT_TASKS
         with annotate(tenant="research"):
-            futures = self.client.map(
+            futures = self._client("research").map(
                 report_part,
                 [self.seed] * REPORT_TASKS,
                 range(REPORT_TASKS),

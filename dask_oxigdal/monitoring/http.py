@@ -11,7 +11,10 @@ Two ways in:
   see.
 
 The page is one HTML file with inline JavaScript and SVG (no external CDN):
-it polls ``state.json`` and redraws.
+it polls ``state.json`` and redraws. With ``oxigdal.auth`` on, ``state.json``
+answers 401 until the page has logged in: the page then shows a token field
+that posts to ``login``, which sets a session cookie
+(:mod:`dask_oxigdal.auth.web`).
 """
 
 from __future__ import annotations
@@ -28,11 +31,21 @@ from distributed.http.utils import RequestHandler
 if TYPE_CHECKING:
     from distributed import Scheduler
 
-__all__ = ["OxigdalPage", "OxigdalState", "add_routes", "routes", "state"]
+__all__ = [
+    "OxigdalLogin",
+    "OxigdalLogout",
+    "OxigdalPage",
+    "OxigdalState",
+    "add_routes",
+    "routes",
+    "state",
+]
 
 logger = logging.getLogger(__name__)
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
+#: The page's session cookie (dask_oxigdal.auth.web.COOKIE; not imported: auth loads lazily).
+COOKIE = "oxigdal_session"
 #: History samples sent to the page.
 HISTORY_POINTS = 300
 
@@ -116,13 +129,71 @@ class OxigdalState(RequestHandler):
         auth = getattr(self.server.plugins.get(NAME), "auth", None)
         identity = None
         if auth is not None:
-            code, identity = auth.http_identity(self.request.headers.get("Authorization"))
+            code, identity = auth.http_identity(
+                self.request.headers.get("Authorization"), self.get_cookie(COOKIE)
+            )
             if code != 200:
                 self.set_status(code)
                 self.set_header("WWW-Authenticate", 'Bearer realm="dask-oxigdal"')
-                self.write(json.dumps({"error": "a valid oxigdal token is required"}))
+                self.write(
+                    json.dumps({"error": "a valid oxigdal token is required", "login": True})
+                )
                 return
         self.write(json.dumps(state(self.server, identity)))
+
+
+class OxigdalLogin(RequestHandler):
+    """``POST /oxigdal/login`` (form field ``token``): the page's session cookie.
+
+    With ``oxigdal.auth`` on, a valid token of a principal gets the
+    ``oxigdal_session`` cookie (``HttpOnly``, ``SameSite=Strict``, scoped to
+    the page's path; it holds a signed principal name, never the token) and
+    ``{"principal": name}``; anything else gets 401. Without auth: 404.
+    The token is read from the request body only, never from the URL.
+    """
+
+    def post(self) -> None:
+        """Check the posted token; set or refuse the cookie."""
+        from dask_oxigdal.scheduling.extension import NAME
+
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        auth = getattr(self.server.plugins.get(NAME), "auth", None)
+        if auth is None:
+            self.set_status(404)
+            self.write(json.dumps({"error": "oxigdal.auth is not enabled"}))
+            return
+        token = self.get_body_argument("token", None)
+        cookie, identity = auth.web.login(token, peer=self.request.remote_ip)
+        if cookie is None:
+            self.set_status(401)
+            self.write(json.dumps({"error": "invalid oxigdal token"}))
+            return
+        self.set_cookie(
+            COOKIE,
+            cookie,
+            path=_page_path(self.request.path),
+            httponly=True,
+            samesite="Strict",
+            secure=self.request.protocol == "https",
+            expires_days=auth.web.seconds / 86400,
+        )
+        self.write(json.dumps({"principal": identity.name}))
+
+
+class OxigdalLogout(RequestHandler):
+    """``POST /oxigdal/logout``: clear the page's session cookie."""
+
+    def post(self) -> None:
+        """Clear the cookie."""
+        self.clear_cookie(COOKIE, path=_page_path(self.request.path))
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps({"ok": True}))
+
+
+def _page_path(request_path: str) -> str:
+    """``/prefix/oxigdal/`` from ``/prefix/oxigdal/login`` (the cookie's path)."""
+    return request_path.rsplit("/", 1)[0] + "/"
 
 
 class OxigdalPage(RequestHandler):
@@ -145,6 +216,8 @@ class _Redirect(RequestHandler):
 routes: list[tuple[str, type, dict]] = [
     (r"/oxigdal/", OxigdalPage, {}),
     (r"/oxigdal/state.json", OxigdalState, {}),
+    (r"/oxigdal/login", OxigdalLogin, {}),
+    (r"/oxigdal/logout", OxigdalLogout, {}),
     (r"/oxigdal", _Redirect, {}),
 ]
 

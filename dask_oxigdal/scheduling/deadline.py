@@ -261,6 +261,10 @@ class Deadline(SchedulingPolicy):
                     continue
                 self.warned += 1
                 ext.emit("alert", alert="deadline-infeasible", severity="warning", **fields)
+            # oxigdal.auth: within the tenant's entitlement plus idle capacity (auth/admission.py)
+            gate = getattr(ext.auth, "admission", None)
+            if gate is not None and not gate.admit(self, job, members):
+                continue
             self._accept(job, members)
 
     def _infeasible_message(self, job: _Job, ntasks: int) -> str:
