@@ -59,10 +59,14 @@ WORKER_OPS = frozenset(
         "heartbeat_worker",
         "add_keys",
         "oxigdal_cache_report",
+        # issue 18: the shared cache's directory and copies, a running worker's labels
+        "oxigdal_cache_where",
+        "oxigdal_cache_replicate",
+        "oxigdal_topology",
     }
 )
 #: Worker handlers too frequent to audit when allowed.
-_QUIET = frozenset({"heartbeat_worker", "add_keys", "oxigdal_cache_report"})
+_QUIET = frozenset({"heartbeat_worker", "add_keys", "oxigdal_cache_report", "oxigdal_cache_where"})
 #: ``broadcast`` messages any principal may send to the workers.
 _SAFE_BROADCASTS = frozenset({"versions", "get_story"})
 #: Event topics only admins may write to.
@@ -80,6 +84,7 @@ WORKER_STREAM_OPS = frozenset(
         "log-event",
         "worker-status-change",
         "request-refresh-who-has",
+        "oxigdal_transfers",  # transfer reports for the topology cost model
     }
 )
 
