@@ -66,8 +66,8 @@ class _Run:
     def report(self, state: str, wait: bool = False) -> None:
         self._reported = time.monotonic()
         msg = _progress.event(self.id, state, self.counts, self.tenant, self.where)
-        log = self.client.scheduler.log_event
         try:
+            log = self.client.scheduler.log_event  # None once the client is closed
             if wait:  # the final state: on the scheduler before the run ends (5 s at most)
                 self.client.sync(log, topic=_progress.PROGRESS_TOPIC, msg=msg, callback_timeout=5)
             else:
@@ -153,6 +153,31 @@ class _Run:
         deadline = None if step.timeout is None else time.monotonic() + step.timeout
         return StepFuture(self, step.name, seq, key, digest, future=fut, deadline=deadline)
 
+    def wait_all(self, sfs: list[StepFuture]) -> None:
+        """Fan-in: one ``Client.gather`` for many running steps (not one round trip each).
+
+        Finished steps get their results; a failed, cancelled or timed-out one is
+        left to :meth:`wait` (called by its ``result()``), which handles each case.
+        """
+        pending = [sf for sf in sfs if sf._record is None and sf._future is not None]
+        if len(pending) < 2 or any(sf.deadline is not None for sf in pending):
+            return
+        self.check()
+        futs = [sf._future for sf in pending]
+        try:
+            values = iter(self.client.gather(futs, errors="skip"))
+        except BaseException:
+            return
+        for sf, fut in zip(pending, futs, strict=True):
+            if fut.status == "finished":
+                sf._record = self._finished(sf, next(values))
+
+    def _finished(self, sf: StepFuture, value: Any) -> dict:
+        self.live.pop(sf.key, None)
+        sf._future.release()
+        self._count("done")
+        return {"ok": True, "value": value}
+
     def wait(self, sf: StepFuture) -> dict:
         fut = sf._future
         timeout = None if sf.deadline is None else max(0.0, sf.deadline - time.monotonic())
@@ -176,10 +201,7 @@ class _Run:
                 ) from None
             fut.release()
             return self._failed(sf, e)
-        self.live.pop(sf.key, None)
-        fut.release()
-        self._count("done")
-        return {"ok": True, "value": value}
+        return self._finished(sf, value)
 
     def _failed(self, sf: StepFuture, err: BaseException) -> dict:
         import pickle

@@ -193,8 +193,13 @@ def workflow(fn: Callable) -> Callable:
 def gather(futures: Iterable[Any]) -> list[Any]:
     """Results of ``futures`` (StepFutures; other values pass through), in order.
 
-    The first failed step's exception is raised.
+    The first failed step's exception is raised. Inside a workflow, the
+    running steps among them are collected with one ``Client.gather``.
     """
+    futures = list(futures)
+    run = _current.get()
+    if run is not None:
+        run.wait_all([f for f in futures if isinstance(f, StepFuture)])
     return [f.result() if isinstance(f, StepFuture) else f for f in futures]
 
 
