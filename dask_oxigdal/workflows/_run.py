@@ -33,6 +33,10 @@ def _on_control(event: Any) -> None:
             run.cancel()
 
 
+def _keeper() -> None:
+    """The task that keeps a step's task group alive during a run (see ``_Run._keep``)."""
+
+
 def _emit(client: Any, kind: str, **fields: Any) -> None:
     try:
         client.log_event("oxigdal", {"kind": kind, **fields})
@@ -49,6 +53,7 @@ class _Run:
         self.recorded = ws.store.names()
         self.seq = 0
         self.live: dict[str, Any] = {}
+        self.keepers: dict[str, Any] = {}
         self.cancelled = threading.Event()
         self.lock = threading.Lock()
         self.counts = {"replayed": 0, "submitted": 0, "done": 0, "failed": 0}
@@ -56,6 +61,24 @@ class _Run:
         self.tenant = self.annotations.get("oxigdal_tenant")
         self.where = "cluster" if meta.get("on_cluster") else "client"
         self._reported = 0.0
+
+    def _keep(self, name: str) -> None:
+        """Hold one tiny task of step ``name``'s task group while the run lasts.
+
+        Dask forgets a task group when its last task is forgotten and makes a new
+        one for the next call; each of those TaskGroup objects stays referenced
+        by a span (and a new default span starts whenever the previous one is
+        done) for the scheduler's lifetime (dask/distributed#7977). Sequential
+        steps would leave one group per call; with the keeper (key
+        ``<name>-oxwf-0-<id>``, same task group, released when the run ends) a
+        run leaves one per step name.
+        """
+        try:
+            self.keepers[name] = self.client.submit(
+                _keeper, key=f"{name}-oxwf-0-{self.id}", pure=False
+            )
+        except Exception:  # an optimisation only
+            self.keepers[name] = None
 
     # progress (workflows/progress.py): rate-limited events on the scheduler's bounded log
     def _count(self, what: str) -> None:
@@ -134,6 +157,8 @@ class _Run:
             ann = {**ann, **to_annotations(deadline=step.options["deadline"])}
         head = {"name": step.name, "seq": seq, "digest": digest}
         with dask.annotate(**ann):
+            if step.name not in self.keepers:
+                self._keep(step.name)
             fut = self.client.submit(
                 _execute,
                 self.ws.url,
@@ -296,6 +321,10 @@ def _drive(client: Any, ws: _WStore, meta: dict, where: str) -> None:
         _current.reset(token)
         if run.live:
             run._cancel(list(run.live.values()))
+        for keeper in run.keepers.values():
+            if keeper is not None:
+                keeper.release()
+        run.keepers.clear()
         with _LOCK:
             _ACTIVE.pop(ws.id, None)
 
