@@ -509,6 +509,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--child", nargs=2)
     ap.add_argument("--no-prefect", action="store_true")
+    ap.add_argument("--prefect-timeout", type=float, default=900.0)
     args = ap.parse_args()
     if args.child:
         return _child(*args.child, "crash")
@@ -528,7 +529,7 @@ def main():
         print(res, flush=True)
         print(breakdown(client, os.path.join(tmp, "prof")), flush=True)
         if not args.no_prefect:
-            pf = prefect(cluster.address, repeat, plain_s)
+            pf = prefect(cluster.address, repeat, plain_s, timeout=args.prefect_timeout)
             print(pf, flush=True)
             if "prefect per-step overhead ms" in pf:
                 for mode in ("durable (fsync)", "durable (no fsync)"):

@@ -290,7 +290,11 @@ def _drive(client: Any, ws: _WStore, meta: dict, where: str) -> None:
     token = _current.set(run)
     try:
         fn, args, kwargs = cloudpickle.loads(meta["call"])
-        with dask.annotate(**run.annotations):
+        from distributed import span
+
+        # one Dask span per run: its steps' task groups go to it instead of to a
+        # new default span each time the cluster was idle between two steps
+        with dask.annotate(**run.annotations), span("oxigdal-workflow"):
             value = fn(*args, **kwargs)
     except WorkflowCancelled:
         ws.put("result", {"ok": False, "error": WorkflowCancelled(ws.id)})
