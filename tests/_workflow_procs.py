@@ -110,6 +110,19 @@ def tenant_probe() -> list:
     return [annotations_of_my_task(), annotations_overridden()]
 
 
+@dox.step
+def timed(tenant: str, i: int, seconds: float) -> tuple:
+    """Sleep ``seconds``; return ``(tenant, start, stop)`` measured on the worker."""
+    start = time.time()
+    time.sleep(seconds)
+    return (tenant, start, time.time())
+
+
+@dox.workflow
+def tenant_fanout(tenant: str, n: int, seconds: float) -> list:
+    return dox.gather(timed.map([tenant] * n, range(n), [seconds] * n))
+
+
 def main() -> None:
     """Subprocess client: ``main SCHEDULER STORE RUNS ID N NAP DELAY`` (argv)."""
     from distributed import Client

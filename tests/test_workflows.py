@@ -25,6 +25,7 @@ from dask_oxigdal.workflows import (
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
 
 import _workflow_procs as procs  # noqa: E402
 
@@ -55,8 +56,12 @@ def dirs(tmp_path):
     return str(tmp_path / "store"), str(runs)
 
 
+def _is_workflow_key(key) -> bool:
+    return "-oxwf-" in str(key) or str(key).startswith("oxwf_run-")
+
+
 def _oxwf_keys(dask_scheduler):
-    return [str(k) for k in dask_scheduler.tasks if str(k).startswith("oxwf-")]
+    return [str(k) for k in dask_scheduler.tasks if _is_workflow_key(k)]
 
 
 def _wait_for(cond, timeout=60.0):
@@ -277,3 +282,106 @@ def test_cli_workflow_list_status_resume_cancel(client, dirs):
     assert res.exit_code == 0 and res.output.strip() == "10"
     res = runner.invoke(oxigdal, ["workflow", "cancel", "nope", *addr])
     assert res.exit_code != 0 and "no workflow 'nope'" in res.output
+
+
+def test_two_tenants_workflows_share_the_cluster_at_their_weights(client, dirs):
+    """Two workflows of tenants weighted 3:1 fan out at once: their steps get 3:1 of the
+    worker time while both have work (measured from worker-side start/stop times)."""
+    from _sched_common import contended_shares
+
+    store, _ = dirs
+    dox.register(client, replace=True, tenants={"team-a": 3, "team-b": 1})
+    handles = {}
+    for tenant in ("team-a", "team-b"):
+        with dox.annotate(tenant=tenant):
+            handles[tenant] = dox.start_workflow(
+                client,
+                procs.tenant_fanout,
+                tenant,
+                64,
+                0.1,
+                workflow_id=f"share-{tenant}",
+                store=store,
+                fsync=False,
+            )
+    records = [r for h in handles.values() for r in h.result(timeout=120)]
+    shares, interval = contended_shares(records)
+    print(f"\nworkflow steps, weights 3:1: shares {shares} over {interval:.2f} s contended")
+    assert shares["team-a"] == pytest.approx(0.75, abs=0.12), shares
+
+
+def test_progress_on_the_scheduler_page_and_in_dox_progress(client, dirs):
+    import io
+
+    from dask_oxigdal.monitoring.http import state
+    from dask_oxigdal.workflows.progress import scheduler_progress
+
+    store, runs = dirs
+    dox.register(client, replace=True)
+    with dox.annotate(tenant="team-p"):
+        h = dox.start_workflow(
+            client, procs.slow_fanout, runs, 3, 0.3, workflow_id="prog", store=store
+        )
+    out = io.StringIO()
+    (final,) = dox.progress(h, stream=out)
+    assert final["state"] == "done" and final["steps"]["done"] == 3
+    assert "prog done [" in out.getvalue() and "3/3 steps" in out.getvalue()
+    # the scheduler's view: the newest progress event of the workflow
+    rows = client.run_on_scheduler(lambda dask_scheduler: scheduler_progress(dask_scheduler))
+    (row,) = [w for w in rows if w["workflow"] == "prog"]  # the final state is sent synchronously
+    assert row["state"] == "done" and row["steps"]["done"] == 3 and row["running"] == 0
+    assert row["tenant"] == "team-p"
+
+    def page_workflows(dask_scheduler):
+        return state(dask_scheduler)["workflows"]
+
+    assert any(w["workflow"] == "prog" for w in client.run_on_scheduler(page_workflows))
+
+
+def _store_cache_size():
+    from dask_oxigdal.workflows import _store
+
+    return len(_store._STORES)
+
+
+def _footprint(dask_scheduler):
+    from dask_oxigdal.scheduling.extension import NAME
+
+    ext = dask_scheduler.plugins.get(NAME)
+    return {
+        "tasks": [str(k) for k in dask_scheduler.tasks if _is_workflow_key(k)],
+        "groups": [str(g) for g in dask_scheduler.task_groups if "oxwf" in str(g)],
+        "prefixes": [str(p) for p in dask_scheduler.task_prefixes if "oxwf" in str(p)],
+        "ext_tasks": [str(k) for k in (ext.info if ext is not None else ()) if "oxwf" in str(k)],
+    }
+
+
+def test_finished_workflows_leave_no_per_workflow_state(client, dirs):
+    """Our per-workflow structures are emptied when runs end; the scheduler keeps one
+    task prefix per step function ('work-oxwf'), nothing keyed by a workflow id."""
+    from dask_oxigdal.workflows import _run, _store
+
+    store, runs = dirs
+    dox.register(client, replace=True)
+    n = _store.MAX_STORES + 3
+    subscribed = len(_run._SUBSCRIBED)
+    for i in range(n):
+        dox.start_workflow(
+            client, procs.slow_fanout, runs, 2, 0.0, workflow_id=f"leak-check-{i}", store=store
+        ).result(timeout=60)
+    assert _run._ACTIVE == {}
+    assert len(_store._STORES) <= _store.MAX_STORES
+    # one control-topic subscription per client, not per workflow
+    assert len(_run._SUBSCRIBED) <= max(subscribed, 1)
+
+    def gone():
+        fp = client.run_on_scheduler(_footprint)
+        return not fp["tasks"] and not fp["groups"] and not fp["ext_tasks"]
+
+    _wait_for(gone, 30)
+    fp = client.run_on_scheduler(_footprint)
+    # task prefixes (which Dask never forgets) are per step function, not per workflow
+    assert "work-oxwf" in fp["prefixes"] and not any("leak" in p for p in fp["prefixes"]), fp
+    # the workers' store caches are bounded too
+    sizes = client.run(_store_cache_size)
+    assert all(v <= _store.MAX_STORES for v in sizes.values()), sizes

@@ -253,7 +253,9 @@ class CheckpointStore:
             raise CheckpointCorrupt(f"{where}: SHA-256 mismatch (corrupted content)")
         return pickle.loads(payload)
 
-    def save(self, key: Any, value: Any, tenant: str | None = None) -> dict[str, Any]:
+    def save(
+        self, key: Any, value: Any, tenant: str | None = None, *, sync: bool = True
+    ) -> dict[str, Any]:
         """Write ``value`` as ``key``'s checkpoint, atomically.
 
         The file is written under a temporary name, then moved into place
@@ -268,6 +270,9 @@ class CheckpointStore:
             A picklable value.
         tenant : str, optional
             See :meth:`filename`.
+        sync : bool, default True
+            ``fsync`` a local file before it is moved into place (``False``:
+            the file survives the death of any process, not an OS crash).
 
         Returns
         -------
@@ -285,8 +290,9 @@ class CheckpointStore:
             with open(tmp, "wb") as f:
                 f.write(header)
                 f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
         else:
             with self.fs.open(tmp, "wb") as f:

@@ -77,9 +77,11 @@ def state(scheduler: Scheduler, identity: Any = None) -> dict[str, Any]:
     -------
     dict
         ``installed``, ``time``, ``workers``, ``totals``, ``snapshot`` (the
-        extension's status), ``history`` (share samples), ``alerts``.
+        extension's status), ``history`` (share samples), ``alerts``,
+        ``workflows`` (per-workflow progress, dask_oxigdal.workflows.progress).
     """
     from dask_oxigdal.scheduling.extension import NAME
+    from dask_oxigdal.workflows.progress import scheduler_progress
 
     ext = scheduler.plugins.get(NAME)
     now = time.time()
@@ -113,6 +115,7 @@ def state(scheduler: Scheduler, identity: Any = None) -> dict[str, Any]:
             "snapshot": snap,
             "history": history,
             "alerts": alerts,
+            "workflows": scheduler_progress(scheduler),
         }
     )
 

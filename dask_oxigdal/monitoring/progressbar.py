@@ -218,6 +218,10 @@ def progress(
     Parameters
     ----------
     *futures : Future, collection or list of them
+        Or :class:`~dask_oxigdal.workflows.WorkflowHandle` objects: one text
+        bar of steps per workflow until they end
+        (:func:`dask_oxigdal.workflows.progress.show`; its final statuses are
+        returned).
     group_by : {"tenant", "queue", "prefix", "spans"} or callable
         ``"tenant"`` and ``"queue"`` come from the dask-oxigdal annotations
         (resolved by the scheduler extension when it is installed); a callable
@@ -235,8 +239,14 @@ def progress(
 
     Returns
     -------
-    MultiProgressWidget or TextMultiProgressBar
+    MultiProgressWidget, TextMultiProgressBar, or list of dict (workflow handles)
     """
+    from dask_oxigdal.workflows.api import WorkflowHandle
+
+    if futures and all(isinstance(f, WorkflowHandle) for f in futures):  # workflows.progress
+        from dask_oxigdal.workflows.progress import show
+
+        return show(*futures, stream=stream)
     futs = futures_of(futures)
     if not futs:
         raise ValueError("progress() needs at least one future")
