@@ -61,10 +61,28 @@ def alias_module(old: str, new: str) -> None:
     )
     module = importlib.import_module(new)
     sys.modules[old] = module  # the import system returns (and binds) this module
-    package, _, child = old.rpartition(".")
+    share_public_names(old, module)
+
+
+def share_public_names(path: str, module: types.ModuleType) -> None:
+    """Give the public function named like ``path`` the public names of ``module``.
+
+    ``import package.child as m`` binds ``getattr(package, "child")``: the
+    function when ``child`` is also a public function of the package. With
+    ``module``'s ``__all__`` names on that function, ``m.<name>`` works either way.
+    Used by :func:`alias_module`, and by a package that keeps the name of a
+    public function (``dask_oxigdal.workflows`` next to ``dox.workflows``).
+
+    Parameters
+    ----------
+    path : str
+        Dotted path ``package.child``.
+    module : module
+        The module whose ``__all__`` names the function gets.
+    """
+    package, _, child = path.rpartition(".")
     function = getattr(importlib.import_module(package), child, None)
     if callable(function) and not isinstance(function, types.ModuleType):
-        # what ``import old as m`` binds: give it the module's public names
         for name in getattr(module, "__all__", ()):
             if not hasattr(function, name):
                 setattr(function, name, getattr(module, name))

@@ -165,6 +165,19 @@ def test_shuffle_acceptance_check():
     assert sorted(out["k"]) == list(range(20))
 
 
+def test_workflows_package_and_function_share_a_name():
+    """``import dask_oxigdal.workflows as m`` binds ``dox.workflows``; it carries the package's names."""
+    import dask_oxigdal as dox
+    import dask_oxigdal.workflows as m
+
+    assert m is dox.workflows and isinstance(m, types.FunctionType)
+    package = sys.modules["dask_oxigdal.workflows"]
+    for name in package.__all__:
+        if name != "workflows":
+            assert getattr(m, name) is getattr(package, name), name
+    assert m.step is dox.step and m.start_workflow is dox.start_workflow
+
+
 def test_fault_hedge_is_the_function():
     from dask_oxigdal.fault import hedge
     from dask_oxigdal.fault.hedging import hedge as hedging_hedge

@@ -26,6 +26,9 @@ more; a step whose result was recorded never runs again.
 
 from __future__ import annotations
 
+import sys
+
+from dask_oxigdal._moved import share_public_names as _share_public_names
 from dask_oxigdal.workflows._run import CONTROL_TOPIC, _drive, _on_cluster_entry, _Run
 from dask_oxigdal.workflows._store import _base_url, _check_id, _open_store, _workflow_ids, _WStore
 from dask_oxigdal.workflows.api import (
@@ -74,3 +77,7 @@ _PRIVATE = (
     _on_cluster_entry,
     _Run,
 )
+
+# ``import dask_oxigdal.workflows as m`` binds the public function ``dox.workflows``
+# (the package keeps that function's name): give it this package's public names
+_share_public_names(__name__, sys.modules[__name__])
