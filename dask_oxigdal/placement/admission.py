@@ -423,7 +423,7 @@ class ShuffleAdmission(SchedulingPolicy):
                 self._finish(cf)
         del self.log[:-1000]
         if recs:
-            scheduler.transitions(recs, stimulus_id=f"oxigdal-admission-{time.time()}")
+            self.extension.transitions(recs, f"oxigdal-admission-{time.time()}")
         if any(c.state == "ready" for c in self.coflows.values()) and chosen:
             self._schedule()
         return len(chosen)
