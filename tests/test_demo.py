@@ -307,7 +307,7 @@ def test_keep_alive_leaves_the_cluster_up_until_interrupted(tmp_path):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
             raise AssertionError(f"the demo did not stop on SIGINT:\n{stderr_tail()}") from None
-        assert rc == 0, stderr_tail()
+        assert rc == 0, f"rc={rc}\n{stderr_tail()}"
     finally:
         if proc.poll() is None:
             proc.kill()
