@@ -1,4 +1,4 @@
-"""Reading secret files: the one check shared by the coordinator and the auth package."""
+"""Secret files: the one creation and the one check shared by the coordinator and the auth package."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 from dask_oxigdal.exceptions import ConfigError
 
-__all__ = ["read_secret_file"]
+__all__ = ["create_secret_file", "read_secret_file"]
 
 
 def read_secret_file(path: str, *, name: str, why: str = "") -> bytes:
@@ -48,3 +48,34 @@ def read_secret_file(path: str, *, name: str, why: str = "") -> bytes:
     if not data.strip():
         raise ConfigError(f"{name}={path!r} is empty")
     return data
+
+
+def create_secret_file(path: str, content: bytes) -> bool:
+    """Write ``content`` to a new file of mode 0600, unless ``path`` already exists.
+
+    The file is created exclusively (``O_EXCL``), so a secret written once is
+    never replaced, and fsync'd before it is closed.
+
+    Parameters
+    ----------
+    path : str
+        Where the secret goes.
+    content : bytes
+        The secret (with its trailing newline, if any).
+
+    Returns
+    -------
+    bool
+        ``True`` when this call created the file, ``False`` when it existed.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask did to the mode
+        os.write(fd, content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True

@@ -64,7 +64,7 @@ def audit_key(key_file: str | None, log_path: str | None) -> bytes:
         A random per-process key when there is neither a file, nor the
         environment variable, nor a log path.
     """
-    from dask_oxigdal.auth.identity import read_secret_file
+    from dask_oxigdal._secrets import create_secret_file, read_secret_file
 
     if key_file:
         return read_secret_file(key_file, name="oxigdal.auth.audit-key-file").strip()
@@ -74,16 +74,7 @@ def audit_key(key_file: str | None, log_path: str | None) -> bytes:
     if not log_path:
         return secrets.token_bytes(32)
     path = log_path + ".key"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        try:
-            os.write(fd, secrets.token_hex(32).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    create_secret_file(path, secrets.token_hex(32).encode() + b"\n")
     return read_secret_file(path, name=f"the audit key file {path}").strip()
 
 

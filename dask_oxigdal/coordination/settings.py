@@ -19,7 +19,7 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 
-from dask_oxigdal._secrets import read_secret_file
+from dask_oxigdal._secrets import create_secret_file, read_secret_file
 from dask_oxigdal.exceptions import ConfigError
 
 __all__ = [
@@ -105,17 +105,7 @@ def embedded_secret(data_dir: str) -> str:
     """
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     path = os.path.join(data_dir, SECRET_FILE)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, secrets.token_urlsafe(32).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    create_secret_file(path, secrets.token_urlsafe(32).encode() + b"\n")
     return read_password_file(path, name=f"the embedded coordinator's secret file {path}")
 
 
