@@ -566,6 +566,12 @@ async def _kill_worker_running(c, s, key):
     return address
 
 
+async def _all_running(s, n):
+    """Wait until ``n`` workers are running: a slow Nanny must not make the gang pack."""
+    while len(s.running) < n:
+        await asyncio.sleep(0.01)
+
+
 async def _runs(gang):
     q = await Queue(f"{gang}-runs")  # created on the scheduler before qsize()
     return sorted([await q.get() for _ in range(await q.qsize())])
@@ -582,6 +588,7 @@ NANNIES = [("127.0.0.1", 2), ("127.0.0.1", 1), ("127.0.0.1", 1)]
 async def test_whole_gang_restart_relaunches_every_member(c, s, *nannies):
     """SIGKILL of a worker running a member: every member runs again, on fresh state."""
     await register(c)  # the default policies include Gang
+    await _all_running(s, len(NANNIES))
     await Variable("K-attempt").set(0)
     with annotate(gang="K"):
         futs = c.map(attempt_member, range(2), gang="K", k=2, key=["K-0", "K-1"])

@@ -50,6 +50,9 @@ DELAY = 0.01
 #: the same, for workloads with chains and sub-tasks (a dependent is sent to the
 #: worker only after its dependency ended); longer, for a loaded CI machine
 CHAIN_DELAY = 0.03
+#: runs of a seed before a difference counts: on a heavily loaded machine either
+#: cluster can lose the race above once; a real difference in order repeats
+ATTEMPTS = 3
 
 #: scheduler address -> Scheduler, for the sub-task parents (in-process workers)
 SCHEDULERS: dict[str, Scheduler] = {}
@@ -237,8 +240,11 @@ def test_single_tenant_order_is_vanilla(saturation):
         async with with_extension(s) as (c2, s2, w2):
             for seed in range(SEEDS):
                 ops = make_workload(seed, f"w{seed}-")
-                vanilla = await run_blocked(c, s, a, [(ops, None)], delay=CHAIN_DELAY)
-                ours = await run_blocked(c2, s2, w2, [(ops, None)], delay=CHAIN_DELAY)
+                for _ in range(ATTEMPTS):
+                    vanilla = await run_blocked(c, s, a, [(ops, None)], delay=CHAIN_DELAY)
+                    ours = await run_blocked(c2, s2, w2, [(ops, None)], delay=CHAIN_DELAY)
+                    if ours == vanilla:
+                        break
                 assert ours == vanilla, f"seed {seed}: {make_workload(seed, '')}"
         assert "oxigdal" not in s.plugins  # the first cluster stayed vanilla
 
@@ -255,9 +261,14 @@ def test_two_tenants_each_keep_their_vanilla_order(saturation):
             for seed in range(SEEDS):
                 ops_a = make_workload(seed, f"a{seed}-", shared=True)
                 ops_b = make_workload(seed + 10_000, f"b{seed}-", shared=True)
-                alone_a = await run_blocked(c, s, a, [(ops_a, None)])
-                alone_b = await run_blocked(c, s, a, [(ops_b, None)])
-                both = await run_blocked(c2, s2, w2, [(ops_a, "a"), (ops_b, "b")])
+                for _ in range(ATTEMPTS):
+                    alone_a = await run_blocked(c, s, a, [(ops_a, None)])
+                    alone_b = await run_blocked(c, s, a, [(ops_b, None)])
+                    both = await run_blocked(c2, s2, w2, [(ops_a, "a"), (ops_b, "b")])
+                    if [k for k in both if k.startswith("a")] == alone_a and [
+                        k for k in both if k.startswith("b")
+                    ] == alone_b:
+                        break
                 assert [k for k in both if k.startswith("a")] == alone_a, f"seed {seed} tenant a"
                 assert [k for k in both if k.startswith("b")] == alone_b, f"seed {seed} tenant b"
                 assert sorted(both) == sorted(alone_a + alone_b)
