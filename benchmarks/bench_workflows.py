@@ -4,7 +4,8 @@ crash/resume exactly-once (client and scheduler kills), scheduler memory across 
 The flow: a 200-step tile workflow. fetch this scene and the previous one, cloud
 cover (branch: mask this scene or the previous one); then a loop of iterations until
 a tolerance is met, each a fan-out of 64 tiles and one update step (3 iterations);
-publish. 4 + 3 * 65 + 1 = 200 step calls.
+publish. 4 + 3 * 65 + 1 = 200 step calls. The fan-out is one ``step.map`` (durable),
+``Client.map`` (plain) or ``Task.map`` (Prefect).
 
 The cluster is a ``dask scheduler`` process and two ``dask worker`` processes
 (2 threads each) on 127.0.0.1, so the scheduler's RSS is its own and the
@@ -12,6 +13,7 @@ scheduler can be killed and restarted.
 
     python benchmarks/bench_workflows.py [--quick]   # full: 7 repeats, 20 client
                                                      # kills, 5 scheduler kills, 100 runs
+    python benchmarks/bench_workflows.py [--quick] --memory-only   # the memory phase
 """
 
 from __future__ import annotations
