@@ -4,7 +4,8 @@ crash/resume exactly-once (client and scheduler kills), scheduler memory across 
 The flow: a 200-step tile workflow. fetch this scene and the previous one, cloud
 cover (branch: mask this scene or the previous one); then a loop of iterations until
 a tolerance is met, each a fan-out of 64 tiles and one update step (3 iterations);
-publish. 4 + 3 * 65 + 1 = 200 step calls.
+publish. 4 + 3 * 65 + 1 = 200 step calls. The fan-out is one ``step.map`` (durable),
+``Client.map`` (plain) or ``Task.map`` (Prefect).
 
 The cluster is a ``dask scheduler`` process and two ``dask worker`` processes
 (2 threads each) on 127.0.0.1, so the scheduler's RSS is its own and the
@@ -12,6 +13,8 @@ scheduler can be killed and restarted.
 
     python benchmarks/bench_workflows.py [--quick]   # full: 7 repeats, 20 client
                                                      # kills, 5 scheduler kills, 100 runs
+    python benchmarks/bench_workflows.py [--quick] --memory-only   # the memory phase
+    python benchmarks/bench_workflows.py [--quick] --crash-only    # the kills
 """
 
 from __future__ import annotations
@@ -84,8 +87,9 @@ def publish(scene, err):
 S = {f.__name__: dox.step(f) for f in (fetch, cloud_cover, mask, tile, update, publish)}
 
 
-def flow_logic(call, submit, gather, seed):
-    """The control flow, written once for the three engines."""
+def flow_logic(call, fanout, gather, seed):
+    """The control flow, written once for the three engines (``fanout(name, *iterables)``
+    submits one call per element together: ``step.map``, ``Client.map``, ``Task.map``)."""
     scene = call("fetch", seed)
     previous = call("fetch", seed - 1)  # the fallback scene
     if call("cloud_cover", scene) < 0.2:  # branch on the scene's cloud cover
@@ -94,7 +98,7 @@ def flow_logic(call, submit, gather, seed):
         scene = call("mask", previous)  # fall back to the previous scene
     it, err = 0, 1.0
     while err > 0.13:  # until tolerance (3 iterations from seed 3)
-        futs = [submit("tile", scene, it, j) for j in range(TILES)]
+        futs = fanout("tile", [scene] * TILES, [it] * TILES, range(TILES))
         err = call("update", gather(futs))
         it += 1
     return call("publish", scene, err)
@@ -102,14 +106,14 @@ def flow_logic(call, submit, gather, seed):
 
 @dox.workflow
 def durable_flow(seed):
-    return flow_logic(lambda n, *a: S[n](*a), lambda n, *a: S[n].submit(*a), dox.gather, seed)
+    return flow_logic(lambda n, *a: S[n](*a), lambda n, *a: S[n].map(*a), dox.gather, seed)
 
 
 def plain_flow(client, seed):
     fns = {f.__name__: f for f in (fetch, cloud_cover, mask, tile, update, publish)}
     return flow_logic(
         lambda n, *a: client.submit(fns[n], *a, pure=False).result(),
-        lambda n, *a: client.submit(fns[n], *a, pure=False),
+        lambda n, *a: client.map(fns[n], *a, pure=False),
         client.gather,
         seed,
     )
@@ -124,7 +128,7 @@ def trace(seed):
         tags.append(tag(n, a))
         return fns[n](*a)
 
-    flow_logic(call, call, list, seed)
+    flow_logic(call, lambda n, *its: [call(n, *a) for a in zip(*its, strict=True)], list, seed)
     return tags
 
 
@@ -142,7 +146,7 @@ def _free_port():
 class Cluster:
     """A scheduler and two worker processes on 127.0.0.1, started and stopped by pid."""
 
-    def __init__(self):
+    def __init__(self, extra_env=None):
         self.port = _free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.procs = []
@@ -150,6 +154,7 @@ class Cluster:
         self.env = dict(
             os.environ,
             PYTHONPATH=os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p),
+            **(extra_env or {}),
         )
 
     def start(self):
@@ -208,7 +213,7 @@ from prefect_dask import DaskTaskRunner
 T = {{f.__name__: task(f) for f in (b.fetch, b.cloud_cover, b.mask, b.tile, b.update, b.publish)}}
 @flow(task_runner=DaskTaskRunner(address={addr!r}), log_prints=False)
 def pf(seed):
-    return b.flow_logic(lambda n, *a: T[n].submit(*a).result(), lambda n, *a: T[n].submit(*a),
+    return b.flow_logic(lambda n, *a: T[n].submit(*a).result(), lambda n, *a: T[n].map(*a),
                         lambda fs: [f.result() for f in fs], seed)
 @flow
 def warm():  # starts the ephemeral API server (about a minute on a loaded machine)
@@ -291,10 +296,17 @@ def _recorded_seqs(store, wid, n):
     return [seq for seq in range(1, n + 1) if ws.store.filename(f"s{seq}") in names]
 
 
-def _until_recorded(store, wid, rng, over, timeout=300.0):
-    """Wait until a random number of further steps is recorded (the kill point)."""
-    done = len(_recorded_seqs(store, wid, STEPS))
-    target = rng.randint(min(done + 1, STEPS - 1), STEPS - 1)
+def kill_points(rng, kills):
+    """``kills`` distinct numbers of recorded steps in 1..STEPS-1, drawn uniformly
+    (seeded) and sorted: the kills spread over the whole run."""
+    return sorted(rng.sample(range(1, STEPS), kills))
+
+
+def _until_recorded(store, wid, target, over, timeout=300.0):
+    """Wait until ``target`` steps are recorded (the kill point), and at least one
+    more than now: a fan-out records its steps in a burst, which can pass several
+    drawn points at once; each kill still comes after some progress."""
+    target = min(max(target, len(_recorded_seqs(store, wid, STEPS)) + 1), STEPS - 1)
     end = time.monotonic() + timeout
     while time.monotonic() < end and not over():
         if len(_recorded_seqs(store, wid, STEPS)) >= target:
@@ -372,6 +384,11 @@ def breakdown(client, store):
         calls = sum(h[0] for h in hits)
         return (sum(h[1] for h in hits) / calls * 1e3) if calls else float("nan")
 
+    def per_step(fname, func):  # ms of cumulative time per step call of the flow
+        return (
+            sum(v[3] for k, v in st.items() if k[0].endswith(fname) and k[2] == func) / STEPS * 1e3
+        )
+
     t = time.perf_counter()
     for i in range(200):
         tokenize("tile", (3, 1, i), {}, ensure_deterministic=True)
@@ -381,8 +398,12 @@ def breakdown(client, store):
         for sync in (True, False)
     }
     return {
-        "orchestrator per step call ms: _Run.submit (all)": round(cum("_run.py", "submit"), 3),
-        "  of which Client.submit": round(cum("client.py", "submit"), 3),
+        "orchestrator per step call ms: _Run.submit_many (all)": round(
+            per_step("_run.py", "submit_many"), 3
+        ),
+        "  of which Client.submit + Client.map": round(
+            per_step("client.py", "submit") + per_step("client.py", "map"), 3
+        ),
         "  of which argument digest (tokenize)": round(tok, 3),
         "orchestrator wait per result ms (_Run.wait)": round(cum("_run.py", "wait"), 3),
         "worker record write ms, fsync": round(saves[True], 3),
@@ -407,14 +428,15 @@ def client_kills(client, store, kills, expected, rng):
     env = dict(os.environ, OXWF_BENCH_MARKS=marks)
     here = os.path.abspath(__file__)
     tags, snapshots = trace(3), []
-    for _ in range(kills):
+    points = kill_points(rng, kills)
+    for target in points:
         p = subprocess.Popen(
             [sys.executable, here, "--child", client.scheduler.address, store],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _until_recorded(store, "crash", rng, p.poll)
+        _until_recorded(store, "crash", target, p.poll)
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         snapshots.append((_recorded_seqs(store, "crash", len(tags)), _counts(marks)))
@@ -432,6 +454,7 @@ def client_kills(client, store, kills, expected, rng):
         "same result": out == expected,
         "completed steps re-run": _reruns(tags, snapshots, final),
         "in-flight steps re-run": sum(final.values()) - len(tags),
+        "kill points (recorded steps, drawn)": points,
         "steps recorded at the kills (of 200)": [len(r) for r, _ in snapshots],
     }
 
@@ -442,7 +465,8 @@ def scheduler_kills(store, kills, expected, rng):
     tags, snapshots = trace(3), []  # before the marks are on: trace runs the functions here
     set_marks(marks)
     try:
-        for k in range(kills):
+        points = kill_points(rng, kills)
+        for k, target in enumerate(points):
             cluster = Cluster()
             client = cluster.start()
             try:
@@ -450,7 +474,7 @@ def scheduler_kills(store, kills, expected, rng):
                     h = dox.start_workflow(client, durable_flow, 3, workflow_id="sk", store=store)
                 else:
                     h = dox.resume_workflow(client, "sk", store=store)
-                _until_recorded(store, "sk", rng, lambda h=h: not h._thread.is_alive())
+                _until_recorded(store, "sk", target, lambda h=h: not h._thread.is_alive())
             finally:
                 cluster.kill()
                 snapshots.append((_recorded_seqs(store, "sk", len(tags)), _counts(marks)))
@@ -472,52 +496,121 @@ def scheduler_kills(store, kills, expected, rng):
         "same result": out == expected,
         "completed steps re-run": _reruns(tags, snapshots, final),
         "in-flight steps re-run": sum(final.values()) - len(tags),
+        "kill points (recorded steps, drawn)": points,
         "steps recorded at the kills (of 200)": [len(r) for r, _ in snapshots],
     }
 
 
 def _scheduler_state(dask_scheduler=None):
+    """On the scheduler: RSS after a GC and ``malloc_trim`` (freed heap handed back to
+    the OS, glibc), live pymalloc blocks, and what Dask keeps that runs can multiply."""
     import ctypes
     import gc
 
+    import psutil
+    from dask.utils import key_split
+
     gc.collect()
-    try:  # hand freed heap back to the OS, so RSS shows what is live (glibc)
+    try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-    spans = dask_scheduler.extensions.get("spans")
+    spans = dask_scheduler.extensions["spans"].spans.values()
     return {
+        "rss": psutil.Process().memory_info().rss,
+        "blocks": sys.getallocatedblocks(),
+        "spans": len(spans),
+        "span task groups": sum(len(sp.groups) for sp in spans),
+        "span metadata records": sum(
+            len((sp._metadata or {}).get("collections", ())) for sp in spans
+        ),
+        "key_split cache": key_split.cache_info().currsize,
         "task prefixes": len(dask_scheduler.task_prefixes),
-        "dask spans": len(spans.spans) if spans is not None else None,
+    }
+
+
+def _fill_key_split(dask_scheduler=None):
+    """Fill ``dask.utils.key_split``'s LRU cache (100,000 keys, one entry per key
+    ever seen) so that later keys replace entries instead of adding them."""
+    from dask.utils import key_split
+
+    for i in range(key_split.cache_info().maxsize):
+        key_split(f"prefill-{i}-x")
+    return key_split.cache_info().currsize
+
+
+#: Dask's bounded logs set small for the steady-state phase (scheduler process):
+#: the transition log, each BatchedSend's recent messages and each event topic
+#: (low-level-log-length), Computations and erred tasks.
+SMALL_HISTORIES = {
+    "DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH": "10",
+    "DASK_DISTRIBUTED__DIAGNOSTICS__COMPUTATIONS__MAX_HISTORY": "2",
+    "DASK_DISTRIBUTED__DIAGNOSTICS__ERRED_TASKS__MAX_HISTORY": "2",
+}
+
+
+def _memory_one(mod, engine, store, runs, warmup, steady):
+    cluster = Cluster(SMALL_HISTORIES if steady else None)
+    client = cluster.start()
+    try:
+        if steady:
+            client.run_on_scheduler(_fill_key_split)
+
+        def one(tag):
+            if engine == "durable":
+                h = dox.start_workflow(client, mod.durable_flow, 3, workflow_id=tag, store=store)
+                return h.result()
+            return mod.plain_flow(client, 3)
+
+        for r in range(warmup):
+            one(f"warm{r}")
+        readings = [client.run_on_scheduler(_scheduler_state)]
+        for r in range(runs):
+            one(f"m{r}")
+            if r + 1 in (runs // 2, runs):
+                readings.append(client.run_on_scheduler(_scheduler_state))
+    finally:
+        client.close()
+        cluster.kill()
+    r0, rh, r1 = readings
+    mb = 2**20
+    return {
+        "RSS growth MB": round((r1["rss"] - r0["rss"]) / mb, 2),
+        "1st half / 2nd half MB": (
+            round((rh["rss"] - r0["rss"]) / mb, 2),
+            round((r1["rss"] - rh["rss"]) / mb, 2),
+        ),
+        "live pymalloc blocks growth": r1["blocks"] - r0["blocks"],
+        **{f"{k} +": r1[k] - r0[k] for k in r0 if k not in ("rss", "blocks")},
     }
 
 
 def memory(store, runs, warmup=10):
-    """RSS of the scheduler process over ``runs`` consecutive workflow runs, after
-    ``warmup`` runs (2,000 step calls: enough to fill Dask's own bounded logs)."""
-    import psutil
+    """Scheduler RSS over ``runs`` consecutive runs of the flow (after ``warmup`` runs),
+    durable and plain ``Client.submit``/``Client.map`` (same functions, no workflow
+    code), each on its own new cluster: with Dask's defaults, and in the steady state
+    (Dask's bounded histories small, ``key_split``'s cache full). The step functions
+    are imported from the ``bench_workflows`` module (sent by reference, as steps in a
+    package are; functions of ``__main__`` travel by value: docs/benchmarks.md)."""
+    import bench_workflows as mod
 
-    cluster = Cluster()
-    client = cluster.start()
-    try:
-        proc = psutil.Process(cluster.scheduler.pid)
-        for r in range(warmup):
-            dox.start_workflow(
-                client, durable_flow, 3, workflow_id=f"warm{r}", store=store
-            ).result()
-        before, rss0 = client.run_on_scheduler(_scheduler_state), proc.memory_info().rss
-        for r in range(runs):
-            dox.start_workflow(client, durable_flow, 3, workflow_id=f"m{r}", store=store).result()
-        after, rss1 = client.run_on_scheduler(_scheduler_state), proc.memory_info().rss
-    finally:
-        client.close()
-        cluster.kill()
-    return {
-        "runs": runs,
-        "scheduler RSS growth MB": round((rss1 - rss0) / 2**20, 2),
-        "scheduler state before": before,
-        "after": after,
-    }
+    out = {}
+    for steady in (False, True):
+        phase = "steady state" if steady else "Dask defaults"
+        res = {
+            engine: _memory_one(
+                mod, engine, f"{store}-{engine}-{int(steady)}", runs, warmup, steady
+            )
+            for engine in ("durable", "plain")
+        }
+        d, p = res["durable"]["RSS growth MB"], res["plain"]["RSS growth MB"]
+        out[phase] = {
+            "runs": runs,
+            **res,
+            "durable / plain RSS growth": round(d / p, 2) if p > 0.05 else f"{d} / {p} MB",
+        }
+        print({f"memory, {phase}": out[phase]}, flush=True)
+    return out
 
 
 def main():
@@ -525,6 +618,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--child", nargs=2)
     ap.add_argument("--no-prefect", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory phase")
+    ap.add_argument("--crash-only", action="store_true", help="only the client/scheduler kills")
     ap.add_argument("--prefect-timeout", type=float, default=900.0)
     args = ap.parse_args()
     if args.child:
@@ -538,6 +633,26 @@ def main():
     repeat, ckills, skills, runs = (3, 3, 2, 20) if args.quick else (7, 20, 5, 100)
     rng = random.Random(0)
     tmp = tempfile.mkdtemp()
+    if args.crash_only:
+        cluster = Cluster()
+        try:
+            client = cluster.start()
+            expected = plain_flow(client, 3)
+            print(client_kills(client, os.path.join(tmp, "crash"), ckills, expected, rng))
+            client.close()
+            cluster.kill()
+            print(scheduler_kills(os.path.join(tmp, "sk"), skills, expected, rng), flush=True)
+        finally:
+            cluster.kill()
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    if args.memory_only:
+        try:
+            memory(os.path.join(tmp, "mem"), runs)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(f"load average after {os.getloadavg()}")
+        return
     cluster = Cluster()
     try:
         client = cluster.start()
@@ -563,7 +678,7 @@ def main():
         client.close()
         cluster.kill()
         print(scheduler_kills(os.path.join(tmp, "sk"), skills, expected, rng), flush=True)
-        print(memory(os.path.join(tmp, "mem"), runs), flush=True)
+        memory(os.path.join(tmp, "mem"), runs)
     finally:
         cluster.kill()
         shutil.rmtree(tmp, ignore_errors=True)

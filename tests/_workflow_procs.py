@@ -106,6 +106,13 @@ def slow_fanout(runs: str, n: int, delay: float) -> int:
 
 
 @dox.workflow
+def map_fanout(runs: str, n: int) -> int:
+    """One ``step.map`` fan-out of ``n`` calls, then one sequential step."""
+    first = work(runs, "first", 0)  # 0
+    return first + sum(dox.gather(work.map([runs] * n, ["mapped"] * n, range(n), [0.0] * n)))
+
+
+@dox.workflow
 def tenant_probe() -> list:
     return [annotations_of_my_task(), annotations_overridden()]
 

@@ -57,7 +57,9 @@ def dirs(tmp_path):
 
 
 def _is_workflow_key(key) -> bool:
-    return "-oxwf-" in str(key) or str(key).startswith("oxwf_run-")
+    """A step or orchestrator task of a workflow (not a per-client keeper task)."""
+    k = str(key)
+    return ("-oxwf-" in k and "-oxwf-0-keeper" not in k) or k.startswith("oxwf_run-")
 
 
 def _oxwf_keys(dask_scheduler):
@@ -351,6 +353,7 @@ def _footprint(dask_scheduler):
     return {
         "tasks": [str(k) for k in dask_scheduler.tasks if _is_workflow_key(k)],
         "groups": [str(g) for g in dask_scheduler.task_groups if "oxwf" in str(g)],
+        "keepers": [str(k) for k in dask_scheduler.tasks if "-oxwf-0-keeper" in str(k)],
         "prefixes": [str(p) for p in dask_scheduler.task_prefixes if "oxwf" in str(p)],
         "ext_tasks": [str(k) for k in (ext.info if ext is not None else ()) if "oxwf" in str(k)],
     }
@@ -376,12 +379,47 @@ def test_finished_workflows_leave_no_per_workflow_state(client, dirs):
 
     def gone():
         fp = client.run_on_scheduler(_footprint)
-        return not fp["tasks"] and not fp["groups"] and not fp["ext_tasks"]
+        return not fp["tasks"] and not fp["ext_tasks"]
 
     _wait_for(gone, 30)
     fp = client.run_on_scheduler(_footprint)
+    # what stays is per step function and client (a keeper task and its task group), not
+    # per workflow: bounded by the step names, whatever the number of runs
+    assert not any("leak" in g for g in fp["groups"] + fp["keepers"]), fp
+    assert len(fp["keepers"]) <= len(_run._KEEPERS) <= _run.MAX_KEEPERS, fp
     # task prefixes (which Dask never forgets) are per step function, not per workflow
     assert "work-oxwf" in fp["prefixes"] and not any("leak" in p for p in fp["prefixes"]), fp
     # the workers' store caches are bounded too
     sizes = client.run(_store_cache_size)
     assert all(v <= _store.MAX_STORES for v in sizes.values()), sizes
+
+
+def _span_footprint(dask_scheduler):
+    spans = dask_scheduler.extensions["spans"].spans.values()
+    return {
+        "spans": len(spans),
+        "groups": sum(len(sp.groups) for sp in spans),
+        "metadata": sum(len((sp._metadata or {}).get("collections", ())) for sp in spans),
+    }
+
+
+def test_runs_add_no_dask_spans_or_task_groups(client, dirs):
+    """Dask keeps every span, the task groups it aggregates and a metadata record per
+    graph update for the scheduler's lifetime (dask/distributed#7977). Once a step's
+    task group exists (its keeper holds it), later runs add no span and no task group,
+    and a ``step.map`` fan-out adds one metadata record, not one per element."""
+    store, runs = dirs
+    dox.start_workflow(client, procs.map_fanout, runs, 8, workflow_id="sp-0", store=store).result(
+        timeout=60
+    )
+    before = client.run_on_scheduler(_span_footprint)
+    for i in range(1, 4):
+        h = dox.start_workflow(
+            client, procs.map_fanout, runs, 8, workflow_id=f"sp-{i}", store=store
+        )
+        assert h.result(timeout=60) == 10 * sum(range(8))
+    after = client.run_on_scheduler(_span_footprint)
+    assert after["spans"] == before["spans"], (before, after)
+    assert after["groups"] == before["groups"], (before, after)
+    # per run: one graph update for the 8-way map and one for the sequential step
+    assert after["metadata"] - before["metadata"] <= 3 * 2, (before, after)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import dask
@@ -34,7 +36,51 @@ def _on_control(event: Any) -> None:
 
 
 def _keeper() -> None:
-    """The task that keeps a step's task group alive during a run (see ``_Run._keep``)."""
+    """The task that keeps a step's task group alive (see :func:`_keeper_for`)."""
+
+
+#: Keeper tasks held by this process: ``{(client id, step name): Future}``, least
+#: recently used first; at most :data:`MAX_KEEPERS`.
+_KEEPERS: OrderedDict[tuple[str, str], Any] = OrderedDict()
+#: Step names whose task group this process keeps alive between runs.
+MAX_KEEPERS = 64
+_KEEPER_SEQ = itertools.count()
+
+
+def _keeper_for(client: Any, name: str) -> Any:
+    """Hold one tiny task in step ``name``'s task group for as long as ``client`` lives.
+
+    Dask forgets a task group when its last task is forgotten and makes a new
+    one for the next task of that name; each TaskGroup object then stays
+    referenced by a Dask span, and spans live as long as the scheduler
+    (dask/distributed#7977): sequential steps would leave a task group (and
+    often a new default span) per call, and every run a new span. With one
+    keeper per step name and client (key ``<name>-oxwf-0-keeper<n>-<client
+    id>``: same task group as the steps), the group is made once: later steps
+    and runs join it and its span, and the scheduler's span tables stop growing
+    with runs. The keepers are released when the client closes; past
+    :data:`MAX_KEEPERS` step names the least recently used is released.
+    """
+    key = (client.id, name)
+    with _LOCK:
+        fut = _KEEPERS.get(key)
+        if fut is not None and fut.status in ("pending", "finished"):
+            _KEEPERS.move_to_end(key)
+            return fut
+        _KEEPERS.pop(key, None)
+        for k in [k for k, f in _KEEPERS.items() if f.client.status != "running"]:
+            del _KEEPERS[k]  # keepers of closed clients
+        try:
+            fut = client.submit(
+                _keeper, key=f"{name}-oxwf-0-keeper{next(_KEEPER_SEQ)}-{client.id}", pure=False
+            )
+        except Exception:  # an optimisation only
+            return None
+        _KEEPERS[key] = fut
+        while len(_KEEPERS) > MAX_KEEPERS:
+            _, old = _KEEPERS.popitem(last=False)
+            old.release()
+        return fut
 
 
 def _emit(client: Any, kind: str, **fields: Any) -> None:
@@ -63,22 +109,9 @@ class _Run:
         self._reported = 0.0
 
     def _keep(self, name: str) -> None:
-        """Hold one tiny task of step ``name``'s task group while the run lasts.
-
-        Dask forgets a task group when its last task is forgotten and makes a new
-        one for the next call; each of those TaskGroup objects stays referenced
-        by a span (and a new default span starts whenever the previous one is
-        done) for the scheduler's lifetime (dask/distributed#7977). Sequential
-        steps would leave one group per call; with the keeper (key
-        ``<name>-oxwf-0-<id>``, same task group, released when the run ends) a
-        run leaves one per step name.
-        """
-        try:
-            self.keepers[name] = self.client.submit(
-                _keeper, key=f"{name}-oxwf-0-{self.id}", pure=False
-            )
-        except Exception:  # an optimisation only
-            self.keepers[name] = None
+        """Make sure step ``name``'s task group outlives this run (see :func:`_keeper_for`)."""
+        if name not in self.keepers:
+            self.keepers[name] = _keeper_for(self.client, name)
 
     # progress (workflows/progress.py): rate-limited events on the scheduler's bounded log
     def _count(self, what: str) -> None:
@@ -131,52 +164,72 @@ class _Run:
             raise WorkflowCancelled(self.id)
 
     def submit(self, step: Step, args: tuple, kwargs: dict) -> StepFuture:
+        return self.submit_many(step, [(args, kwargs)])[0]
+
+    def submit_many(self, step: Step, calls: list[tuple[tuple, dict]]) -> list[StepFuture]:
+        """Submit calls of ``step`` (one sequence number each, in order).
+
+        The calls not recorded yet go to the scheduler in one ``Client.map``:
+        one graph update for the lot. Dask's spans keep a small metadata
+        record per graph update for the scheduler's lifetime, so a fan-out
+        submitted with ``step.map`` costs the scheduler one record, not one
+        per element (docs/workflows.md).
+        """
         from dask.base import tokenize
 
         self.check()
-        seq = self._next()
-        try:
-            digest = tokenize(step.name, args, kwargs, ensure_deterministic=True)
-        except Exception as e:
-            raise WorkflowError(
-                f"arguments of step {step.name!r} (call #{seq}) cannot be hashed "
-                f"deterministically: {e}"
-            ) from None
-        # Dask's task prefix (key_split) of this key is "<step name>-oxwf": one per
-        # step function, shared by every workflow, so per-prefix state (Dask's
-        # task prefixes, the extension's cost estimates) does not grow per workflow
-        key = f"{step.name}-oxwf-{seq}-{self.id}"
-        rec = self._recorded(seq, step.name, digest)
-        if rec is not None:
-            self._count("replayed")
-            return StepFuture(self, step.name, seq, key, digest, record=rec)
+        out: list[StepFuture | None] = []
+        todo: list[tuple[int, int, str, str, tuple, dict]] = []
+        for args, kwargs in calls:
+            seq = self._next()
+            try:
+                digest = tokenize(step.name, args, kwargs, ensure_deterministic=True)
+            except Exception as e:
+                raise WorkflowError(
+                    f"arguments of step {step.name!r} (call #{seq}) cannot be hashed "
+                    f"deterministically: {e}"
+                ) from None
+            # Dask's task prefix (key_split) of this key is "<step name>-oxwf": one per
+            # step function, shared by every workflow, so per-prefix state (Dask's
+            # task prefixes, the extension's cost estimates) does not grow per workflow
+            key = f"{step.name}-oxwf-{seq}-{self.id}"
+            rec = self._recorded(seq, step.name, digest)
+            if rec is not None:
+                self._count("replayed")
+                out.append(StepFuture(self, step.name, seq, key, digest, record=rec))
+            else:
+                todo.append((len(out), seq, key, digest, args, kwargs))
+                out.append(None)
+        if not todo:
+            return out  # type: ignore[return-value]
         ann = step.annotations
         if step._relative_deadline:
             from dask_oxigdal.annotations import to_annotations
 
             ann = {**ann, **to_annotations(deadline=step.options["deadline"])}
-        head = {"name": step.name, "seq": seq, "digest": digest}
+        n = len(todo)
         with dask.annotate(**ann):
-            if step.name not in self.keepers:
-                self._keep(step.name)
-            fut = self.client.submit(
+            self._keep(step.name)
+            futs = self.client.map(
                 _execute,
-                self.ws.url,
-                self.ws.options,
-                f"s{seq}",
-                head,
-                step.fn,
-                _resolve(args),
-                _resolve(kwargs),
-                self.fsync,
-                key=key,
+                [self.ws.url] * n,
+                [self.ws.options] * n,
+                [f"s{t[1]}" for t in todo],
+                [{"name": step.name, "seq": t[1], "digest": t[3]} for t in todo],
+                [step.fn] * n,
+                [_resolve(t[4]) for t in todo],
+                [_resolve(t[5]) for t in todo],
+                [self.fsync] * n,
+                key=[t[2] for t in todo],
                 retries=step.retries or None,
                 pure=False,
             )
-        self.live[key] = fut
-        self._count("submitted")
         deadline = None if step.timeout is None else time.monotonic() + step.timeout
-        return StepFuture(self, step.name, seq, key, digest, future=fut, deadline=deadline)
+        for (i, seq, key, digest, _, _), fut in zip(todo, futs, strict=True):
+            self.live[key] = fut
+            self._count("submitted")
+            out[i] = StepFuture(self, step.name, seq, key, digest, future=fut, deadline=deadline)
+        return out  # type: ignore[return-value]
 
     def wait_all(self, sfs: list[StepFuture]) -> None:
         """Fan-in: one ``Client.gather`` for many running steps (not one round trip each).
@@ -325,10 +378,7 @@ def _drive(client: Any, ws: _WStore, meta: dict, where: str) -> None:
         _current.reset(token)
         if run.live:
             run._cancel(list(run.live.values()))
-        for keeper in run.keepers.values():
-            if keeper is not None:
-                keeper.release()
-        run.keepers.clear()
+        run.keepers.clear()  # the keepers stay (bounded, per client and step name)
         with _LOCK:
             _ACTIVE.pop(ws.id, None)
 
