@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import itertools
 import json
 import os
@@ -58,6 +59,7 @@ from dask_oxigdal.placement.topology_cost import topology_status
 
 RACKS = {"w0": "r1", "w1": "r1", "w2": "r2", "w3": "r2"}
 NSTRIPS = 8
+ROUND_TIMEOUT = 300  # seconds: a round that takes longer fails with the scheduler's state
 
 
 def _cluster() -> SpecCluster:
@@ -299,7 +301,29 @@ async def _one_round(client, mode, big_in, small_in, completions) -> None:
         await futures[tenant]
         completions[tenant].append(time.monotonic() - t0)
 
-    await asyncio.gather(*(wait(t) for t in futures))
+    try:
+        await asyncio.wait_for(asyncio.gather(*(wait(t) for t in futures)), ROUND_TIMEOUT)
+    except TimeoutError:
+        stuck = await client.run_on_scheduler(_stuck)
+        raise RuntimeError(
+            f"{mode}: a round did not finish in {ROUND_TIMEOUT} s; scheduler: {stuck}"
+        ) from None
+
+
+def _stuck(dask_scheduler=None) -> dict:
+    """Unfinished tasks by (prefix, state), and the admission policy's state if any."""
+    states: dict[str, int] = {}
+    for ts in dask_scheduler.tasks.values():
+        if ts.state not in ("memory", "released", "forgotten"):
+            name = f"{ts.prefix.name if ts.prefix else '?'}:{ts.state}"
+            states[name] = states.get(name, 0) + 1
+    out: dict = {"tasks": states}
+    from dask_oxigdal.scheduling.extension import NAME
+
+    ext = dask_scheduler.plugins.get(NAME)
+    if ext is not None:
+        out["admission"] = ext.policies[-1].snapshot()
+    return out
 
 
 def main(argv=None) -> int:
@@ -308,6 +332,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the figures to this file")
     args = p.parse_args(argv)
     rows_big, rows_small, repeats = (150_000, 15_000, 2) if args.quick else (300_000, 30_000, 5)
+    # a last resort against a hang anywhere (start-up, teardown): the threads' stacks, then exit
+    faulthandler.dump_traceback_later(900 if args.quick else 3600, exit=True)
     with dask.config.set({"distributed.scheduler.work-stealing": True}):
         vanilla = asyncio.run(run("vanilla", rows_big, rows_small, repeats))
         ours = asyncio.run(run("ours", rows_big, rows_small, repeats))

@@ -445,6 +445,11 @@ async def test_guard_placement_private_attributes(c, s, a, b):
     assert a.address in {ws.address for ws in dts.who_has}  # b holds a replica now too
     assert dts.get_nbytes() >= 1_600_000
     assert s.plugins["oxigdal-topology"].model is not None
+    # place_released: Dask's objective's inputs, and the loose pin it writes
+    ws = s.workers[b.address]
+    assert ws in s.running and isinstance(ws.occupancy, float) and ws.nthreads == 1
+    assert ts.prefix is not None and hasattr(ts.prefix, "duration_average")
+    assert hasattr(ts, "worker_restrictions") and hasattr(ts, "loose_restrictions")
     # comm: the registry, TCP's classes and hooks the throttled backend extends
     assert isinstance(registry.backends, dict) and registry.backends["throttled"]
     assert issubclass(throttle.ThrottledTCP, TCP) and issubclass(TCP, Comm)

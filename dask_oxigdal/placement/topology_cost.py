@@ -6,23 +6,35 @@ Each pair of workers falls in a *class*: how their topology labels relate,
 ``same-host``, ``same-rack``, ``cross-rack``, ``cross-zone`` or ``unknown``
 (see :func:`~dask_oxigdal.placement.topology.relation`).
 
-- ``bandwidth(pair)``: Dask's own measurements ``Scheduler.bandwidth_workers``
-  (Dask measures transfers over 1 MB), pooled per class: the median over the
-  class's measured pairs, so that one noisy pair cannot invert the topology's
-  order; else the class's prior, scaled by the median ratio of measured
-  to prior bandwidth over the measured classes (so that an unmeasured class
-  keeps its place in the topology's order next to measured ones).
-- ``alpha(class)``: the per-transfer cost (latency, request, serialisation):
-  an exponentially weighted mean of ``observed - bytes / bandwidth`` over the
-  transfers the workers report (``Worker.transfer_incoming_log``, through
-  :class:`~dask_oxigdal.placement.topology.TopologyWorkerPlugin`); else the
-  class's prior.
+The model learns from the transfers the workers report
+(``Worker.transfer_incoming_log``, through
+:class:`~dask_oxigdal.placement.topology.TopologyWorkerPlugin`), in two stages
+so that the per-transfer overhead is counted once (Dask's own
+``bytes / duration`` figure already contains it):
+
+- ``alpha(class)``: the class's latency prior plus the *overhead* (request,
+  event loops, serialisation), the median of the last 16 values of
+  ``observed - bytes / bandwidth - latency``, pooled over the classes (the
+  workers' CPUs are the same whatever the link); else the prior.
+- ``bandwidth(class)``: the median of ``(observed - alpha) / bytes`` over the
+  class's last 8 transfers of at least :data:`LARGE` bytes (``observed``);
+  else Dask's ``Scheduler.bandwidth_workers`` pooled per class (median over
+  the class's pairs, ``measured``); else the class's prior scaled by the
+  median ratio of learned to prior bandwidth (``prior``). An outer class is
+  never faster than an inner one (same host, rack, cross rack, cross zone),
+  so noise cannot invert the topology's order.
+
+Medians rather than means: on a busy host a few transfers stall for a tenth
+of a second or more in an event loop, and a mean follows them.
 
 Each reported transfer is first *predicted* with the model as it stood, then
 added to it: the relative error ``|predicted - observed| / observed`` of our
 model and of Dask's (``bytes / Scheduler.bandwidth``, what
 ``Scheduler.get_comm_cost`` uses) are kept for the last 1000 transfers;
-:func:`topology_status` reports their medians.
+:func:`topology_status` reports their medians, over all transfers and over
+those of at least :data:`LARGE` bytes.
+
+:func:`place_released` uses the cost for held tasks that a policy releases.
 """
 
 from __future__ import annotations
