@@ -201,6 +201,8 @@ def test_cost_model_priors_measurements_and_learned_alpha():
     assert snap["median_error_large"] < 0.1 and snap["large_transfers"] == 6
     assert snap["dask_median_error_large"] > 0.5  # bytes / 100 MB/s: far too fast
     assert snap["transfers_observed"] == 7
+    m.reset_errors()  # the scores go, the learned figures stay
+    assert m.snapshot()["median_error"] is None and m.alpha("cross-rack") > 0.005
     assert snap["classes"]["cross-rack"]["alpha_source"] == "observed"
     assert snap["classes"]["cross-rack"]["bandwidth_source"] == "observed"
     # same-rack, not observed, follows cross-rack's observed-to-prior ratio (1.0 here)

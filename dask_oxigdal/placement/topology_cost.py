@@ -245,6 +245,12 @@ class TransferCostModel:
         self.observed += 1
         self.observed_bytes[cls] += int(nbytes)
 
+    def reset_errors(self) -> None:
+        """Forget the scored errors (not what the model learned): e.g. after a warm-up."""
+        for q in (self.errors, self.dask_errors, self.large_errors, self.dask_large_errors):
+            q.clear()
+        self.recent.clear()
+
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable state: per-class bandwidth/alpha and the median errors."""
         classes = {}
