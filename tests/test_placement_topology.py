@@ -331,6 +331,34 @@ async def test_quota_release_places_held_task_by_transfer_cost(c, s, *workers):
     assert await busy == holder
 
 
+@gen_cluster(
+    client=True,
+    nthreads=[
+        _labelled("r1", "w1"),
+        _labelled("r1", "w2"),
+        _labelled("r2", "w3"),
+        _labelled("r2", "w4"),
+    ],
+    scheduler_kwargs={"plugins": [TopologyExtension()]},
+    timeout=120,
+)
+async def test_gang_members_take_their_slots_by_transfer_cost(c, s, *workers):
+    # a gang of 4 on 4 one-thread workers: Gang picks the slots (all four here), and
+    # each member takes the one that holds its 1.6 MB input, whatever the order
+    await register(c)
+    addrs = sorted(s.workers)
+    deps = [
+        c.submit(np.ones, 200_000 + i, workers=[a], pure=False)
+        for i, a in enumerate(reversed(addrs))
+    ]
+    await c.gather(deps)
+    with dox.annotate(gang="G"):
+        members = c.map(_after, range(4), deps, pure=False, key=[f"G-{i}" for i in range(4)])
+    where = await c.gather(members)
+    assert where == list(reversed(addrs))
+    assert topology_status(s)["placed_held"] >= 4
+
+
 # ------------------------------------------------------------------ throttled network
 async def _send(nbytes_total, chunk, listener_labels, connector_labels):
     throttle.reset_links()

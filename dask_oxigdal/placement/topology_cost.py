@@ -56,6 +56,7 @@ __all__ = [
     "PRIORS",
     "TopologyExtension",
     "TransferCostModel",
+    "assign_by_cost",
     "dependency_costs",
     "install",
     "place_released",
@@ -495,6 +496,56 @@ def place_released(scheduler: Any, recs: dict) -> int:
         ts.loose_restrictions = True
         ext.placed_held += 1
     return sum(1 for ts in todo if ts.worker_restrictions)
+
+
+def assign_by_cost(scheduler: Any, members: list, workers: list) -> list:
+    """Which of a gang's chosen worker slots each member takes, by transfer cost.
+
+    ``Gang`` decides the set of slots (its placement: spread, pack, away from
+    a restart); this only decides which member goes to which of them. The
+    members with the most dependency bytes choose first, each taking the slot
+    with the lowest predicted cost of fetching its missing dependencies.
+    Without the topology extension, or beyond the budget, the order is kept.
+
+    Parameters
+    ----------
+    scheduler : distributed.Scheduler
+    members : list of distributed.scheduler.TaskState
+    workers : list of distributed.scheduler.WorkerState
+        One slot per member (a worker appears once per thread it gives).
+
+    Returns
+    -------
+    list of distributed.scheduler.WorkerState
+        ``workers`` reordered: entry ``i`` is member ``i``'s worker.
+    """
+    ext = _extension(scheduler)
+    work = sum(len(ts.dependencies) for ts in members)
+    if (
+        ext is None
+        or ext.model is None
+        or len(members) != len(workers)
+        or not work
+        or work * len(workers) > _PLACE_BUDGET
+    ):
+        return list(workers)
+    model = ext.model
+    order = sorted(
+        range(len(members)),
+        key=lambda i: (-sum(d.get_nbytes() for d in members[i].dependencies), i),
+    )
+    free = list(workers)
+    out: list = [None] * len(members)
+    for i in order:
+        costs: dict[str, float] = {}
+        for ws in free:
+            if ws.address not in costs:
+                costs[ws.address] = model.dependency_cost(members[i], ws.address)
+        j = min(range(len(free)), key=lambda j: (costs[free[j].address], j))
+        out[i] = free.pop(j)
+        if members[i].dependencies:
+            ext.placed_held += 1
+    return out
 
 
 def install(scheduler: Any, priors: dict | None = None) -> TopologyExtension:
