@@ -201,6 +201,20 @@ def test_cost_model_priors_measurements_and_learned_alpha():
     assert snap["median_error_large"] < 0.1 and snap["large_transfers"] == 6
     assert snap["dask_median_error_large"] > 0.5  # bytes / 100 MB/s: far too fast
     assert snap["transfers_observed"] == 7
+    # busy workers answer late: the overhead is also learned per state (how many of the
+    # two workers run a task when the transfer starts; the receiver's own waiting task
+    # does not count), from the processing counts the transition hook notes
+    m.note_processing("a", 0, when=100.0)
+    m.note_processing("c", 1, when=100.0)  # c's task waits for the data: c is idle
+    m.note_processing("a", 3, when=200.0)
+    m.note_processing("c", 2, when=200.0)
+    assert m.busy("a", "c", 150.0) == 0 and m.busy("a", "c", 250.0) == 2
+    assert m.busy("a", "c", None) is None and m.busy("a", "c", 50.0) == 0
+    for _ in range(3):
+        m.observe("c", "a", 1000, 0.002 + 0.004, start=150.0)  # idle pair: 2 ms
+        m.observe("c", "a", 1000, 0.100 + 0.004, start=250.0)  # busy pair: 100 ms
+    assert m.alpha("cross-rack", 0) == pytest.approx(0.006, rel=0.05)
+    assert m.alpha("cross-rack", 2) == pytest.approx(0.104, rel=0.05)
     m.reset_errors()  # the scores go, the learned figures stay
     assert m.snapshot()["median_error"] is None and m.alpha("cross-rack") > 0.005
     assert snap["classes"]["cross-rack"]["alpha_source"] == "observed"
@@ -475,6 +489,11 @@ async def test_guard_placement_private_attributes(c, s, a, b):
     assert a.address in {ws.address for ws in dts.who_has}  # b holds a replica now too
     assert dts.get_nbytes() >= 1_600_000
     assert s.plugins["oxigdal-topology"].model is not None
+    # the transition hook saw the tasks enter and leave processing on both workers
+    # (TaskState.processing_on on entry, the "worker" keyword on leaving)
+    log = s.plugins["oxigdal-topology"].model.busy_log
+    assert [n for _, n in log[b.address]][-2:] == [1, 0], log
+    assert isinstance(s.workers[b.address].processing, (set, dict))
     # place_released: Dask's objective's inputs, and the loose pin it writes
     ws = s.workers[b.address]
     assert ws in s.running and isinstance(ws.occupancy, float) and ws.nthreads == 1

@@ -82,6 +82,7 @@ LARGE = 1_000_000
 _OVERHEAD_WINDOW = 16
 _RATE_WINDOW = 8
 _MIN_RATE = 1e-11  # seconds per byte: 100 GB/s
+_BUSY_LOG = 256
 _ORDER = ("same-host", "same-rack", "cross-rack", "cross-zone")
 
 
@@ -128,6 +129,11 @@ class TransferCostModel:
         # the per-transfer overhead beyond the class's latency: pooled over the classes
         # (it is the two workers' event loops and CPUs, which every class shares)
         self.overhead = _Window(_OVERHEAD_WINDOW)
+        # the same, split by how many of the two workers were running a task when the
+        # transfer started (0, 1 or 2): a busy worker's event loop answers late
+        self.overhead_busy = {k: _Window(_OVERHEAD_WINDOW) for k in (0, 1, 2)}
+        #: worker -> recent (time, tasks processing) changes, from the transition hook
+        self.busy_log: dict[str, deque[tuple[float, int]]] = {}
         # seconds per byte of each class, from the transfers over LARGE bytes
         self.rates = {cls: _Window(_RATE_WINDOW) for cls in CLASSES}
         self.transfers = {cls: 0 for cls in CLASSES}
@@ -137,7 +143,7 @@ class TransferCostModel:
         self.dask_errors: deque[float] = deque(maxlen=_MAX_ERRORS)
         self.large_errors: deque[float] = deque(maxlen=_MAX_ERRORS)
         self.dask_large_errors: deque[float] = deque(maxlen=_MAX_ERRORS)
-        #: the last scored transfers: (src, dst, class, bytes, observed, ours, Dask's, start)
+        #: the last scored transfers: (src, dst, class, bytes, observed, ours, Dask's, start, busy)
         self.recent: deque[tuple] = deque(maxlen=_MAX_ERRORS)
         self.observed = 0
         self.observed_bytes = {cls: 0 for cls in CLASSES}
@@ -189,18 +195,54 @@ class TransferCostModel:
         """``(bytes/s, source)`` of a pair: ``observed``, ``measured`` (Dask's) or ``prior``."""
         return self._bandwidths()[cls or self.pair_class(src, dst)]
 
-    def alpha(self, cls: str) -> float:
-        """The per-transfer cost of a class: learned overhead plus the class's latency prior."""
-        overhead = self.overhead.median()
+    def note_processing(self, worker: str, n: int, when: float | None = None) -> None:
+        """Record that ``worker`` now has ``n`` tasks processing (O(1), from transitions)."""
+        log = self.busy_log.get(worker)
+        if log is None:
+            if len(self.busy_log) > 10_000:
+                self.busy_log.clear()
+            log = self.busy_log[worker] = deque(maxlen=_BUSY_LOG)
+        if log and log[-1][1] == n:
+            return
+        log.append((time.time() if when is None else when, n))
+
+    def busy(self, src: str, dst: str, at: float | None) -> int | None:
+        """How many of the two workers were running a task at time ``at`` (``None``: unknown)."""
+        if at is None:
+            return None
+        count = 0
+        # the receiver's own task that waits for this transfer does not count
+        for addr, idle in ((src, 0), (dst, 1)):
+            log = self.busy_log.get(addr)
+            if not log:
+                continue
+            n = 0
+            for when, value in reversed(log):
+                if when <= at:
+                    n = value
+                    break
+            count += n > idle
+        return count
+
+    def alpha(self, cls: str, busy: int | None = None) -> float:
+        """The per-transfer cost of a class: learned overhead plus the class's latency prior.
+
+        With ``busy`` (how many of the two workers run a task), the overhead
+        learned for that state, once it has a few samples.
+        """
+        window = self.overhead
+        if busy is not None and len(self.overhead_busy[busy].values) >= 3:
+            window = self.overhead_busy[busy]
+        overhead = window.median()
         return self.priors[cls][1] + (overhead if overhead is not None else 0.0)
 
-    def predict(self, nbytes: float, src: str, dst: str) -> float:
+    def predict(self, nbytes: float, src: str, dst: str, busy: int | None = None) -> float:
         """Seconds to move ``nbytes`` from worker ``src`` to worker ``dst`` (0 when equal)."""
         if src == dst:
             return 0.0
         cls = self.pair_class(src, dst)
         bw, _ = self.bandwidth(src, dst, cls)
-        return self.alpha(cls) + nbytes / bw
+        return self.alpha(cls, busy) + nbytes / bw
 
     def dependency_cost(self, ts: Any, dst: str) -> float:
         """Seconds to bring the dependencies of task ``ts`` that ``dst`` lacks (cheapest holder)."""
@@ -227,7 +269,8 @@ class TransferCostModel:
         if not (nbytes > 0 and duration > 0) or src == dst:
             return
         cls = self.pair_class(src, dst)
-        predicted = self.predict(nbytes, src, dst)
+        busy = self.busy(src, dst, start)
+        predicted = self.predict(nbytes, src, dst, busy)
         dask_bw = getattr(self.scheduler, "bandwidth", 0) or PRIORS["unknown"][0]
         err = abs(predicted - duration) / duration
         dask_err = abs(nbytes / dask_bw - duration) / duration
@@ -236,11 +279,16 @@ class TransferCostModel:
         if nbytes >= LARGE:
             self.large_errors.append(err)
             self.dask_large_errors.append(dask_err)
-        self.recent.append((src, dst, cls, nbytes, duration, predicted, nbytes / dask_bw, start))
+        self.recent.append(
+            (src, dst, cls, nbytes, duration, predicted, nbytes / dask_bw, start, busy)
+        )
         bw, _ = self.bandwidth(src, dst, cls)
-        self.overhead.add(max(0.0, duration - nbytes / bw - self.priors[cls][1]))
+        overhead = max(0.0, duration - nbytes / bw - self.priors[cls][1])
+        self.overhead.add(overhead)
+        if busy is not None:
+            self.overhead_busy[busy].add(overhead)
         if nbytes >= LARGE:
-            self.rates[cls].add(max(_MIN_RATE, (duration - self.alpha(cls)) / nbytes))
+            self.rates[cls].add(max(_MIN_RATE, (duration - self.alpha(cls, busy)) / nbytes))
             self._bw_at = -1.0
         self.transfers[cls] += 1
         self.observed += 1
@@ -344,6 +392,19 @@ class TopologyExtension(SchedulerPlugin):
                 model.observe(worker, str(src), int(nbytes), float(duration), start)
             except (TypeError, ValueError):
                 self.bad_reports += 1
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        """Note each worker's processing count when a task enters or leaves it (O(1))."""
+        if self.model is None or (start != "processing" and finish != "processing"):
+            return
+        addr = kwargs.get("worker")
+        if finish == "processing":
+            ts = self.scheduler.tasks.get(key)
+            if ts is not None and ts.processing_on is not None:
+                addr = ts.processing_on.address
+        ws = self.scheduler.workers.get(addr) if addr else None
+        if ws is not None:
+            self.model.note_processing(addr, len(ws.processing))
 
     def add_worker(self, scheduler: Any, worker: str) -> None:
         """Apply labels that arrived before the worker's registration."""
