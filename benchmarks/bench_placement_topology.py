@@ -27,13 +27,17 @@ lives near where it was collected.
 Figures: cross-rack bytes (the throttle's accounting in each worker process),
 mean shuffle completion time of the two tenants, and the median relative
 error of the predicted transfer time of each worker-to-worker transfer (ours
-and Dask's ``bytes / Scheduler.bandwidth`` side by side).
+and Dask's ``bytes / Scheduler.bandwidth`` side by side; all transfers, those
+over 1 MB, and by size). A warm-up round runs first; bytes and errors are
+counted over the measured rounds after it (the model keeps what it learned).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
+import itertools
 import json
 import os
 import statistics
@@ -57,6 +61,7 @@ from dask_oxigdal.placement.topology_cost import topology_status
 
 RACKS = {"w0": "r1", "w1": "r1", "w2": "r2", "w3": "r2"}
 NSTRIPS = 8
+ROUND_TIMEOUT = 300  # seconds: a round that takes longer fails with the scheduler's state
 
 
 def _cluster() -> SpecCluster:
@@ -116,6 +121,51 @@ def _inputs(client: Client, addrs: dict[str, str], rows: int, seed: int):
     return futures
 
 
+def _piece_bytes(part: pd.DataFrame) -> dict[int, int]:
+    """Bytes of each output partition's piece of one input partition (the shuffle's split)."""
+    from dask_oxigdal.tables import hash_partition
+
+    return {
+        int(pid): int(piece.memory_usage(index=True).sum())
+        for pid, piece in hash_partition(part, "strip", NSTRIPS).items()
+    }
+
+
+async def _layout(client: Client, parts, addrs: dict[str, str]) -> dict[str, float]:
+    """What any placement of whole output partitions must move across racks, in this data.
+
+    ``floor``: the least cross-rack bytes over every assignment of the output
+    partitions to racks (at most one partition per worker slot: 2 per worker);
+    ``blind``: the expected cross-rack bytes of a rack-blind placement (each
+    partition on a worker drawn uniformly), as Dask's own placement is.
+    """
+    rack_of = {addrs[name]: rack for name, rack in RACKS.items()}
+    who = await client.who_has(parts)
+    pieces = await client.gather(client.map(_piece_bytes, parts, pure=False))
+    held: dict[int, dict[str, int]] = {}  # partition -> rack -> bytes held there
+    for fut, sizes in zip(parts, pieces, strict=True):
+        rack = rack_of[who[fut.key][0]]
+        for pid, n in sizes.items():
+            held.setdefault(pid, {}).setdefault(rack, 0)
+            held[pid][rack] += n
+    racks = sorted(set(RACKS.values()))
+    slots = {r: 2 * sum(1 for x in RACKS.values() if x == r) for r in racks}
+    pids = sorted(held)
+
+    def moved(pid: int, rack: str) -> int:
+        return sum(n for r, n in held[pid].items() if r != rack)
+
+    best = None
+    for choice in itertools.product(racks, repeat=len(pids)):
+        if any(choice.count(r) > slots[r] for r in racks):
+            continue
+        total = sum(moved(pid, r) for pid, r in zip(pids, choice, strict=True))
+        best = total if best is None else min(best, total)
+    workers_per_rack = {r: sum(1 for x in RACKS.values() if x == r) for r in racks}
+    blind = sum(moved(pid, r) * workers_per_rack[r] / len(RACKS) for pid in pids for r in racks)
+    return {"floor": float(best or 0), "blind": float(blind)}
+
+
 async def _cross_rack_bytes(client: Client) -> dict[str, int]:
     def collect():
         from dask_oxigdal.placement import comm
@@ -155,14 +205,20 @@ async def run(mode: str, rows_big: int, rows_small: int, repeats: int) -> dict:
             )
             await register_topology(client)
         completions: dict[str, list[float]] = {"big": [], "small": []}
+        layout = {"floor": 0.0, "blind": 0.0}
         warm = _inputs(client, addrs, 200, 10_000)  # warm up both code paths and the model
         await distributed.wait(warm)
         await _one_round(client, mode, warm, warm, {"big": [], "small": []})
         await client.run(_reset_links)
+        if mode == "ours":  # errors are scored over the measured rounds, as bytes are
+            await client.run_on_scheduler(_reset_errors)
         for r in range(repeats):
             big_in = _inputs(client, addrs, rows_big, 100 * r)
             small_in = _inputs(client, addrs, rows_small, 100 * r + 50)
             await distributed.wait(big_in + small_in)
+            if mode == "ours":  # the same data in both modes (seeded): measure it once
+                for k, v in (await _layout(client, big_in + small_in, addrs)).items():
+                    layout[k] += v
             await _one_round(client, mode, big_in, small_in, completions)
             del big_in, small_in
         links = await _cross_rack_bytes(client)
@@ -177,9 +233,16 @@ async def run(mode: str, rows_big: int, rows_small: int, repeats: int) -> dict:
         if mode == "ours":
             snap = await client.run_on_scheduler(_scheduler_snapshot)
             out.update(snap)
+            out["layout"] = layout
         else:
             out["dask_median_error"] = None
         return out
+
+
+def _reset_errors(dask_scheduler=None):
+    from dask_oxigdal.placement.topology_cost import _extension
+
+    _extension(dask_scheduler).model.reset_errors()
 
 
 def _reset_links():
@@ -201,9 +264,30 @@ def _scheduler_snapshot(dask_scheduler=None):
         "admission_order": [r["tenant"] for r in policy.log],
         "median_error": snap["median_error"],
         "dask_median_error": snap["dask_median_error"],
+        "large_transfers": snap["large_transfers"],
+        "median_error_large": snap["median_error_large"],
+        "dask_median_error_large": snap["dask_median_error_large"],
+        "error_by_size": _error_by_size(dask_scheduler),
         "transfers_observed": snap["transfers_observed"],
         "classes": snap["classes"],
     }
+
+
+def _error_by_size(scheduler) -> dict[str, list]:
+    """Median error of both models by transfer size: ``{range: [transfers, ours, Dask's]}``."""
+    from dask_oxigdal.placement.topology_cost import _extension
+
+    recent = list(_extension(scheduler).model.recent)
+    out = {}
+    for lo, hi, name in ((0, 1e4, "<10KB"), (1e4, 1e6, "10KB-1MB"), (1e6, 1e12, ">=1MB")):
+        rows = [r for r in recent if lo <= r[3] < hi]
+        if rows:
+            out[name] = [
+                len(rows),
+                statistics.median(abs(r[5] - r[4]) / r[4] for r in rows),
+                statistics.median(abs(r[6] - r[4]) / r[4] for r in rows),
+            ]
+    return out
 
 
 async def _one_round(client, mode, big_in, small_in, completions) -> None:
@@ -227,7 +311,29 @@ async def _one_round(client, mode, big_in, small_in, completions) -> None:
         await futures[tenant]
         completions[tenant].append(time.monotonic() - t0)
 
-    await asyncio.gather(*(wait(t) for t in futures))
+    try:
+        await asyncio.wait_for(asyncio.gather(*(wait(t) for t in futures)), ROUND_TIMEOUT)
+    except TimeoutError:
+        stuck = await client.run_on_scheduler(_stuck)
+        raise RuntimeError(
+            f"{mode}: a round did not finish in {ROUND_TIMEOUT} s; scheduler: {stuck}"
+        ) from None
+
+
+def _stuck(dask_scheduler=None) -> dict:
+    """Unfinished tasks by (prefix, state), and the admission policy's state if any."""
+    states: dict[str, int] = {}
+    for ts in dask_scheduler.tasks.values():
+        if ts.state not in ("memory", "released", "forgotten"):
+            name = f"{ts.prefix.name if ts.prefix else '?'}:{ts.state}"
+            states[name] = states.get(name, 0) + 1
+    out: dict = {"tasks": states}
+    from dask_oxigdal.scheduling.extension import NAME
+
+    ext = dask_scheduler.plugins.get(NAME)
+    if ext is not None:
+        out["admission"] = ext.policies[-1].snapshot()
+    return out
 
 
 def main(argv=None) -> int:
@@ -236,6 +342,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the figures to this file")
     args = p.parse_args(argv)
     rows_big, rows_small, repeats = (150_000, 15_000, 2) if args.quick else (300_000, 30_000, 5)
+    # a last resort against a hang anywhere (start-up, teardown): the threads' stacks, then exit
+    faulthandler.dump_traceback_later(900 if args.quick else 3600, exit=True)
     with dask.config.set({"distributed.scheduler.work-stealing": True}):
         vanilla = asyncio.run(run("vanilla", rows_big, rows_small, repeats))
         ours = asyncio.run(run("ours", rows_big, rows_small, repeats))
@@ -263,11 +371,30 @@ def main(argv=None) -> int:
         f"(target <= 20%), Dask's model {ours['dask_median_error']:.1%} "
         f"over {ours['transfers_observed']} transfers"
     )
+    print(
+        f"  transfers over 1 MB ({ours['large_transfers']}): ours "
+        f"{_pct(ours['median_error_large'])}, Dask's {_pct(ours['dask_median_error_large'])}; "
+        "by size [transfers, ours, Dask's]: "
+        + ", ".join(
+            f"{k} [{n}, {a:.0%}, {b:.0%}]" for k, (n, a, b) in ours["error_by_size"].items()
+        )
+    )
+    lay = ours["layout"]
+    print(
+        f"layout: any placement of whole partitions moves >= {lay['floor'] / 1e6:.1f} MB "
+        f"across racks, a rack-blind one {lay['blind'] / 1e6:.1f} MB on average: "
+        f"best possible ratio {lay['floor'] / max(1.0, lay['blind']):.2f} "
+        f"(in-memory bytes; the wire adds framing)"
+    )
     print(f"admission order (ours, warm-up round first): {' '.join(ours['admission_order'])}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, default=str)
     return 0
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
 
 
 def _describe() -> str:

@@ -10,11 +10,13 @@ import dask_oxigdal  # noqa: F401
 import asyncio
 import time
 
+import dask
 import pandas as pd
 import pytest
 from distributed.utils_test import gen_cluster
 
 import dask_oxigdal as dox
+from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.placement.admission import Coflow, ShuffleAdmission, choose, coflow_id
 from dask_oxigdal.scheduling.extension import NAME, register
 
@@ -62,6 +64,31 @@ def test_coflow_ids_and_bad_settings():
         ShuffleAdmission(aging="soon")
     with pytest.raises(ValueError, match=r"round=-1 is not a duration >= 0"):
         ShuffleAdmission(round=-1)
+
+
+def test_settings_from_dask_config():
+    # the shipped defaults
+    adm = ShuffleAdmission()
+    assert (adm.slots, adm.aging, adm.round) == (2, 30.0, 0.05)
+    with dask.config.set(
+        {
+            "oxigdal.shuffle-admission.slots": 3,
+            "oxigdal.shuffle-admission.aging": "2m",
+            "oxigdal.shuffle-admission.round": 0.25,
+        }
+    ):
+        adm = ShuffleAdmission()
+        assert (adm.slots, adm.aging, adm.round) == (3, 120.0, 0.25)
+        assert ShuffleAdmission(slots=1).slots == 1  # an explicit value wins
+    for key, bad, match in (
+        ("slots", "two", r"oxigdal.shuffle-admission.slots='two' must be an integer >= 1"),
+        ("slots", True, r"oxigdal.shuffle-admission.slots=True must be an integer >= 1"),
+        ("aging", "-3s", r"oxigdal.shuffle-admission.aging='-3s' is not a duration >= 0"),
+        ("round", [1], r"oxigdal.shuffle-admission.round=\[1\] is not a duration >= 0"),
+    ):
+        with dask.config.set({f"oxigdal.shuffle-admission.{key}": bad}):
+            with pytest.raises(ConfigError, match=match):
+                ShuffleAdmission()
 
 
 def _frame(rows, seed):

@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Coflow", "ShuffleAdmission", "choose"]
 
+#: Settings below ``oxigdal.``: ``shuffle-admission.slots``, ``.aging``, ``.round``.
+_CONFIG = "shuffle-admission"
 _OURS = re.compile(r"^(oxigdal-.+-concat-[0-9a-f]+)-\d+$")
 _P2P = re.compile(r"^shuffle-transfer-[0-9a-f]+$")
 _DONE = ("memory", "erred", "forgotten")
@@ -198,16 +200,24 @@ def choose(
 class ShuffleAdmission(SchedulingPolicy):
     """Admit concurrent shuffles as coflows: smallest bottleneck first, fair per tenant, aging.
 
+    Each parameter left out comes from dask config ``oxigdal.shuffle-admission.*``
+    (``slots``, ``aging``, ``round``; the shipped ``oxigdal.yaml`` has the defaults).
+
     Parameters
     ----------
-    slots : int
+    slots : int, optional
         Coflows admitted at once (default 2).
-    aging : float or str
+    aging : float or str, optional
         Seconds (or a duration string) after which a ready coflow goes first,
         whatever its size (default ``"30s"``).
-    round : float or str
+    round : float or str, optional
         Delay of an admission round after a coflow becomes ready or finishes,
         so that coflows ready together are compared (default ``"50ms"``).
+
+    Raises
+    ------
+    dask_oxigdal.exceptions.ConfigError
+        A bad value, named with its key and the valid range.
     """
 
     name = "ShuffleAdmission"
@@ -215,24 +225,29 @@ class ShuffleAdmission(SchedulingPolicy):
     def __init__(
         self,
         *,
-        slots: int = 2,
-        aging: float | str = "30s",
-        round: float | str = "50ms",
+        slots: int | None = None,
+        aging: float | str | None = None,
+        round: float | str | None = None,
     ) -> None:
         from dask.utils import parse_timedelta
 
+        from dask_oxigdal.exceptions import ConfigError
+        from dask_oxigdal.settings import setting
+
         super().__init__()
+        slots = setting(f"{_CONFIG}.slots", slots)
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-            raise ValueError(f"ShuffleAdmission slots={slots!r} must be an integer >= 1")
+            raise ConfigError(f"oxigdal.{_CONFIG}.slots={slots!r} must be an integer >= 1")
         self.slots = slots
         for label, raw in (("aging", aging), ("round", round)):
+            raw = setting(f"{_CONFIG}.{label}", raw)
             try:
                 value = parse_timedelta(raw)
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, AttributeError):
                 value = None
-            if value is None or not value >= 0:
-                raise ValueError(
-                    f"ShuffleAdmission {label}={raw!r} is not a duration >= 0 (e.g. '30s', 0.5)"
+            if value is None or not value >= 0 or value == float("inf"):
+                raise ConfigError(
+                    f"oxigdal.{_CONFIG}.{label}={raw!r} is not a duration >= 0 (e.g. '30s', 0.5)"
                 )
             setattr(self, label, float(value))
         self.coflows: dict[str, Coflow] = {}

@@ -331,7 +331,9 @@ class TopologyWorkerPlugin(WorkerPlugin):
         for rec in list(worker.transfer_incoming_log):
             stop = rec.get("stop", 0.0)
             if stop > self._last_stop:
-                records.append([rec["who"], int(rec["total"]), float(rec["duration"])])
+                records.append(
+                    [rec["who"], int(rec["total"]), float(rec["duration"]), float(rec["start"])]
+                )
                 last = max(last, stop)
         self._last_stop = last
         if records:

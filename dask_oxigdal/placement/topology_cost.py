@@ -6,33 +6,47 @@ Each pair of workers falls in a *class*: how their topology labels relate,
 ``same-host``, ``same-rack``, ``cross-rack``, ``cross-zone`` or ``unknown``
 (see :func:`~dask_oxigdal.placement.topology.relation`).
 
-- ``bandwidth(pair)``: Dask's own measurements ``Scheduler.bandwidth_workers``
-  (Dask measures transfers over 1 MB), pooled per class: the median over the
-  class's measured pairs, so that one noisy pair cannot invert the topology's
-  order; else the class's prior, scaled by the median ratio of measured
-  to prior bandwidth over the measured classes (so that an unmeasured class
-  keeps its place in the topology's order next to measured ones).
-- ``alpha(class)``: the per-transfer cost (latency, request, serialisation):
-  an exponentially weighted mean of ``observed - bytes / bandwidth`` over the
-  transfers the workers report (``Worker.transfer_incoming_log``, through
-  :class:`~dask_oxigdal.placement.topology.TopologyWorkerPlugin`); else the
-  class's prior.
+The model learns from the transfers the workers report
+(``Worker.transfer_incoming_log``, through
+:class:`~dask_oxigdal.placement.topology.TopologyWorkerPlugin`), in two stages
+so that the per-transfer overhead is counted once (Dask's own
+``bytes / duration`` figure already contains it):
+
+- ``alpha(class)``: the class's latency prior plus the *overhead* (request,
+  event loops, serialisation), the median of the last 16 values of
+  ``observed - bytes / bandwidth - latency``, pooled over the classes (the
+  workers' CPUs are the same whatever the link); else the prior.
+- ``bandwidth(class)``: the median of ``(observed - alpha) / bytes`` over the
+  class's last 8 transfers of at least :data:`LARGE` bytes (``observed``);
+  else Dask's ``Scheduler.bandwidth_workers`` pooled per class (median over
+  the class's pairs, ``measured``); else the class's prior scaled by the
+  median ratio of learned to prior bandwidth (``prior``). An outer class is
+  never faster than an inner one (same host, rack, cross rack, cross zone),
+  so noise cannot invert the topology's order.
+
+Medians rather than means: on a busy host a few transfers stall for a tenth
+of a second or more in an event loop, and a mean follows them.
 
 Each reported transfer is first *predicted* with the model as it stood, then
 added to it: the relative error ``|predicted - observed| / observed`` of our
 model and of Dask's (``bytes / Scheduler.bandwidth``, what
 ``Scheduler.get_comm_cost`` uses) are kept for the last 1000 transfers;
-:func:`topology_status` reports their medians.
+:func:`topology_status` reports their medians, over all transfers and over
+those of at least :data:`LARGE` bytes.
+
+:func:`place_released` uses the cost for held tasks that a policy releases.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import statistics
 import time
 from collections import deque
 from typing import Any
 
+import dask
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from dask_oxigdal.placement.topology import EXTRA_KEY, parse_labels, relation, worker_labels
@@ -42,8 +56,10 @@ __all__ = [
     "PRIORS",
     "TopologyExtension",
     "TransferCostModel",
+    "assign_by_cost",
     "dependency_costs",
     "install",
+    "place_released",
     "register",
     "topology_status",
 ]
@@ -61,24 +77,30 @@ PRIORS: dict[str, tuple[float, float]] = {
     "unknown": (100e6, 0.002),  # Dask's default distributed.scheduler.bandwidth
 }
 _MAX_ERRORS = 1000
+#: Transfers of at least this many bytes teach the bandwidth (Dask's own threshold).
+LARGE = 1_000_000
+_OVERHEAD_WINDOW = 16
+_RATE_WINDOW = 8
+_MIN_RATE = 1e-11  # seconds per byte: 100 GB/s
+_BUSY_LOG = 256
+_ORDER = ("same-host", "same-rack", "cross-rack", "cross-zone")
 
 
-class _Residual:
-    """Exponentially weighted mean of ``observed - bytes / bandwidth`` (the per-transfer cost)."""
+class _Window:
+    """The last ``size`` samples of a quantity; their median (robust to the stalls of a busy host)."""
 
-    __slots__ = ("decay", "mean", "n")
+    __slots__ = ("n", "values")
 
-    def __init__(self, decay: float = 0.9) -> None:
-        self.decay = decay
-        self.mean = 0.0
+    def __init__(self, size: int) -> None:
+        self.values: deque[float] = deque(maxlen=size)
         self.n = 0
 
-    def add(self, residual: float) -> None:
-        residual = max(0.0, residual)
-        self.mean = (
-            residual if self.n == 0 else self.decay * self.mean + (1 - self.decay) * residual
-        )
+    def add(self, value: float) -> None:
+        self.values.append(value)
         self.n += 1
+
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
 
 
 class TransferCostModel:
@@ -104,12 +126,25 @@ class TransferCostModel:
                     f"prior for {cls!r} must be (bandwidth > 0, alpha >= 0): {value!r}"
                 )
             self.priors[cls] = (float(bw), float(alpha))
-        self.alphas = {cls: _Residual() for cls in CLASSES}
-        self._pooled: dict[str, float] = {}
-        self._scale = 1.0
-        self._pooled_at = -1.0
+        # the per-transfer overhead beyond the class's latency: pooled over the classes
+        # (it is the two workers' event loops and CPUs, which every class shares)
+        self.overhead = _Window(_OVERHEAD_WINDOW)
+        # the same, split by how many of the two workers were running a task when the
+        # transfer started (0, 1 or 2): a busy worker's event loop answers late
+        self.overhead_busy = {k: _Window(_OVERHEAD_WINDOW) for k in (0, 1, 2)}
+        #: worker -> recent (time, tasks processing) changes, from the transition hook
+        self.busy_log: dict[str, deque[tuple[float, int]]] = {}
+        # seconds per byte of each class, from the transfers over LARGE bytes
+        self.rates = {cls: _Window(_RATE_WINDOW) for cls in CLASSES}
+        self.transfers = {cls: 0 for cls in CLASSES}
+        self._bw: dict[str, tuple[float, str]] = {}
+        self._bw_at = -1.0
         self.errors: deque[float] = deque(maxlen=_MAX_ERRORS)
         self.dask_errors: deque[float] = deque(maxlen=_MAX_ERRORS)
+        self.large_errors: deque[float] = deque(maxlen=_MAX_ERRORS)
+        self.dask_large_errors: deque[float] = deque(maxlen=_MAX_ERRORS)
+        #: the last scored transfers: (src, dst, class, bytes, observed, ours, Dask's, start, busy)
+        self.recent: deque[tuple] = deque(maxlen=_MAX_ERRORS)
         self.observed = 0
         self.observed_bytes = {cls: 0 for cls in CLASSES}
 
@@ -122,42 +157,92 @@ class TransferCostModel:
             return "unknown"
         return relation(worker_labels(a), worker_labels(b))
 
-    def _measured(self) -> dict[str, float]:
-        """Dask's measured pair bandwidths pooled per class (median), refreshed each second."""
+    def _dask_measured(self) -> dict[str, float]:
+        """Dask's measured pair bandwidths pooled per class (median)."""
+        per_class: dict[str, list[float]] = {}
+        for (dst, src), value in list(self.scheduler.bandwidth_workers.items()):
+            if value and value > 0:
+                per_class.setdefault(self.pair_class(src, dst), []).append(float(value))
+        return {cls: statistics.median(v) for cls, v in per_class.items()}
+
+    def _bandwidths(self) -> dict[str, tuple[float, str]]:
+        """``{class: (bytes/s, source)}``, refreshed at most once a second or on a new rate."""
         now = time.monotonic()
-        if now - self._pooled_at >= 1.0:
-            per_class: dict[str, list[float]] = {}
-            for (dst, src), value in list(self.scheduler.bandwidth_workers.items()):
-                if value and value > 0:
-                    per_class.setdefault(self.pair_class(src, dst), []).append(float(value))
-            self._pooled = {cls: statistics.median(v) for cls, v in per_class.items()}
-            # how much slower (or faster) than its prior the measured network is: the
-            # classes without a measurement keep their prior's place in the order
-            ratios = [bw / self.priors[cls][0] for cls, bw in self._pooled.items()]
-            self._scale = statistics.median(ratios) if ratios else 1.0
-            self._pooled_at = now
-        return self._pooled
+        if now - self._bw_at < 1.0:
+            return self._bw
+        dask = self._dask_measured()
+        raw: dict[str, tuple[float, str]] = {}
+        for cls in CLASSES:
+            rate = self.rates[cls].median()
+            if rate is not None:
+                raw[cls] = (1.0 / max(rate, _MIN_RATE), "observed")
+            elif dask.get(cls):
+                raw[cls] = (dask[cls], "measured")
+        # how much slower (or faster) than its prior the network is: the classes without
+        # a measurement keep their prior's place in the order
+        ratios = [bw / self.priors[cls][0] for cls, (bw, _) in raw.items()]
+        scale = statistics.median(ratios) if ratios else 1.0
+        out = {cls: raw.get(cls) or (self.priors[cls][0] * scale, "prior") for cls in CLASSES}
+        # one noisy class cannot invert the topology's order: an outer class is never
+        # faster than an inner one
+        for inner, outer in itertools.pairwise(_ORDER):
+            if out[outer][0] > out[inner][0]:
+                out[outer] = (out[inner][0], out[outer][1])
+        self._bw, self._bw_at = out, now
+        return out
 
     def bandwidth(self, src: str, dst: str, cls: str | None = None) -> tuple[float, str]:
-        """``(bytes/s, source)`` of a pair: ``measured`` (Dask's, pooled per class) or ``prior``."""
-        cls = cls or self.pair_class(src, dst)
-        measured = self._measured().get(cls)
-        if measured:
-            return measured, "measured"
-        return self.priors[cls][0] * self._scale, "prior"
+        """``(bytes/s, source)`` of a pair: ``observed``, ``measured`` (Dask's) or ``prior``."""
+        return self._bandwidths()[cls or self.pair_class(src, dst)]
 
-    def alpha(self, cls: str) -> float:
-        """The per-transfer cost of a class: learned from observed transfers, else the prior."""
-        res = self.alphas[cls]
-        return res.mean if res.n else self.priors[cls][1]
+    def note_processing(self, worker: str, n: int, when: float | None = None) -> None:
+        """Record that ``worker`` now has ``n`` tasks processing (O(1), from transitions)."""
+        log = self.busy_log.get(worker)
+        if log is None:
+            if len(self.busy_log) > 10_000:
+                self.busy_log.clear()
+            log = self.busy_log[worker] = deque(maxlen=_BUSY_LOG)
+        if log and log[-1][1] == n:
+            return
+        log.append((time.time() if when is None else when, n))
 
-    def predict(self, nbytes: float, src: str, dst: str) -> float:
+    def busy(self, src: str, dst: str, at: float | None) -> int | None:
+        """How many of the two workers were running a task at time ``at`` (``None``: unknown)."""
+        if at is None:
+            return None
+        count = 0
+        # the receiver's own task that waits for this transfer does not count
+        for addr, idle in ((src, 0), (dst, 1)):
+            log = self.busy_log.get(addr)
+            if not log:
+                continue
+            n = 0
+            for when, value in reversed(log):
+                if when <= at:
+                    n = value
+                    break
+            count += n > idle
+        return count
+
+    def alpha(self, cls: str, busy: int | None = None) -> float:
+        """The per-transfer cost of a class: learned overhead plus the class's latency prior.
+
+        With ``busy`` (how many of the two workers run a task), the overhead
+        learned for that state, once it has a few samples.
+        """
+        window = self.overhead
+        if busy is not None and len(self.overhead_busy[busy].values) >= 3:
+            window = self.overhead_busy[busy]
+        overhead = window.median()
+        return self.priors[cls][1] + (overhead if overhead is not None else 0.0)
+
+    def predict(self, nbytes: float, src: str, dst: str, busy: int | None = None) -> float:
         """Seconds to move ``nbytes`` from worker ``src`` to worker ``dst`` (0 when equal)."""
         if src == dst:
             return 0.0
         cls = self.pair_class(src, dst)
         bw, _ = self.bandwidth(src, dst, cls)
-        return self.alpha(cls) + nbytes / bw
+        return self.alpha(cls, busy) + nbytes / bw
 
     def dependency_cost(self, ts: Any, dst: str) -> float:
         """Seconds to bring the dependencies of task ``ts`` that ``dst`` lacks (cheapest holder)."""
@@ -171,40 +256,75 @@ class TransferCostModel:
         return total
 
     # ------------------------------------------------------------ observation
-    def observe(self, dst: str, src: str, nbytes: int, duration: float) -> None:
-        """Record one finished transfer: score both models' predictions, then learn from it."""
+    def observe(
+        self, dst: str, src: str, nbytes: int, duration: float, start: float | None = None
+    ) -> None:
+        """Record one finished transfer: score both models' predictions, then learn from it.
+
+        Learning is in two stages, so that the overhead is counted once: every
+        transfer gives an overhead sample, ``duration - bytes / bandwidth -
+        latency``; a transfer over :data:`LARGE` bytes also gives a rate
+        sample, ``(duration - alpha) / bytes``.
+        """
         if not (nbytes > 0 and duration > 0) or src == dst:
             return
         cls = self.pair_class(src, dst)
-        predicted = self.predict(nbytes, src, dst)
-        self.errors.append(abs(predicted - duration) / duration)
+        busy = self.busy(src, dst, start)
+        predicted = self.predict(nbytes, src, dst, busy)
         dask_bw = getattr(self.scheduler, "bandwidth", 0) or PRIORS["unknown"][0]
-        self.dask_errors.append(abs(nbytes / dask_bw - duration) / duration)
+        err = abs(predicted - duration) / duration
+        dask_err = abs(nbytes / dask_bw - duration) / duration
+        self.errors.append(err)
+        self.dask_errors.append(dask_err)
+        if nbytes >= LARGE:
+            self.large_errors.append(err)
+            self.dask_large_errors.append(dask_err)
+        self.recent.append(
+            (src, dst, cls, nbytes, duration, predicted, nbytes / dask_bw, start, busy)
+        )
         bw, _ = self.bandwidth(src, dst, cls)
-        self.alphas[cls].add(duration - nbytes / bw)
+        overhead = max(0.0, duration - nbytes / bw - self.priors[cls][1])
+        self.overhead.add(overhead)
+        if busy is not None:
+            self.overhead_busy[busy].add(overhead)
+        if nbytes >= LARGE:
+            self.rates[cls].add(max(_MIN_RATE, (duration - self.alpha(cls, busy)) / nbytes))
+            self._bw_at = -1.0
+        self.transfers[cls] += 1
         self.observed += 1
         self.observed_bytes[cls] += int(nbytes)
+
+    def reset_errors(self) -> None:
+        """Forget the scored errors (not what the model learned): e.g. after a warm-up."""
+        for q in (self.errors, self.dask_errors, self.large_errors, self.dask_large_errors):
+            q.clear()
+        self.recent.clear()
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable state: per-class bandwidth/alpha and the median errors."""
         classes = {}
-        measured = self._measured()
+        bandwidths = self._bandwidths()
         for cls in CLASSES:
-            res = self.alphas[cls]
+            bw, source = bandwidths[cls]
             classes[cls] = {
-                "bandwidth": measured.get(cls) or self.priors[cls][0] * self._scale,
-                "bandwidth_source": "measured" if measured.get(cls) else "prior",
+                "bandwidth": bw,
+                "bandwidth_source": source,
                 "alpha": self.alpha(cls),
-                "alpha_source": "observed" if res.n else "prior",
-                "transfers": res.n,
+                "alpha_source": "observed" if self.overhead.n else "prior",
+                "transfers": self.transfers[cls],
                 "bytes": self.observed_bytes[cls],
             }
+
+        def median(values: deque[float]) -> float | None:
+            return statistics.median(values) if values else None
+
         return {
             "transfers_observed": self.observed,
-            "median_error": statistics.median(self.errors) if self.errors else None,
-            "dask_median_error": (
-                statistics.median(self.dask_errors) if self.dask_errors else None
-            ),
+            "median_error": median(self.errors),
+            "dask_median_error": median(self.dask_errors),
+            "large_transfers": len(self.large_errors),
+            "median_error_large": median(self.large_errors),
+            "dask_median_error_large": median(self.dask_large_errors),
             "dask_bandwidth": float(getattr(self.scheduler, "bandwidth", 0) or 0),
             "classes": classes,
         }
@@ -232,6 +352,7 @@ class TopologyExtension(SchedulerPlugin):
         self.model: TransferCostModel | None = None
         self.pending: dict[str, dict[str, str]] = {}
         self.bad_reports = 0
+        self.placed_held = 0  # released held tasks pinned by cost (place_released)
 
     async def start(self, scheduler: Any) -> None:
         """Install the handlers."""
@@ -266,10 +387,24 @@ class TopologyExtension(SchedulerPlugin):
             return
         for rec in records if isinstance(records, (list, tuple)) else ():
             try:
-                src, nbytes, duration = rec
-                model.observe(worker, str(src), int(nbytes), float(duration))
+                src, nbytes, duration, *rest = rec
+                start = float(rest[0]) if rest else None
+                model.observe(worker, str(src), int(nbytes), float(duration), start)
             except (TypeError, ValueError):
                 self.bad_reports += 1
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        """Note each worker's processing count when a task enters or leaves it (O(1))."""
+        if self.model is None or (start != "processing" and finish != "processing"):
+            return
+        addr = kwargs.get("worker")
+        if finish == "processing":
+            ts = self.scheduler.tasks.get(key)
+            if ts is not None and ts.processing_on is not None:
+                addr = ts.processing_on.address
+        ws = self.scheduler.workers.get(addr) if addr else None
+        if ws is not None:
+            self.model.note_processing(addr, len(ws.processing))
 
     def add_worker(self, scheduler: Any, worker: str) -> None:
         """Apply labels that arrived before the worker's registration."""
@@ -288,6 +423,7 @@ class TopologyExtension(SchedulerPlugin):
             addr: worker_labels(ws) for addr, ws in sorted(self.scheduler.workers.items())
         }
         out["bad_reports"] = self.bad_reports
+        out["placed_held"] = self.placed_held
         return out
 
 
@@ -335,6 +471,142 @@ def dependency_costs(scheduler: Any, ts: Any, addresses: Any) -> dict[str, float
     if ext is None or ext.model is None:
         return None
     return {a: ext.model.dependency_cost(ts, a) for a in addresses}
+
+
+#: Most ``dependencies x candidate workers`` one release may rank (beyond it, Dask places).
+_PLACE_BUDGET = 200_000
+
+
+def place_released(scheduler: Any, recs: dict) -> int:
+    """Pin held tasks that a policy releases to their cheapest worker, by transfer cost.
+
+    Called by :meth:`dask_oxigdal.scheduling.holds.Holds.transitions` on every
+    release (``Quota``, ``Gang``, ...): each task in ``recs`` going from
+    ``no-worker`` to ``waiting`` with no restriction of its own and with
+    dependencies in memory is pinned, loosely, to the running worker with the
+    smallest ``occupancy / threads + predicted seconds to fetch its missing
+    dependencies``: Dask's own objective, with this model's cost in place of
+    its flat ``bytes / 100 MB/s``. Workers with an idle thread are ranked
+    first, as ``Locality`` does. The tasks of one release are placed in
+    turn, each taking a thread and adding its expected duration to its worker. Tasks that
+    ``Locality`` or ``ShuffleAdmission`` pinned already, root tasks, and
+    releases larger than the budget are left to Dask. Does nothing without
+    the topology extension.
+
+    Parameters
+    ----------
+    scheduler : distributed.Scheduler
+    recs : dict
+        ``{key: finish state}`` about to be passed to ``scheduler.transitions``.
+
+    Returns
+    -------
+    int
+        How many tasks were pinned.
+    """
+    ext = _extension(scheduler)
+    if ext is None or ext.model is None:
+        return 0
+    tasks = scheduler.tasks
+    todo = []
+    work = 0
+    for key, finish in recs.items():
+        if finish != "waiting":
+            continue
+        ts = tasks.get(key)
+        if (
+            ts is None
+            or ts.state != "no-worker"
+            or not ts.dependencies
+            or ts.worker_restrictions
+            or ts.host_restrictions
+            or ts.resource_restrictions
+        ):
+            continue
+        todo.append(ts)
+        work += len(ts.dependencies)
+    workers = list(scheduler.running)
+    if not todo or not workers or work * len(workers) > _PLACE_BUDGET:
+        return 0
+    from dask.utils import parse_timedelta
+
+    from dask_oxigdal.scheduling._dask import idle_threads, prefix_estimate
+
+    unknown = parse_timedelta(dask.config.get("distributed.scheduler.unknown-task-duration"))
+    added: dict[str, float] = {}
+    free = {ws.address: idle_threads(ws) for ws in workers}
+    model = ext.model
+    for ts in todo:
+        if any(not dts.who_has for dts in ts.dependencies):
+            continue  # an input is not in memory: Dask will wait for it anyway
+        # workers with an idle thread first (as Locality does): Dask's occupancy of a
+        # long-running task shrinks as it runs, so a busy holder would look free
+        candidates = [ws for ws in workers if free[ws.address] > 0] or workers
+        target = min(
+            candidates,
+            key=lambda ws: (
+                (ws.occupancy + added.get(ws.address, 0.0)) / max(1, ws.nthreads)
+                + model.dependency_cost(ts, ws.address),
+                ws.address,
+            ),
+        )
+        duration = prefix_estimate(ts.prefix) if ts.prefix is not None else None
+        added[target.address] = added.get(target.address, 0.0) + (duration or unknown)
+        free[target.address] -= 1
+        ts.worker_restrictions = {target.address}
+        ts.loose_restrictions = True
+        ext.placed_held += 1
+    return sum(1 for ts in todo if ts.worker_restrictions)
+
+
+def assign_by_cost(scheduler: Any, members: list, workers: list) -> list:
+    """Which of a gang's chosen worker slots each member takes, by transfer cost.
+
+    ``Gang`` decides the set of slots (its placement: spread, pack, away from
+    a restart); this only decides which member goes to which of them. The
+    members with the most dependency bytes choose first, each taking the slot
+    with the lowest predicted cost of fetching its missing dependencies.
+    Without the topology extension, or beyond the budget, the order is kept.
+
+    Parameters
+    ----------
+    scheduler : distributed.Scheduler
+    members : list of distributed.scheduler.TaskState
+    workers : list of distributed.scheduler.WorkerState
+        One slot per member (a worker appears once per thread it gives).
+
+    Returns
+    -------
+    list of distributed.scheduler.WorkerState
+        ``workers`` reordered: entry ``i`` is member ``i``'s worker.
+    """
+    ext = _extension(scheduler)
+    work = sum(len(ts.dependencies) for ts in members)
+    if (
+        ext is None
+        or ext.model is None
+        or len(members) != len(workers)
+        or not work
+        or work * len(workers) > _PLACE_BUDGET
+    ):
+        return list(workers)
+    model = ext.model
+    order = sorted(
+        range(len(members)),
+        key=lambda i: (-sum(d.get_nbytes() for d in members[i].dependencies), i),
+    )
+    free = list(workers)
+    out: list = [None] * len(members)
+    for i in order:
+        costs: dict[str, float] = {}
+        for ws in free:
+            if ws.address not in costs:
+                costs[ws.address] = model.dependency_cost(members[i], ws.address)
+        j = min(range(len(free)), key=lambda j: (costs[free[j].address], j))
+        out[i] = free.pop(j)
+        if members[i].dependencies:
+            ext.placed_held += 1
+    return out
 
 
 def install(scheduler: Any, priors: dict | None = None) -> TopologyExtension:

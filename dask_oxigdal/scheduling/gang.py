@@ -421,6 +421,10 @@ class Gang(GangPhases, SchedulingPolicy):
             return  # held by another policy as well (e.g. a rejection): do not start
         if gang.previous:
             workers = _away_from_previous(members, workers, gang.previous)
+        elif "oxigdal-topology" in ext.scheduler.plugins:  # which slot: by transfer cost
+            from dask_oxigdal.placement.topology_cost import assign_by_cost
+
+            workers = assign_by_cost(ext.scheduler, members, workers)
         for ts, ws in zip(members, workers, strict=True):
             ext.unhold(ts, info_map[ts.key], self.name)
             ts.worker_restrictions = {ws.address}

@@ -99,6 +99,10 @@ class Holds:
         """
         scheduler = self.scheduler
         if scheduler is not None and recs:
+            if "oxigdal-topology" in scheduler.plugins:  # released held tasks: by transfer cost
+                from dask_oxigdal.placement.topology_cost import place_released
+
+                place_released(scheduler, recs)
             scheduler.transitions(recs, stimulus_id=stimulus_id)
 
     def erred(self, key: Any, exc: BaseException, text: str, stimulus_id: str) -> dict:
