@@ -293,15 +293,17 @@ def bench_cache(quick: bool) -> list[str]:
     return lines
 
 
-def bench_topology(quick: bool) -> list[str]:
+def bench_topology(quick: bool, cross_ingest: float = 0.2) -> list[str]:
     """The two-rack network section: benchmarks/bench_placement_topology.py, in a subprocess.
 
     It runs its own clusters on the ``throttled://`` backend; a fresh process
     keeps its comm registration and its clusters apart from the other sections.
+    ``cross_ingest`` is passed on as its ``--cross-ingest``.
     """
     import subprocess
 
     cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "bench_placement_topology.py")]
+    cmd += ["--cross-ingest", repr(cross_ingest)]
     out = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True)
     if out.returncode:
         return ["topology: failed", out.stdout, out.stderr[-4000:]]
@@ -316,10 +318,32 @@ SECTIONS = {
 }
 
 
+def _cross_ingest(value: str) -> float:
+    """``--cross-ingest`` (checked here too, before any section runs): 0 <= F < 0.5."""
+    try:
+        f = float(value)
+    except ValueError:
+        f = float("nan")
+    if not 0.0 <= f < 0.5:  # also rejects nan
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not valid: must be a number F with 0 <= F < 0.5 (the share of "
+            "each strip's points ingested in the other rack; default 0.2)"
+        )
+    return f
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     parser.add_argument("--only", default=",".join(SECTIONS))
+    parser.add_argument(
+        "--cross-ingest",
+        type=_cross_ingest,
+        default=0.2,
+        metavar="F",
+        help="topology: share of each strip's points ingested in the other rack, "
+        "0 <= F < 0.5 (default 0.2)",
+    )
     args = parser.parse_args(argv)
     logging.getLogger("distributed").setLevel(logging.ERROR)
     parts = [s for s in args.only.split(",") if s]
@@ -332,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for name in parts:
         t0 = time.perf_counter()
-        print("\n".join(SECTIONS[name](args.quick)), flush=True)
+        extra = {"cross_ingest": args.cross_ingest} if name == "topology" else {}
+        print("\n".join(SECTIONS[name](args.quick, **extra)), flush=True)
         print(f"  ({name}: {time.perf_counter() - t0:.1f}s)", end="\n\n", flush=True)
     return 0
 

@@ -3,6 +3,7 @@
     python benchmarks/bench_placement_topology.py            # full run
     python benchmarks/bench_placement_topology.py --quick    # smoke test, < 2 min
     python benchmarks/bench_placement_topology.py --json out.json
+    python benchmarks/bench_placement_topology.py --cross-ingest 0.1
 
 The network: a scheduler and 4 one-thread worker processes on 127.0.0.1,
 connected by the ``throttled://`` comm backend
@@ -12,9 +13,17 @@ rack r2; 1 Gb/s within a rack, 100 Mb/s across (the defaults).
 The workload: two tenants run a spatial join at the same time: points are
 shuffled by their x strip (the join key) and each output partition is joined
 with a table of strip cells. Tenant "big" moves ~10x the bytes of tenant
-"small"; "big" is submitted first. Each strip's points were ingested mostly
-(80%) by its home rack and 20% by the other rack, as a region's data mostly
-lives near where it was collected.
+"small"; "big" is submitted first. Two data layouts run, each with its own
+clusters, vanilla and ours on the same (seeded) data:
+
+- **mixed** (``--cross-ingest F``, default 0.2): each strip's points were
+  ingested mostly (1 - F) by its home rack and F by the other rack, as a
+  region's data mostly lives near where it was collected;
+- **rack-aligned** (F = 0): every strip's points were ingested in its own
+  rack. With ``--quick`` it runs 1 measured round instead of 2.
+
+Each layout prints its floor (the fewest cross-rack bytes any placement of
+whole output partitions moves in that data) beside ours and vanilla.
 
 - **vanilla**: Dask's own ``DataFrame.shuffle(on=..., method="tasks")``,
   no plugin: Dask places each output task on a holder of its inputs by
@@ -106,17 +115,33 @@ def _join(part: pd.DataFrame) -> int:
     return len(part.merge(cells, on="strip"))
 
 
-def _inputs(client: Client, addrs: dict[str, str], rows: int, seed: int):
-    """Input partitions on the workers: each rack holds 80% of its half's strips, 20% of the other's."""
+def cross_ingest(value: str) -> float:
+    """The ``--cross-ingest`` option: a share F with 0 <= F < 0.5."""
+    try:
+        f = float(value)
+    except ValueError:
+        f = float("nan")
+    if not 0.0 <= f < 0.5:  # also rejects nan
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not valid: must be a number F with 0 <= F < 0.5 (the share of "
+            "each strip's points ingested in the other rack; 0 = rack-aligned, default 0.2)"
+        )
+    return f
+
+
+def _inputs(client: Client, addrs: dict[str, str], rows: int, seed: int, cross: float = 0.2):
+    """Input partitions on the workers: each rack holds ``1 - cross`` of its half's strips,
+    ``cross`` of the other's (``rows`` per worker; no partition for a share of 0)."""
     half = {"r1": list(range(NSTRIPS // 2)), "r2": list(range(NSTRIPS // 2, NSTRIPS))}
     futures = []
     i = 0
     for name, rack in RACKS.items():
         other = "r2" if rack == "r1" else "r1"
-        for strips, n in ((half[rack], int(rows * 0.8)), (half[other], int(rows * 0.2))):
-            futures.append(
-                client.submit(_points, strips, n, seed + i, workers=[addrs[name]], pure=False)
-            )
+        for strips, n in ((half[rack], int(rows * (1 - cross))), (half[other], int(rows * cross))):
+            if n:
+                futures.append(
+                    client.submit(_points, strips, n, seed + i, workers=[addrs[name]], pure=False)
+                )
             i += 1
     return futures
 
@@ -183,8 +208,9 @@ async def _cross_rack_bytes(client: Client) -> dict[str, int]:
     return total
 
 
-async def run(mode: str, rows_big: int, rows_small: int, repeats: int) -> dict:
-    """One cluster, ``repeats`` rounds of the two tenants' joins; figures of the run."""
+async def run(mode: str, rows_big: int, rows_small: int, repeats: int, cross: float) -> dict:
+    """One cluster, ``repeats`` rounds of the two tenants' joins in the layout whose
+    other-rack ingest share is ``cross``; figures of the run."""
     async with _cluster() as cluster, Client(cluster, asynchronous=True) as client:
         await client.wait_for_workers(len(RACKS))
         info = (await client.scheduler.identity())["workers"]
@@ -206,15 +232,15 @@ async def run(mode: str, rows_big: int, rows_small: int, repeats: int) -> dict:
             await register_topology(client)
         completions: dict[str, list[float]] = {"big": [], "small": []}
         layout = {"floor": 0.0, "blind": 0.0}
-        warm = _inputs(client, addrs, 200, 10_000)  # warm up both code paths and the model
+        warm = _inputs(client, addrs, 200, 10_000, cross)  # warm up both code paths and the model
         await distributed.wait(warm)
         await _one_round(client, mode, warm, warm, {"big": [], "small": []})
         await client.run(_reset_links)
         if mode == "ours":  # errors are scored over the measured rounds, as bytes are
             await client.run_on_scheduler(_reset_errors)
         for r in range(repeats):
-            big_in = _inputs(client, addrs, rows_big, 100 * r)
-            small_in = _inputs(client, addrs, rows_small, 100 * r + 50)
+            big_in = _inputs(client, addrs, rows_big, 100 * r, cross)
+            small_in = _inputs(client, addrs, rows_small, 100 * r + 50, cross)
             await distributed.wait(big_in + small_in)
             if mode == "ours":  # the same data in both modes (seeded): measure it once
                 for k, v in (await _layout(client, big_in + small_in, addrs)).items():
@@ -336,57 +362,104 @@ def _stuck(dask_scheduler=None) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke test: smaller data, 2 rounds")
-    p.add_argument("--json", help="write the figures to this file")
-    args = p.parse_args(argv)
-    rows_big, rows_small, repeats = (150_000, 15_000, 2) if args.quick else (300_000, 30_000, 5)
-    # a last resort against a hang anywhere (start-up, teardown): the threads' stacks, then exit
-    faulthandler.dump_traceback_later(900 if args.quick else 3600, exit=True)
-    with dask.config.set({"distributed.scheduler.work-stealing": True}):
-        vanilla = asyncio.run(run("vanilla", rows_big, rows_small, repeats))
-        ours = asyncio.run(run("ours", rows_big, rows_small, repeats))
-    result = {
-        "machine": _describe(),
-        "load": os.getloadavg(),
+def _report(name: str, cross: float, vanilla: dict, ours: dict, repeats: int) -> dict:
+    """Print one layout's figures, labelled; return its ratios."""
+    lay = ours["layout"]
+    out = {
+        "layout": name,
+        "cross_ingest": cross,
+        "rounds": repeats,
         "vanilla": vanilla,
         "ours": ours,
         "cross_rack_ratio": ours["cross_rack_bytes"] / max(1, vanilla["cross_rack_bytes"]),
+        "ours_over_floor": ours["cross_rack_bytes"] / max(1.0, lay["floor"]),
+        "floor_ratio": lay["floor"] / max(1.0, lay["blind"]),
         "speedup_mean_completion": vanilla["mean_completion"] / ours["mean_completion"],
     }
-    print(f"machine: {result['machine']}; load {result['load'][0]:.1f}")
-    for name, r in (("vanilla", vanilla), ("ours", ours)):
+    share = f"{1 - cross:.0%} in its home rack, {cross:.0%} in the other"
+    print(f"== layout {name}: each strip's points ingested {share}; {repeats} measured round(s)")
+    for mode, r in (("vanilla", vanilla), ("ours", ours)):
         print(
-            f"{name:8s} cross-rack {r['cross_rack_bytes'] / 1e6:8.1f} MB   "
+            f"  {mode:8s} cross-rack {r['cross_rack_bytes'] / 1e6:8.1f} MB   "
             f"completion big {r['completion_big']:.2f} s small {r['completion_small']:.2f} s "
             f"mean {r['mean_completion']:.2f} s"
         )
     print(
-        f"cross-rack bytes ours/vanilla: {result['cross_rack_ratio']:.2f} (target <= 0.5); "
-        f"mean completion vanilla/ours: {result['speedup_mean_completion']:.2f}x (target >= 1.5)"
+        f"  floor    cross-rack {lay['floor'] / 1e6:8.1f} MB   (fewest any placement of whole "
+        f"partitions moves; rack-blind placement {lay['blind'] / 1e6:.1f} MB on average; "
+        "in-memory bytes, the wire adds framing)"
     )
     print(
-        f"median error of predicted transfer time: ours {ours['median_error']:.1%} "
-        f"(target <= 20%), Dask's model {ours['dask_median_error']:.1%} "
-        f"over {ours['transfers_observed']} transfers"
+        f"  [{name}] cross-rack bytes ratio ours/vanilla: {out['cross_rack_ratio']:.2f} "
+        f"(target <= 0.5); floor/rack-blind (best possible ratio): {out['floor_ratio']:.2f}; "
+        f"ours/floor: {out['ours_over_floor']:.2f}"
     )
     print(
-        f"  transfers over 1 MB ({ours['large_transfers']}): ours "
-        f"{_pct(ours['median_error_large'])}, Dask's {_pct(ours['dask_median_error_large'])}; "
-        "by size [transfers, ours, Dask's]: "
+        f"  [{name}] completion ratio vanilla/ours (mean): "
+        f"{out['speedup_mean_completion']:.2f}x (target >= 1.5)"
+    )
+    print(
+        f"  [{name}] prediction error (median, predicted transfer time): ours "
+        f"{ours['median_error']:.1%} (target <= 20%), Dask's model "
+        f"{ours['dask_median_error']:.1%} over {ours['transfers_observed']} transfers; "
+        f"over 1 MB ({ours['large_transfers']}): ours {_pct(ours['median_error_large'])}, "
+        f"Dask's {_pct(ours['dask_median_error_large'])}"
+    )
+    print(
+        f"  [{name}] error by size [transfers, ours, Dask's]: "
         + ", ".join(
             f"{k} [{n}, {a:.0%}, {b:.0%}]" for k, (n, a, b) in ours["error_by_size"].items()
         )
     )
-    lay = ours["layout"]
     print(
-        f"layout: any placement of whole partitions moves >= {lay['floor'] / 1e6:.1f} MB "
-        f"across racks, a rack-blind one {lay['blind'] / 1e6:.1f} MB on average: "
-        f"best possible ratio {lay['floor'] / max(1.0, lay['blind']):.2f} "
-        f"(in-memory bytes; the wire adds framing)"
+        f"  [{name}] admission order (ours, warm-up round first): "
+        f"{' '.join(ours['admission_order'])}"
     )
-    print(f"admission order (ours, warm-up round first): {' '.join(ours['admission_order'])}")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: smaller data, 2 rounds (1 in the rack-aligned layout)",
+    )
+    p.add_argument("--json", help="write the figures to this file")
+    p.add_argument(
+        "--cross-ingest",
+        type=cross_ingest,
+        default=0.2,
+        metavar="F",
+        help="share of each strip's points ingested in the other rack, 0 <= F < 0.5 "
+        "(default 0.2); a rack-aligned layout (F = 0) also runs unless F is 0",
+    )
+    args = p.parse_args(argv)
+    rows_big, rows_small, repeats = (150_000, 15_000, 2) if args.quick else (300_000, 30_000, 5)
+    layouts = [("mixed" if args.cross_ingest else "rack-aligned", args.cross_ingest, repeats)]
+    if args.cross_ingest:  # the second layout: fewer rounds in --quick, to keep it short
+        layouts.append(("rack-aligned", 0.0, 1 if args.quick else repeats))
+    # a last resort against a hang anywhere (start-up, teardown): the threads' stacks, then exit
+    faulthandler.dump_traceback_later(900 * len(layouts) if args.quick else 3600, exit=True)
+    print(f"machine: {_describe()}; load {os.getloadavg()[0]:.1f}")
+    reports = []
+    with dask.config.set({"distributed.scheduler.work-stealing": True}):
+        for name, cross, n in layouts:
+            t0 = time.monotonic()
+            vanilla = asyncio.run(run("vanilla", rows_big, rows_small, n, cross))
+            ours = asyncio.run(run("ours", rows_big, rows_small, n, cross))
+            reports.append(_report(name, cross, vanilla, ours, n))
+            print(f"  ({name}: {time.monotonic() - t0:.1f} s)", flush=True)
+    print("summary (ratios; cross-rack is ours/vanilla, completion is vanilla/ours):")
+    for r in reports:
+        print(
+            f"  {r['layout']:12s} F={r['cross_ingest']:.2f} rounds={r['rounds']}: "
+            f"cross-rack {r['cross_rack_ratio']:.2f} (floor {r['floor_ratio']:.2f}, "
+            f"ours/floor {r['ours_over_floor']:.2f}), completion {r['speedup_mean_completion']:.2f}x, "
+            f"prediction error ours {r['ours']['median_error']:.1%} / "
+            f"Dask's {r['ours']['dask_median_error']:.1%}"
+        )
+    result = {"machine": _describe(), "load": os.getloadavg(), **reports[0], "layouts": reports}
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, default=str)
