@@ -289,7 +289,12 @@ class Autoscaling(SchedulingPolicy):
         self._locality_of.clear()
 
     def task_cost(self, prefix: Any) -> float:
-        """Estimated seconds of one task of ``prefix`` (the ``Deadline`` policy's estimate).
+        """Estimated seconds of one task of ``prefix``.
+
+        Dask's measured mean (``prefix_estimate``) when there is one, else the
+        ``Deadline`` policy's estimate (FairShare's cost, which is re-tagged
+        only when the measured mean moves by ``retag-factor``), else Dask's
+        ``unknown-task-duration``.
 
         Parameters
         ----------
@@ -299,12 +304,13 @@ class Autoscaling(SchedulingPolicy):
         -------
         float
         """
-        ext = self.extension
+        estimate = prefix_estimate(prefix)
+        if estimate is not None:
+            return estimate
         deadline = self._policy("Deadline")
         if deadline is not None:
             return float(deadline.task_cost(prefix))
-        estimate = prefix_estimate(prefix)
-        return float(ext.scheduler.UNKNOWN_TASK_DURATION) if estimate is None else estimate
+        return float(self.extension.scheduler.UNKNOWN_TASK_DURATION)
 
     def _policy(self, name: str) -> Any:
         ext = self.extension

@@ -81,6 +81,7 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
     if dl is None or not dl.jobs:
         return 0.0, None, {}, {}
     waits = _thread_waits(policy)
+    tasks_of = policy.extension.scheduler.tasks
     need = 0.0
     why = None
     cumulative = 0.0
@@ -88,12 +89,20 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
     own: dict[str, float] = {}
     late: dict[str, list] = {}
     for job in sorted(dl.jobs.values(), key=lambda j: j.deadline):
-        remaining = job.remaining()
+        # the job's work was estimated when it was accepted; scale it by how far
+        # Dask's measured mean of its first task's prefix has moved since
+        scale = 1.0
+        first = tasks_of.get(job.keys[0]) if job.keys else None
+        if first is not None:
+            assumed = dl.task_cost(first.prefix)
+            if assumed > 0:
+                scale = policy.task_cost(first.prefix) / assumed
+        remaining = job.remaining() * scale
         unfinished = len(job.keys) - job.done
         cumulative += remaining
         tasks += unfinished
         # the job's last task must start one task duration before the deadline
-        per_task = job.work / len(job.keys) if job.keys else 0.0
+        per_task = scale * job.work / len(job.keys) if job.keys else 0.0
         left = job.deadline - now - per_task
         existing = 0.0  # seconds of work the running threads can do in time
         useful = 0  # running threads that can do some
