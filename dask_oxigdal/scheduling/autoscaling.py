@@ -289,12 +289,14 @@ class Autoscaling(SchedulingPolicy):
         self._locality_of.clear()
 
     def task_cost(self, prefix: Any) -> float:
-        """Estimated seconds of one task of ``prefix``.
+        """Estimated seconds of one task of ``prefix``, for capacity.
 
-        Dask's measured mean (``prefix_estimate``) when there is one, else the
-        ``Deadline`` policy's estimate (FairShare's cost, which is re-tagged
-        only when the measured mean moves by ``retag-factor``), else Dask's
-        ``unknown-task-duration``.
+        Dask's measured mean (``prefix_estimate``) when there is one, else
+        Dask's ``unknown-task-duration``, the guess Dask's own target uses.
+        Not FairShare's cost: it is re-tagged only when the mean moves by
+        ``retag-factor``, and it guesses an unmeasured prefix as the median of
+        the work running (a fair place in the queue, not a size: a new prefix
+        of 0.5 s tasks among 2 s ones was sized at 4 s a task).
 
         Parameters
         ----------
@@ -307,9 +309,6 @@ class Autoscaling(SchedulingPolicy):
         estimate = prefix_estimate(prefix)
         if estimate is not None:
             return estimate
-        deadline = self._policy("Deadline")
-        if deadline is not None:
-            return float(deadline.task_cost(prefix))
         return float(self.extension.scheduler.UNKNOWN_TASK_DURATION)
 
     def _policy(self, name: str) -> Any:

@@ -89,14 +89,13 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
     own: dict[str, float] = {}
     late: dict[str, list] = {}
     for job in sorted(dl.jobs.values(), key=lambda j: j.deadline):
-        # the job's work was estimated when it was accepted; scale it by how far
-        # Dask's measured mean of its first task's prefix has moved since
+        # the Deadline policy sized the job when it accepted it, with FairShare's
+        # cost (job.work); size it with ours instead (Dask's measured mean, else
+        # its unknown-task-duration), by the prefix of the job's first task
         scale = 1.0
         first = tasks_of.get(job.keys[0]) if job.keys else None
-        if first is not None:
-            assumed = dl.task_cost(first.prefix)
-            if assumed > 0:
-                scale = policy.task_cost(first.prefix) / assumed
+        if first is not None and job.work > 0:
+            scale = policy.task_cost(first.prefix) / (job.work / len(job.keys))
         remaining = job.remaining() * scale
         unfinished = len(job.keys) - job.done
         cumulative += remaining
