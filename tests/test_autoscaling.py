@@ -500,3 +500,39 @@ async def test_deadline_rule_counts_the_running_threads(c, s, a, b):
     assert policy.decision["rules"]["demand"] == 0
     await gate.set()
     await c.gather(futures)
+
+
+def _quick(x):
+    return x
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)] * 2,
+    timeout=60,
+    config={"distributed.scheduler.unknown-task-duration": "10ms"},
+)
+async def test_a_new_deadline_prefix_is_sized_by_dask_s_guess(c, s, a, b):
+    """An unmeasured prefix costs ``unknown-task-duration`` (Dask's guess), not
+    FairShare's median of the measured work, when the target is sized."""
+    await register(
+        c, policies=[FAIRSHARE, DEADLINE, {**AUTOSCALING, "start-latency": "0s", "cooldown": "1h"}]
+    )
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    dl = s.plugins["oxigdal"].get_policy("Deadline")
+    await c.gather(c.map(_sleep, range(4), seconds=0.3, pure=False))  # measured: 0.3 s
+    gate = Event("as-guess-gate")
+    busy = c.map(_wait_event, ["as-guess-gate"] * 2, range(2), pure=False)
+    await _until(lambda: sum(len(ws.processing) for ws in s.workers.values()) == 2)
+    with dox.annotate(deadline="30s"):
+        due = c.map(_quick, range(400), pure=False)
+    await _until(lambda: len(dl.jobs) == 1)
+    job = next(iter(dl.jobs.values()))
+    # the Deadline policy took FairShare's guess for the new prefix (about 0.3 s a
+    # task: 120 s of work, more than the 2 threads do in 30 s) ...
+    assert job.work / len(job.keys) > 0.1
+    # ... the target takes Dask's 10 ms: 4 s of work, one running thread
+    s.adaptive_target()
+    assert policy.decision["rules"]["deadline"] == 1
+    await gate.set()
+    await c.gather(due + busy)
