@@ -35,8 +35,8 @@ variants run at once, in three processes (sleeping tasks leave the cores
 free), and the overhead runs in a fourth; ``--serial`` runs one after the
 other. The full run does that too (about 25 minutes on 2 cores, more under
 load: 3 x 6.5 min of trace, then 5 overhead rounds of 40,000 no-op tasks);
-``--parallel`` runs it at once like ``--quick`` (about 8 minutes: the
-variants took 7.3 min at load 15).
+``--parallel`` runs it at once like ``--quick`` (about 10 minutes: the
+variants took 7.3 min at load 15; the whole run 581 s at load 2).
 
 Reported, with ours as a ratio of ``adaptive``: worker-seconds (billed from
 the moment a worker is requested, as a cloud bills a starting VM or pod; the
@@ -55,7 +55,7 @@ Usage::
 
     python benchmarks/bench_autoscaling.py --quick     # < 2 min
     python benchmarks/bench_autoscaling.py             # 30 s start latency, longer trace
-    python benchmarks/bench_autoscaling.py --parallel  # the same, all at once: ~8 min
+    python benchmarks/bench_autoscaling.py --parallel  # the same, all at once: ~10 min
 
 Each run prints the worker-seconds billed per phase of the trace (between
 the arrivals of bursts, the gang and deadline jobs, then after the trace)
@@ -654,7 +654,7 @@ def main(argv=None) -> int:
         action="store_true",
         help="full run: the three variants at once, in three processes, and the overhead "
         "runs beside them, as --quick does (the same trace, latencies and measures; about "
-        "8 min instead of 25 or more)",
+        "10 min instead of about 25)",
     )
     p.add_argument(
         "--serial-starts",
