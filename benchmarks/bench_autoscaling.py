@@ -33,7 +33,10 @@ the cluster waits 120 s) and Deadline (``infeasible: warn``: every job runs),
 so deadline misses are counted the same way. In ``--quick`` mode the three
 variants run at once, in three processes (sleeping tasks leave the cores
 free), and the overhead runs in a fourth; ``--serial`` runs one after the
-other (the full run always does).
+other. The full run does that too (about 25 minutes on 2 cores, more under
+load: 3 x 6.5 min of trace, then 5 overhead rounds of 40,000 no-op tasks);
+``--parallel`` runs it at once like ``--quick`` (about 10 minutes: the
+variants took 7.3 min at load 15; the whole run 581 s at load 2).
 
 Reported, with ours as a ratio of ``adaptive``: worker-seconds (billed from
 the moment a worker is requested, as a cloud bills a starting VM or pod; the
@@ -52,6 +55,14 @@ Usage::
 
     python benchmarks/bench_autoscaling.py --quick     # < 2 min
     python benchmarks/bench_autoscaling.py             # 30 s start latency, longer trace
+    python benchmarks/bench_autoscaling.py --parallel  # the same, all at once: ~10 min
+
+Each run prints the worker-seconds billed per phase of the trace (between
+the arrivals of bursts, the gang and deadline jobs, then after the trace)
+for every variant, the split busy / idle / starting, and each deadline job's
+submission, deadline and finish. ``BENCH_AUTOSCALING_DEBUG=PATH`` writes the
+``autoscale`` events, worker arrivals and departures and the task transitions
+of each variant to ``PATH.<variant>``.
 """
 
 from __future__ import annotations
@@ -76,6 +87,7 @@ import _machine
 import _sched_common as common
 import dask
 from distributed import Client, Scheduler, SpecCluster, Worker, wait
+from distributed.deploy.spec import ProcessInterface
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 import dask_oxigdal
@@ -89,18 +101,52 @@ POLICIES = [
 ]
 AUTOSCALING = {"class": "dask_oxigdal.scheduling.autoscaling.Autoscaling"}
 VARIANTS = ("adaptive", "operator", "ours")
+_WATCHERS: set = set()  # the tasks that note when each deadline job finished
+SUMMARY = ""  # the ratios against Adaptive, printed again at the end
 
 
-class SlowStartWorker(Worker):
-    """A worker that takes ``start_latency`` seconds to start (a pod or a batch job)."""
+class SlowStartWorker(ProcessInterface):
+    """A worker that joins ``start_latency`` seconds after it is asked for (a pod or a job).
 
-    def __init__(self, *args, start_latency: float = 0.0, **kwargs):
-        self._start_latency = start_latency
-        super().__init__(*args, **kwargs)
+    Its start returns at once, as a pod's creation does, so workers asked for
+    one after the other start in parallel, each ``start_latency`` after its own
+    request. (A ``Worker`` that slept in its own start would hold
+    ``SpecCluster``'s lock for the whole latency, and a worker asked for while
+    another batch was starting would wait for that batch first: up to twice
+    the latency. ``--serial-starts`` keeps that behaviour, for comparison.)
+    Closing it before it has joined cancels the start.
+    """
 
-    async def start_unsafe(self):
-        await asyncio.sleep(self._start_latency)
-        return await super().start_unsafe()
+    def __init__(self, scheduler=None, name=None, start_latency=0.0, serial=False, **kwargs):
+        super().__init__(scheduler=scheduler, name=name)
+        self.name = name
+        self.latency = start_latency
+        self.serial = serial
+        self.kwargs = dict(kwargs, scheduler_ip=scheduler, name=name)
+        self.worker: Worker | None = None
+        self._boot: asyncio.Task | None = None
+
+    async def _start_worker(self) -> None:
+        await asyncio.sleep(self.latency)
+        self.worker = Worker(**self.kwargs)
+        await self.worker
+
+    async def start(self):
+        if self.serial:
+            await self._start_worker()
+        else:
+            self._boot = asyncio.ensure_future(self._start_worker())
+        await super().start()
+
+    async def close(self):
+        boot = self._boot
+        if boot is not None and not boot.done() and self.worker is None:
+            boot.cancel()  # still "starting": nothing has joined
+        elif boot is not None:
+            await asyncio.gather(boot, return_exceptions=True)
+        if self.worker is not None:
+            await self.worker.close()
+        await super().close()
 
 
 class ComputeCounter(SchedulerPlugin):
@@ -179,7 +225,17 @@ async def _submit(client, policy, event, seq, t0, deadlines, reactions):
             return client.map(sleep_task, [seconds] * n, key=keys)
     with annotate(tenant=tenant, deadline=f"{due}s"):
         futures = client.map(sleep_task, [seconds] * n, key=keys)
-    deadlines.append((time.monotonic() - t0 + due, kind))
+    submitted = time.monotonic() - t0
+    job = {"kind": kind, "submitted": submitted, "due": submitted + due, "finished": None}
+    deadlines.append(job)
+
+    async def finished(job=job, futures=futures):
+        await wait(futures)
+        job["finished"] = time.monotonic() - t0
+
+    watcher = asyncio.ensure_future(finished())
+    _WATCHERS.add(watcher)
+    watcher.add_done_callback(_WATCHERS.discard)
     if policy is not None:
         # from the job's acceptance by the Deadline policy to the next decision
         accepted = policy._bench_accepted
@@ -196,7 +252,12 @@ async def run_variant(variant: str, trace, args: dict) -> dict:
     latency = args["latency"]
     worker = {
         "cls": SlowStartWorker,
-        "options": {"nthreads": 1, "start_latency": latency, "dashboard_address": None},
+        "options": {
+            "nthreads": 1,
+            "start_latency": latency,
+            "serial": args["serial_starts"],
+            "dashboard_address": None,
+        },
     }
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
     config = {
@@ -224,7 +285,8 @@ async def run_variant(variant: str, trace, args: dict) -> dict:
         client = await Client(cluster, asynchronous=True)
         policies = POLICIES + ([AUTOSCALING] if variant == "ours" else [])
         await dask_oxigdal.register(client, policies=policies)
-        await cluster  # w0 has started
+        await cluster
+        await client.wait_for_workers(1)  # w0 has joined
         stop = asyncio.Event()
         op = None
         if variant == "operator":
@@ -248,7 +310,8 @@ async def run_variant(variant: str, trace, args: dict) -> dict:
                 policy._bench_accepted.append(time.time())
 
             dl._accept = timed_accept  # instrumentation: when each job was accepted
-        samples = []  # (t, connected workers, pending tasks, requested workers, rule)
+        # (t, connected workers, pending tasks, requested workers, rule, busy workers)
+        samples = []
         deadlines: list = []
         reactions: list = []
         futures = []
@@ -258,8 +321,16 @@ async def run_variant(variant: str, trace, args: dict) -> dict:
             while not stop.is_set():
                 pending = sum(u.pending for u in ext.usage.values())
                 rule = policy.decision.get("rule") if policy is not None else None
+                busy = sum(1 for ws in s.workers.values() if ws.processing)
                 samples.append(
-                    (time.monotonic() - t0, len(s.workers), pending, len(cluster.worker_spec), rule)
+                    (
+                        time.monotonic() - t0,
+                        len(s.workers),
+                        pending,
+                        len(cluster.worker_spec),
+                        rule,
+                        busy,
+                    )
                 )
                 await asyncio.sleep(0.25)
 
@@ -283,20 +354,38 @@ async def run_variant(variant: str, trace, args: dict) -> dict:
             sum(q.values()) for q in snap["policies"]["Deadline"].get("missed", {}).values()
         )
         latency_measured = snap["policies"].get("Autoscaling", {}).get("start_latency")
+        latency_samples = list(policy._latencies) if policy is not None else []
         policy_interval = ext.interval
+        if os.environ.get("BENCH_AUTOSCALING_DEBUG"):
+            t0w = time.time() - (time.monotonic() - t0)
+            with open(os.environ["BENCH_AUTOSCALING_DEBUG"] + f".{variant}", "w") as f:
+                for topic in ("oxigdal", "all"):
+                    for at, e in s.get_events(topic):
+                        if isinstance(e, dict) and e.get("kind", e.get("action")) in (
+                            "autoscale",
+                            "add-worker",
+                            "remove-worker",
+                        ):
+                            f.write(f"{at - t0w:7.2f} {topic} {e}\n")
+                for key, start, finish, *_, at in s.transition_log:
+                    if finish in ("processing", "memory") or start == "processing":
+                        f.write(f"{at - t0w:7.2f} task {key} {start}->{finish}\n")
         await client.close()
         await cluster.close()
     connected = billed = 0.0
     rules: dict = {}
-    for (ta, na, _, ra, rule), (tb, *_) in itertools.pairwise(samples):
+    busy_s = 0.0
+    for (ta, na, _, ra, rule, busy), (tb, *_) in itertools.pairwise(samples):
         connected += na * (tb - ta)
         billed += ra * (tb - ta)
+        busy_s += busy * (tb - ta)
         if rule is not None:
             rules[rule] = rules.get(rule, 0.0) + tb - ta
     return {
         "variant": variant,
         "worker_seconds": billed,
         "connected_worker_seconds": connected,
+        "busy_worker_seconds": busy_s,
         "missed": missed,
         "deadline_jobs": len(deadlines),
         "recomputed": counter.recomputed(),
@@ -305,6 +394,7 @@ async def run_variant(variant: str, trace, args: dict) -> dict:
         "reaction_max": max(reactions) if reactions else None,
         "policy_interval": policy_interval,
         "latency_measured": latency_measured,
+        "latency_samples": latency_samples,
         "rules": rules,
         "samples": samples,
         "deadlines": deadlines,
@@ -424,8 +514,9 @@ def plot(results: list[dict], path: str) -> None:
         ax2 = ax.twinx()
         ax2.plot(t, [x[2] for x in res["samples"]], color="C1", alpha=0.6, label="pending tasks")
         ax2.set_ylabel("pending tasks")
-        for d, kind in res["deadlines"]:
-            ax.axvline(d, color="C3", linestyle="--" if kind == "tight" else ":", linewidth=0.8)
+        for job in res["deadlines"]:
+            style = "--" if job["kind"] == "tight" else ":"
+            ax.axvline(job["due"], color="C3", linestyle=style, linewidth=0.8)
         ax.set_ylabel("workers")
         ax.legend(loc="upper left", fontsize="small")
         ax.set_title(
@@ -436,6 +527,63 @@ def plot(results: list[dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _phases(trace, length: float) -> list[tuple[float, float, str]]:
+    """``[(start, end, label)]``: the trace cut where its jobs arrive (for the breakdown)."""
+    cuts = {0.0}
+    labels: dict[float, list[str]] = {}
+    for at, tenant, kind, n, seconds, due in trace:
+        if tenant == "daily":
+            continue
+        cuts.add(at)
+        what = f"{kind} {n}x{seconds:g}s" + (f" due +{due:g}s" if due is not None else "")
+        labels.setdefault(at, []).append(what)
+    edges = sorted(cuts)
+    out = []
+    for a, b in itertools.pairwise([*edges, length]):
+        out.append((a, b, "daily + " + ", ".join(labels[a]) if a in labels else "daily"))
+    return out
+
+
+def breakdown(results: list[dict], trace, length: float) -> None:
+    """Print billed worker-seconds per phase of the trace (and after it), per variant.
+
+    A phase runs from one non-daily arrival (burst, gang, deadline job) to the
+    next; ``after`` is from the end of the trace to the end of the run (the
+    work left, then the scale-down).
+    """
+    phases = _phases(trace, length)
+    end = max(r["samples"][-1][0] for r in results)
+    phases.append((length, end, "after the trace: work left, then scale-down"))
+    names = [r["variant"] for r in results]
+    print("worker-seconds billed per phase of the trace (" + " / ".join(names) + "):")
+    for a, b, label in phases:
+        cells = []
+        for r in results:
+            total = 0.0
+            for (ta, _, _, ra, *_), (tb, *_) in itertools.pairwise(r["samples"]):
+                lo, hi = max(ta, a), min(tb, b)
+                if hi > lo:
+                    total += ra * (hi - lo)
+            cells.append(f"{total:6.1f}")
+        print(f"  {a:6.1f}-{b:6.1f} s  {' / '.join(cells)}   {label}")
+    print("  split of each variant's worker-seconds: busy (running a task) / idle / starting")
+    for r in results:
+        idle = r["connected_worker_seconds"] - r["busy_worker_seconds"]
+        starting = r["worker_seconds"] - r["connected_worker_seconds"]
+        print(
+            f"    {r['variant']:9s} {r['busy_worker_seconds']:6.1f} / {idle:6.1f} / {starting:6.1f}"
+        )
+    print("deadline jobs (s from the start: submitted, due, finished):")
+    for r in results:
+        cells = []
+        for job in r["deadlines"]:
+            fin = job["finished"]
+            late = "" if fin is None or fin <= job["due"] else f" LATE {fin - job['due']:.1f}s"
+            fin_s = "?" if fin is None else f"{fin:.1f}"
+            cells.append(f"{job['kind']} {job['submitted']:.1f}/{job['due']:.1f}/{fin_s}{late}")
+        print(f"  {r['variant']:9s} " + "; ".join(cells))
 
 
 def report(results: list[dict]) -> bool:
@@ -454,7 +602,9 @@ def report(results: list[dict]) -> bool:
             + (
                 f"\n            deadline reaction <= {res['reaction_max']:.3f} s (policy interval "
                 f"{res['policy_interval']:g} s), measured "
-                f"start latency {res['latency_measured']:.1f} s"
+                f"start latency {res['latency_measured']:.1f} s (last samples: "
+                + ", ".join(f"{x:.1f}" for x in res["latency_samples"])
+                + ")"
                 if res["reaction_max"] is not None
                 else ""
             ),
@@ -470,12 +620,18 @@ def report(results: list[dict]) -> bool:
     )
     first = ws_ratio <= 0.70 and o["missed"] <= a["missed"]
     second = a["missed"] > 0 and miss_ratio <= 0.20 and ws_ratio <= 1.0
-    print(
-        f"ours / adaptive: worker-seconds {ws_ratio:.2f} (target <= 0.70 with no more misses: "
-        f"{'met' if first else 'not met'}); deadline misses {o['missed']} / {a['missed']} = "
-        f"{miss_ratio:.2f} (target <= 0.20 at worker-seconds <= 1.00: "
-        f"{'met' if second else 'not met'}); recomputed {o['recomputed']} vs {a['recomputed']}"
+    global SUMMARY
+    SUMMARY = (
+        f"ours / adaptive: worker-seconds {ws_ratio:.2f} ({o['worker_seconds']:.0f} vs "
+        f"{a['worker_seconds']:.0f}); deadline misses {o['missed']}/{o['deadline_jobs']} vs "
+        f"{a['missed']}/{a['deadline_jobs']}\n"
+        f"  target (a) worker-seconds <= 0.70 with no more misses: "
+        f"{'MET' if first else 'not met'}\n"
+        f"  target (b) misses <= 0.20 of Adaptive's ({miss_ratio:.2f}) at worker-seconds "
+        f"<= 1.00: {'MET' if second else 'not met'}\n"
+        f"  recomputed after scale-down: ours {o['recomputed']}, adaptive {a['recomputed']}"
     )
+    print(SUMMARY, flush=True)
     return first or second
 
 
@@ -494,6 +650,19 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--serial", action="store_true", help="one variant after the other")
     p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="full run: the three variants at once, in three processes, and the overhead "
+        "runs beside them, as --quick does (the same trace, latencies and measures; about "
+        "10 min instead of about 25)",
+    )
+    p.add_argument(
+        "--serial-starts",
+        action="store_true",
+        help="a worker asked for while others start waits for them (SpecCluster's lock held "
+        "for the whole start latency: the benchmark's behaviour before 2026-12-07)",
+    )
+    p.add_argument(
         "--png",
         default=os.path.join(os.path.dirname(HERE), "docs", "autoscaling.png"),
         help="the plot (default: docs/autoscaling.png, shown in docs/autoscaling.md)",
@@ -509,6 +678,7 @@ def main(argv=None) -> int:
         "down_fraction": args.down_fraction,
         "tail": args.tail if args.tail is not None else (15.0 if q else 60.0),
         "forecast_interval": 5.0 if q else 15.0,
+        "serial_starts": args.serial_starts,
     }
     slack = 2.5 if q else 3.0
     rounds = args.overhead_rounds if args.overhead_rounds is not None else (3 if q else 5)
@@ -527,7 +697,8 @@ def main(argv=None) -> int:
     variants = args.variants.split(",")
     ov = None
     with_overhead = rounds > 0 and ntasks_overhead > 0
-    if args.serial or not q:
+    t_start = time.monotonic()
+    if args.serial or not (q or args.parallel):
         results = [_variant_process(v, trace, opts) for v in variants]
     else:
         # at once: the variants (sleeping tasks) and the overhead runs (alternating)
@@ -538,6 +709,7 @@ def main(argv=None) -> int:
                 ov = pool.submit(overhead, ntasks_overhead, rounds)
             results = [j.result() for j in jobs]
             ov = ov.result() if ov is not None else None
+    breakdown(results, trace, opts["length"])
     report(results)
     if args.png and results:
         plot(results, args.png)
@@ -558,6 +730,9 @@ def main(argv=None) -> int:
                 "scheduler process's CPU per task"
             )
     print(f"load average at the end: {os.getloadavg()}")
+    print(f"wall time: {time.monotonic() - t_start:.0f} s")
+    if SUMMARY:
+        print(SUMMARY)
     return 0
 
 

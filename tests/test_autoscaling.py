@@ -292,6 +292,7 @@ async def test_worker_holding_a_wanted_tile_is_not_closed(c, s, a, b):
         ({"max_down_fraction": 1.5}, r"max-down-fraction=1.5 must be a number in \[0, 1\]"),
         ({"minimum": 3, "maximum": 2}, r"maximum=2 is below minimum=3"),
         ({"forecast": {"interval": 0}}, r"forecast.interval=0 must be > 0"),
+        ({"idle_timeout": "later"}, r"oxigdal.autoscaling.idle-timeout='later'"),
     ],
 )
 def test_bad_config_is_a_config_error_naming_the_value(kwargs, match):
@@ -436,3 +437,102 @@ async def test_no_worker_for_work_done_before_it_could_start(c, s, a):
     assert policy.decision["rules"]["demand"] == 1
     await blocker.set()
     await c.gather(futures)
+
+
+def _add(x, y):
+    return x + y
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 3, timeout=60)
+async def test_idle_timer_releases_an_idle_worker_but_not_one_holding_wanted_keys(c, s, a, b, w):
+    """Idle for ``idle-timeout`` and holding nothing needed: released before the cooldown."""
+    from dask_oxigdal.scheduling.autoscaling_close import idle_workers
+
+    await register(c, policies=[{**AUTOSCALING, "cooldown": "1h", "idle-timeout": "200ms"}])
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    assert policy.idle_timeout == 0.2 and policy.target == 3
+    # a holds x, which y needs; y also waits for z, which b runs until the event is set
+    x = c.submit(_sleep, 1, 0.0, workers=[a.address], pure=False)
+    await x
+    z = c.submit(_wait_event, "as-idle-gate", 1, workers=[b.address], pure=False)
+    y = c.submit(_add, x, z, pure=False)
+    zkey, ykey = z.key, y.key
+    await _until(lambda: s.tasks.get(zkey) is not None and s.tasks[zkey].state == "processing")
+    await _until(lambda: s.tasks.get(ykey) is not None and s.tasks[ykey].state == "waiting")
+    # one thread of work: the raw target is below 3 workers; the cooldown (1 h) holds
+    # the step-down, but w has run nothing for the idle timeout and holds nothing
+    await _until(lambda: s.adaptive_target() == 2)
+    assert policy.decision["rule"] == "idle"
+    assert policy.decision["raw"] < 2
+    assert any(e["rule"] == "idle" for e in _events(s))
+    # a is idle too, but holds x, which y still needs: never released by the timer
+    assert idle_workers(policy, time.time() + 3600) == [w.address]
+    assert s.adaptive_target() == 2
+    assert list(await c.scheduler.workers_to_close(target=2)) == [w.address]
+    snap = await status(c)
+    assert snap["policies"]["Autoscaling"]["idle_released"] >= 1
+    await Event("as-idle-gate").set()
+    assert await y == 2
+    del x, y, z
+    # nothing is needed any more: a's key has no waiter, so a may go too
+    await _until(lambda: a.address in idle_workers(policy, time.time() + 3600))
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=60)
+async def test_deadline_rule_counts_the_running_threads(c, s, a, b):
+    """A deadline job the running threads meet asks for no new worker, even one a new
+    worker could not help with (start latency 1 h)."""
+    await register(
+        c, policies=[FAIRSHARE, DEADLINE, {**AUTOSCALING, "start-latency": "1h", "cooldown": "1h"}]
+    )
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    dl = s.plugins["oxigdal"].get_policy("Deadline")
+    gate = Event("as-running-gate")
+    with dox.annotate(deadline="10min"):
+        futures = c.map(_wait_event, ["as-running-gate"] * 6, range(6), pure=False)
+    await _until(lambda: len(dl.jobs) == 1)
+    job = next(iter(dl.jobs.values()))
+    assert job.remaining() < 60  # a few seconds of work, due in 10 minutes
+    # the deadline is sooner than a new worker could start, yet the job is not "late":
+    # one running thread does it in time, so it needs 1 thread and no new worker
+    assert s.adaptive_target(target_duration="1s") <= 2
+    assert policy.decision["rules"]["deadline"] == 1
+    assert policy.decision["rules"]["demand"] == 0
+    await gate.set()
+    await c.gather(futures)
+
+
+def _quick(x):
+    return x
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)] * 2,
+    timeout=60,
+    config={"distributed.scheduler.unknown-task-duration": "10ms"},
+)
+async def test_a_new_deadline_prefix_is_sized_by_dask_s_guess(c, s, a, b):
+    """An unmeasured prefix costs ``unknown-task-duration`` (Dask's guess), not
+    FairShare's median of the measured work, when the target is sized."""
+    await register(
+        c, policies=[FAIRSHARE, DEADLINE, {**AUTOSCALING, "start-latency": "0s", "cooldown": "1h"}]
+    )
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    dl = s.plugins["oxigdal"].get_policy("Deadline")
+    await c.gather(c.map(_sleep, range(4), seconds=0.3, pure=False))  # measured: 0.3 s
+    gate = Event("as-guess-gate")
+    busy = c.map(_wait_event, ["as-guess-gate"] * 2, range(2), pure=False)
+    await _until(lambda: sum(len(ws.processing) for ws in s.workers.values()) == 2)
+    with dox.annotate(deadline="30s"):
+        due = c.map(_quick, range(400), pure=False)
+    await _until(lambda: len(dl.jobs) == 1)
+    job = next(iter(dl.jobs.values()))
+    # the Deadline policy took FairShare's guess for the new prefix (about 0.3 s a
+    # task: 120 s of work, more than the 2 threads do in 30 s) ...
+    assert job.work / len(job.keys) > 0.1
+    # ... the target takes Dask's 10 ms: 4 s of work, one running thread
+    s.adaptive_target()
+    assert policy.decision["rules"]["deadline"] == 1
+    await gate.set()
+    await c.gather(due + busy)

@@ -278,6 +278,31 @@ class HeldRecorder(SchedulerPlugin):
 
 
 @gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
+async def test_reservation_never_holds_a_deadline_job(c, s, a, b):
+    """A waiting gang holds the ordinary tasks of its queue, not a deadline job's (EDF)."""
+    deadline = {"class": "dask_oxigdal.scheduling.deadline.Deadline"}
+    await register(c, policies=[FAIRSHARE, QUOTA, gang_policy(reserve_wait="120s"), deadline])
+    recorder = HeldRecorder(s)
+    s.add_plugin(recorder)
+    ev = Event("edf-go")
+    hold = c.map(background, range(2), ev=ev, key=["bg-edf-0", "bg-edf-1"])
+    await _until(lambda: sum(len(ws.executing) for ws in s.workers.values()) == 2)
+    with annotate(queue="batch", gang="E"):  # 3 members, 2 idle threads: cannot start
+        futs = c.map(member, range(3), gang="E", k=3, timeout=60, key=[f"E-{i}" for i in range(3)])
+    await _until(lambda: _held(s, futs) and _gang_snapshot(s)["reserving"] == "E")
+    # the same queue, with a deadline: queued by Dask (60 root tasks), never held
+    with annotate(queue="batch", deadline="1h"):
+        due = c.map(slowinc, range(60), delay=0.001, key=[f"due-{i}" for i in range(60)])
+    await _until(lambda: "due" in recorder.held or all(f.done() for f in due))
+    assert "due" not in recorder.held, recorder.held["due"][:5]
+    await wait(due)
+    assert _gang_snapshot(s)["reserving"] == "E"
+    await ev.set()
+    assert len(await c.gather(futs)) == 3
+    await wait(hold)
+
+
+@gen_cluster(client=True, nthreads=NTHREADS, timeout=120)
 async def test_reservation_never_holds_a_higher_priority_queue(c, s, a, b):
     """A waiting gang of queue "batch" holds queued "batch" tasks, never "interactive" ones."""
     await register(c, policies=[FAIRSHARE, QUOTA, gang_policy(reserve_wait="120s")])

@@ -82,6 +82,12 @@ class Autoscaling(SchedulingPolicy):
         At most this fraction of the target (at least one worker) per step down.
     start_latency : str or float, optional
         Worker start latency assumed until one is measured.
+    idle_timeout : str or float, optional
+        A worker that has run nothing for this long, and holds neither a key
+        that an unfinished task needs nor a wanted cached tile, is released
+        (while the raw target is below the workers) without waiting for the
+        step-down. ``None`` and ``oxigdal.autoscaling.idle-timeout: null``:
+        the cooldown.
     gang_timeout : str or float, optional
         How long a gang larger than the cluster waits for workers while this
         policy is on and ``oxigdal.gang.timeout`` is ``0s``.
@@ -103,6 +109,7 @@ class Autoscaling(SchedulingPolicy):
         start_latency: str | float | None = None,
         gang_timeout: str | float | None = None,
         forecast: dict[str, Any] | None = None,
+        idle_timeout: str | float | None = None,
     ) -> None:
         super().__init__()
         settings = parse_settings(
@@ -114,6 +121,7 @@ class Autoscaling(SchedulingPolicy):
             start_latency=start_latency,
             gang_timeout=gang_timeout,
             forecast=forecast,
+            idle_timeout=idle_timeout,
         )
         self.minimum: int = settings["minimum"]
         self.maximum: int | None = settings["maximum"]
@@ -122,6 +130,10 @@ class Autoscaling(SchedulingPolicy):
         self.max_down_fraction: float = settings["max_down_fraction"]
         self.assumed_latency: float = settings["start_latency"]
         self.gang_timeout: float = settings["gang_timeout"]
+        self.idle_timeout: float = settings["idle_timeout"]
+        # address -> when the worker last had nothing to run (updated by compute)
+        self.idle_since: dict[str, float] = {}
+        self.idle_released = 0
         self.model: str = settings["model"]
         self.forecast_interval: float = settings["interval"]
         self.season: int = settings["season"]
@@ -277,7 +289,14 @@ class Autoscaling(SchedulingPolicy):
         self._locality_of.clear()
 
     def task_cost(self, prefix: Any) -> float:
-        """Estimated seconds of one task of ``prefix`` (the ``Deadline`` policy's estimate).
+        """Estimated seconds of one task of ``prefix``, for capacity.
+
+        Dask's measured mean (``prefix_estimate``) when there is one, else
+        Dask's ``unknown-task-duration``, the guess Dask's own target uses.
+        Not FairShare's cost: it is re-tagged only when the mean moves by
+        ``retag-factor``, and it guesses an unmeasured prefix as the median of
+        the work running (a fair place in the queue, not a size: a new prefix
+        of 0.5 s tasks among 2 s ones was sized at 4 s a task).
 
         Parameters
         ----------
@@ -287,12 +306,10 @@ class Autoscaling(SchedulingPolicy):
         -------
         float
         """
-        ext = self.extension
-        deadline = self._policy("Deadline")
-        if deadline is not None:
-            return float(deadline.task_cost(prefix))
         estimate = prefix_estimate(prefix)
-        return float(ext.scheduler.UNKNOWN_TASK_DURATION) if estimate is None else estimate
+        if estimate is not None:
+            return estimate
+        return float(self.extension.scheduler.UNKNOWN_TASK_DURATION)
 
     def _policy(self, name: str) -> Any:
         ext = self.extension
@@ -358,8 +375,15 @@ class Autoscaling(SchedulingPolicy):
         raw = found["raw"]
         target = autoscaling_target.smooth(self, raw, n, now)
         reason = found["rule"]
+        idle = autoscaling_close.idle_workers(self, now)
         if target > raw:
             reason = "cooldown" if target >= self.target else "step-down"
+            # the idle timer: workers idle for idle_timeout that nothing needs go now
+            released = max(raw, n - len(idle), self.minimum)
+            if idle and released < target:
+                self.idle_released += target - released
+                target, reason = released, "idle"
+                self.last_step = now
         detail = found["detail"]
         tenant = detail[0] if isinstance(detail, tuple) else detail
         rules = {r: found["rules"][r] for r in RULES}
@@ -482,6 +506,8 @@ class Autoscaling(SchedulingPolicy):
             "latency_samples": self.latency_samples,
             "forecast_model": self.model,
             "cooldown": self.cooldown,
+            "idle_timeout": self.idle_timeout,
+            "idle_released": self.idle_released,
             "minimum": self.minimum,
             "maximum": self.maximum,
             "tenants": {t: dict(v) for t, v in tenants},

@@ -19,9 +19,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from dask_oxigdal.scheduling.autoscaling import Autoscaling
 
-__all__ = ["closable", "install", "protected", "uninstall"]
+__all__ = ["closable", "idle_workers", "install", "protected", "uninstall"]
 
 _HOOKS = ("adaptive_target", "workers_to_close")
+#: An idle worker holding more keys than this is not released by the idle timer
+#: (checking them costs O(keys) per decision; the step-down may still close it).
+_IDLE_MAX_KEYS = 1000
 
 
 def install(policy: Autoscaling, scheduler: Any) -> None:
@@ -106,6 +109,51 @@ def protected(policy: Autoscaling) -> dict[str, str]:
                 continue
             if any(k in wanted for k in keys):
                 out[address] = "cached-tile"
+    return out
+
+
+def idle_workers(policy: Autoscaling, now: float) -> list[str]:
+    """Workers the idle timer may release now; updates ``policy.idle_since``.
+
+    A running worker with nothing processing has been idle since the first
+    decision that saw it so. It may be released once idle for
+    ``policy.idle_timeout`` seconds if it holds no key that an unfinished task
+    still needs (``TaskState.waiters``; at most 1000 keys are looked at) and
+    is not :func:`protected` (a wanted cached tile). O(workers) per decision,
+    plus the keys of the idle workers.
+
+    Parameters
+    ----------
+    policy : Autoscaling
+    now : float
+
+    Returns
+    -------
+    list of str
+        Addresses, longest idle first.
+    """
+    workers = policy.extension.scheduler.workers
+    since = policy.idle_since
+    for address in [a for a in since if a not in workers]:
+        del since[address]
+    due = []
+    for address, ws in workers.items():
+        if ws.processing or ws.long_running or ws.status.name != "running":
+            since.pop(address, None)
+            continue
+        start = since.setdefault(address, now)
+        if now - start >= policy.idle_timeout:
+            due.append((start, address, ws))
+    if not due:
+        return []
+    guarded = protected(policy)
+    out = []
+    for _, address, ws in sorted(due, key=lambda d: d[0]):
+        if address in guarded or len(ws.has_what) > _IDLE_MAX_KEYS:
+            continue
+        if any(ts.waiters for ts in ws.has_what):
+            continue  # an unfinished task needs one of its keys
+        out.append(address)
     return out
 
 

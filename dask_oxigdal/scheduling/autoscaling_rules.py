@@ -216,7 +216,7 @@ def parse_settings(**given: Any) -> dict[str, Any]:
     -------
     dict
         ``minimum``, ``maximum``, ``cooldown``, ``hysteresis``,
-        ``max_down_fraction``, ``start_latency``, ``gang_timeout`` (seconds)
+        ``max_down_fraction``, ``start_latency``, ``gang_timeout``, ``idle_timeout`` (seconds)
         and the forecast's ``model``, ``interval``, ``season``, ``alpha``,
         ``beta``, ``gamma``.
 
@@ -238,6 +238,13 @@ def parse_settings(**given: Any) -> dict[str, Any]:
     for name in ("cooldown", "start-latency", "gang-timeout"):
         attr = name.replace("-", "_")
         out[attr] = duration(f"autoscaling.{name}", given[attr])
+    idle = given.get("idle_timeout")
+    if idle is None:
+        idle = setting("autoscaling.idle-timeout", None)
+    # null (the default): the cooldown
+    out["idle_timeout"] = (
+        out["cooldown"] if idle is None else duration("autoscaling.idle-timeout", idle)
+    )
     out["hysteresis"] = _fraction(
         "hysteresis", setting("autoscaling.hysteresis", given["hysteresis"]), high=0.9
     )

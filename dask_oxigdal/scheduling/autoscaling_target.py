@@ -39,15 +39,37 @@ def quota_limits(policy: Autoscaling) -> dict[str, int]:
     return out
 
 
+def _thread_waits(policy: Autoscaling) -> list[tuple[float, int]]:
+    """``[(wait, threads)]`` per running worker: when its threads could start deadline work.
+
+    EDF puts a deadline job's tasks ahead of every queued task, so a worker's
+    threads are free for them once the tasks already assigned to it are done:
+    its occupancy per thread (Dask's estimate). One entry per worker, so the
+    deadline rule costs O(workers) per job, not O(tasks).
+    """
+    out = []
+    for ws in policy.extension.scheduler.workers.values():
+        if ws.nthreads <= 0 or ws.status.name != "running":
+            continue
+        out.append((ws.occupancy / ws.nthreads, ws.nthreads))
+    return out
+
+
 def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
     """Threads the live deadline jobs need, earliest deadline first.
 
-    For each job in deadline order: the remaining work of it and of every job
-    due no later, over the time left once a new worker has started, less one
-    of the job's task durations (``deadline - now - latency - task``: the last
-    task must start by then), at most their unfinished tasks. A job too
-    close to its deadline for a new worker to help (or past it) is left to
-    the demand rule, as ordinary work of its tenant.
+    For each job in deadline order, the work of it and of every job due no
+    later (``C``) must be done by the deadline ``D``; every thread must start
+    its last task one task duration ``p`` before it. The threads already
+    running are free for it once their assigned tasks are done (EDF runs the
+    job's tasks before any queued task): together they can do ``E`` = the sum
+    of ``D - now - wait - p`` over them. If ``C <= E``, the job needs only
+    the existing threads that do it (``ceil(C / (E / threads))``, no new
+    worker). Otherwise it needs every existing thread plus ``(C - E) / (D -
+    now - latency - p)`` new ones (a new thread works only once started). A
+    job that new threads could not help (``D - now - latency - p <= 0``) is
+    left to the demand rule, as ordinary work of its tenant. Each value is at
+    most the unfinished tasks.
 
     Returns
     -------
@@ -58,6 +80,8 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
     dl = policy._policy("Deadline")
     if dl is None or not dl.jobs:
         return 0.0, None, {}, {}
+    waits = _thread_waits(policy)
+    tasks_of = policy.extension.scheduler.tasks
     need = 0.0
     why = None
     cumulative = 0.0
@@ -65,23 +89,44 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
     own: dict[str, float] = {}
     late: dict[str, list] = {}
     for job in sorted(dl.jobs.values(), key=lambda j: j.deadline):
-        remaining = job.remaining()
+        # the Deadline policy sized the job when it accepted it, with FairShare's
+        # cost (job.work); size it with ours instead (Dask's measured mean, else
+        # its unknown-task-duration), by the prefix of the job's first task
+        scale = 1.0
+        first = tasks_of.get(job.keys[0]) if job.keys else None
+        if first is not None and job.work > 0:
+            scale = policy.task_cost(first.prefix) / (job.work / len(job.keys))
+        remaining = job.remaining() * scale
         unfinished = len(job.keys) - job.done
         cumulative += remaining
         tasks += unfinished
         # the job's last task must start one task duration before the deadline
-        per_task = job.work / len(job.keys) if job.keys else 0.0
-        slack = job.deadline - now - latency - per_task
-        if slack <= 0:
+        per_task = scale * job.work / len(job.keys) if job.keys else 0.0
+        left = job.deadline - now - per_task
+        existing = 0.0  # seconds of work the running threads can do in time
+        useful = 0  # running threads that can do some
+        for wait, threads in waits:
+            if left - wait > 0:
+                existing += threads * (left - wait)
+                useful += threads
+        slack = left - latency  # what a new thread can do in time
+        if cumulative <= existing:
+            value = math.ceil(cumulative / (existing / useful) - 1e-9)
+        elif slack > 0:
+            value = useful + math.ceil((cumulative - existing) / slack - 1e-9)
+        else:
             entry = late.setdefault(job.tenant, [0.0, 0])
             entry[0] += remaining
             entry[1] += unfinished
             continue
-        value = float(min(math.ceil(cumulative / slack - 1e-9), tasks))
+        value = float(min(value, tasks))
         if value > need:
             need, why = value, (job.tenant, job.deadline)
-        mine = float(min(math.ceil(remaining / slack - 1e-9), unfinished))
-        own[job.tenant] = max(own.get(job.tenant, 0.0), mine)
+        if remaining <= existing:
+            mine = math.ceil(remaining / (existing / useful) - 1e-9)
+        else:
+            mine = useful + math.ceil((remaining - existing) / max(slack, 1e-9) - 1e-9)
+        own[job.tenant] = max(own.get(job.tenant, 0.0), float(min(mine, unfinished)))
     return need, why, own, late
 
 

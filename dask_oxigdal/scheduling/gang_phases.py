@@ -32,7 +32,9 @@ class GangPhases:
 
         Only tasks whose queue rank is not higher than the gang's are held
         (``info.rank >= gang.rank``; rank 0 is the highest-priority queue):
-        a higher-priority queue keeps the freed threads. Freed threads then
+        a higher-priority queue keeps the freed threads. A deadline job's
+        tasks (``info.edf``) are never held: EDF outranks the reservation, as
+        a deadline cannot wait for ``reserve_wait``. Freed threads then
         stay idle until the head gang fits, unless such tasks take them.
         O(queued tasks) when the reservation starts (or the head gang
         changes), O(new arrivals) afterwards.
@@ -65,7 +67,7 @@ class GangPhases:
             if ts.state != "queued":
                 continue
             info = info_map.get(ts.key)
-            if info is None or info.gang is not None or info.rank < rank:
+            if info is None or info.gang is not None or info.rank < rank or info.edf is not None:
                 continue
             ext.hold(ts, info, RESERVE)
             self.reserved.add(ts.key)
