@@ -15,6 +15,7 @@ import dask_oxigdal  # noqa: F401
 
 # isort: split
 import asyncio
+import datetime
 import inspect
 import math
 import time
@@ -400,26 +401,29 @@ async def test_deadline_rule_sizes_by_the_slack_not_by_target_duration(c, s, a):
 
 
 def test_step_down_waits_for_the_cooldown_then_steps_by_a_fraction():
-    """``smooth``: up at once; down after ``cooldown``, <= 25 % a step, one step per gap."""
+    """``smooth``: up at once; down after ``cooldown``, <= 25 % a step, one step per gap.
+
+    All 12 workers have arrived (``n=12``): the slow step-down of running workers.
+    """
     from dask_oxigdal.scheduling.autoscaling_target import smooth
 
     policy = Autoscaling(cooldown="8s", hysteresis=0.1, max_down_fraction=0.25)
     policy.target = 2
-    assert smooth(policy, 12, 0, 100.0) == 12  # up: at once
+    assert smooth(policy, 12, 12, 100.0) == 12  # up: at once
     policy.target = 12
-    assert smooth(policy, 11, 0, 101.0) == 12  # inside the dead band (10 %, >= 1 worker)
-    assert smooth(policy, 2, 0, 102.0) == 12  # lower, but not for the cooldown yet
-    assert smooth(policy, 2, 0, 109.0) == 12  # 7 s below, 9 s since the rise
-    assert smooth(policy, 2, 0, 110.0) == 9  # 8 s below: a step of 25 %
+    assert smooth(policy, 11, 12, 101.0) == 12  # inside the dead band (10 %, >= 1 worker)
+    assert smooth(policy, 2, 12, 102.0) == 12  # lower, but not for the cooldown yet
+    assert smooth(policy, 2, 12, 109.0) == 12  # 7 s below, 9 s since the rise
+    assert smooth(policy, 2, 12, 110.0) == 9  # 8 s below: a step of 25 %
     policy.target = 9
-    assert smooth(policy, 2, 0, 110.5) == 9  # next step after max(1 s, 8 s x 0.25) = 2 s
-    assert smooth(policy, 2, 0, 112.0) == 7
+    assert smooth(policy, 2, 12, 110.5) == 9  # next step after max(1 s, 8 s x 0.25) = 2 s
+    assert smooth(policy, 2, 12, 112.0) == 7
     policy.target = 7
-    assert smooth(policy, 12, 0, 113.0) == 12  # up again at once; the cooldown restarts
+    assert smooth(policy, 12, 12, 113.0) == 12  # up again at once; the cooldown restarts
     policy.target = 12
-    assert smooth(policy, 2, 0, 120.0) == 12  # lower from here
-    assert smooth(policy, 2, 0, 127.5) == 12
-    assert smooth(policy, 2, 0, 128.0) == 9
+    assert smooth(policy, 2, 12, 120.0) == 12  # lower from here
+    assert smooth(policy, 2, 12, 127.5) == 12
+    assert smooth(policy, 2, 12, 128.0) == 9
 
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
@@ -536,3 +540,103 @@ async def test_a_new_deadline_prefix_is_sized_by_dask_s_guess(c, s, a, b):
     assert policy.decision["rules"]["deadline"] == 1
     await gate.set()
     await c.gather(due + busy)
+
+
+# ------------------------------------------- pending workers, useful windows
+def _wait_again(name, x=None):
+    Event(name).wait(60)
+    return x
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)] * 2,
+    timeout=60,
+    config={
+        "distributed.scheduler.unknown-task-duration": "1s",
+        "distributed.adaptive.target-duration": "1s",
+    },
+)
+async def test_workers_not_arrived_are_given_up_at_once_running_ones_step_down_slowly(c, s, a, b):
+    """When the raw target drops, the cooldown holds the running workers only: the
+    workers asked for for a peak that is gone, and not yet arrived, are given up."""
+    await register(
+        c, policies=[FAIRSHARE, {**AUTOSCALING, "start-latency": "0s", "cooldown": "1h"}]
+    )
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    futures = c.map(_wait_event, ["as-pending-gate"] * 10, range(10), pure=False)
+    await _until(lambda: sum(1 for f in futures if f.key in s.tasks) == 10)
+    # 10 s of work to do in 1 s: 10 workers, 8 of them not arrived (none will: no Adaptive)
+    assert s.adaptive_target() == 10
+    await Event("as-pending-gate").set()
+    await c.gather(futures)
+    # the peak is gone (raw target 0); the 1 h cooldown still holds the 2 running
+    # workers, but not the 8 that never arrived
+    await _until(lambda: s.adaptive_target() == 2)
+    pending = [e for e in _events(s) if e["rule"] == "pending"]
+    assert pending and pending[-1]["previous"] == 10 and pending[-1]["target"] == 2
+    assert pending[-1]["cancelled"] == 8 and pending[-1]["workers"] == 2
+    assert s.adaptive_target() == 2
+    assert policy.decision["rule"] == "cooldown" and policy.decision["raw"] == 0
+    # new work (a prefix not measured yet: 1 s a task): up at once
+    more = c.map(_wait_again, ["as-pending-gate-2"] * 6, range(6), pure=False)
+    await _until(lambda: s.adaptive_target() == 6)
+    await Event("as-pending-gate-2").set()
+    await c.gather(more)
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)],
+    timeout=60,
+    config={
+        "distributed.scheduler.unknown-task-duration": "20s",
+        "distributed.adaptive.target-duration": "1h",
+    },
+)
+async def test_deadline_asks_only_for_new_threads_that_finish_a_task_in_time(c, s, a):
+    """A new thread counts for the whole tasks it can finish between its arrival
+    (now + start latency) and the deadline; none fits: no new thread for it."""
+    from dask_oxigdal.scheduling.autoscaling_target import _deadline_rule
+
+    await register(
+        c,
+        policies=[FAIRSHARE, DEADLINE, {**AUTOSCALING, "start-latency": "40s", "cooldown": "1h"}],
+    )
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    dl = s.plugins["oxigdal"].get_policy("Deadline")
+    base = time.time()
+    # a task costs 20 s (Dask's guess); a new worker arrives 40 s from base. Job A is
+    # due 84 s from base: 44 s after the arrival, two whole tasks. Job B is due 50 s
+    # from base: 10 s after it, no whole task.
+    with dox.annotate(deadline=datetime.datetime.fromtimestamp(base + 84)):
+        a_jobs = c.map(_wait_event, ["as-fit-gate"] * 40, range(40), pure=False)
+    with dox.annotate(deadline=datetime.datetime.fromtimestamp(base + 50)):
+        b_jobs = c.map(_wait_event, ["as-fit-gate"] * 4, range(40, 44), pure=False)
+    await _until(lambda: len(dl.jobs) == 2)
+    p = policy.task_cost(s.tasks[a_jobs[0].key].prefix)
+    assert p == 20.0
+    # sized at base (no await between the reads and the rule: nothing moves)
+    wait = s.workers[a.address].occupancy  # one thread
+    _, _, _, late, notes = _deadline_rule(policy, base, 40.0)
+    note_b, note_a = notes
+    assert note_b["tasks_fit"] == 0 and note_b["new_threads"] == 0
+    assert "no task fits" in note_b["reason"]
+    assert late == {"default": [pytest.approx(4 * p), 4]}  # left to the demand rule
+    assert note_a["tasks_fit"] == 2 and note_a["window"] == pytest.approx(44.0)
+    existing = max(84 - p - wait, 0.0)  # what the running thread does for A in time
+    work = 44 * p  # A and B: EDF runs B first
+    assert note_a["new_threads"] == math.ceil((work - existing) / (2 * p) - 1e-9)
+    # sized by the window less a task (44 - 20 = 24 s of work a thread) it would be more
+    assert note_a["new_threads"] < math.ceil((work - existing) / (44.0 - p))
+    # the target, at the real time: its event and the status give each job's reason
+    s.adaptive_target()
+    jobs = policy.decision["deadline_jobs"]
+    assert [j["deadline"] for j in jobs] == [note_b["deadline"], note_a["deadline"]]
+    assert jobs[0]["tasks_fit"] == 0 and jobs[0]["new_threads"] == 0
+    assert jobs[1]["tasks_fit"] == math.floor(jobs[1]["window"] / p + 1e-9)
+    assert any(e.get("deadline_jobs") for e in _events(s))
+    snap = await status(c)
+    assert snap["policies"]["Autoscaling"]["deadline_jobs"][0]["tasks_fit"] == 0
+    await Event("as-fit-gate").set()
+    await c.gather(a_jobs + b_jobs)

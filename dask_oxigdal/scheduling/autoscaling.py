@@ -155,6 +155,8 @@ class Autoscaling(SchedulingPolicy):
         self.last_up = 0.0
         self.last_step = 0.0
         self.below_since: float | None = None
+        # workers asked for, not yet arrived, given up by the last smooth()
+        self.cancelled = 0
         self.decision: dict[str, Any] = {"rule": None, "tenant": None, "rules": {}}
         self.per_tenant: dict[str, dict[str, float]] = {}
         self.decisions = 0
@@ -376,8 +378,12 @@ class Autoscaling(SchedulingPolicy):
         target = autoscaling_target.smooth(self, raw, n, now)
         reason = found["rule"]
         idle = autoscaling_close.idle_workers(self, now)
-        if target > raw:
+        if self.cancelled:
+            # workers asked for but not arrived, that no rule needs any more
+            reason = "pending"
+        elif target > raw:
             reason = "cooldown" if target >= self.target else "step-down"
+        if target > raw:
             # the idle timer: workers idle for idle_timeout that nothing needs go now
             released = max(raw, n - len(idle), self.minimum)
             if idle and released < target:
@@ -399,6 +405,8 @@ class Autoscaling(SchedulingPolicy):
                 tenant=tenant,
                 detail=plain(detail),
                 rules=rules,
+                cancelled=self.cancelled,
+                deadline_jobs=found["deadline_jobs"],
             )
             self.target = target
         self.decision = {
@@ -406,6 +414,8 @@ class Autoscaling(SchedulingPolicy):
             "tenant": tenant,
             "raw": raw,
             "rules": rules,
+            "cancelled": self.cancelled,
+            "deadline_jobs": found["deadline_jobs"],
             "target_duration": duration,
             "at": now,
         }
@@ -500,6 +510,7 @@ class Autoscaling(SchedulingPolicy):
             "tenant": self.decision.get("tenant"),
             "raw_target": self.decision.get("raw"),
             "rules": dict(self.decision.get("rules") or {}),
+            "deadline_jobs": list(self.decision.get("deadline_jobs") or []),
             "decisions": self.decisions,
             "start_latency": self.start_latency,
             "start_latency_measured": self.measured_latency is not None,

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 __all__ = ["evaluate", "quota_limits", "smooth"]
 
+#: Deadline jobs (earliest first) whose sizing is kept for the event and the status.
+_NOTES = 8
+
 
 def quota_limits(policy: Autoscaling) -> dict[str, int]:
     """``{tenant: max-tasks}``: the ``Quota`` policy's limits, else the tenants' options.
@@ -65,21 +68,24 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
     job's tasks before any queued task): together they can do ``E`` = the sum
     of ``D - now - wait - p`` over them. If ``C <= E``, the job needs only
     the existing threads that do it (``ceil(C / (E / threads))``, no new
-    worker). Otherwise it needs every existing thread plus ``(C - E) / (D -
-    now - latency - p)`` new ones (a new thread works only once started). A
-    job that new threads could not help (``D - now - latency - p <= 0``) is
-    left to the demand rule, as ordinary work of its tenant. Each value is at
-    most the unfinished tasks.
+    worker). Otherwise it needs every existing thread plus ``(C - E) / (k *
+    p)`` new ones, where ``k = floor((D - now - latency) / p)`` is the number
+    of whole tasks a new thread can finish between its arrival and the
+    deadline. A job for which no task fits (``k = 0``) asks for no new thread:
+    it is left to the demand rule, as ordinary work of its tenant. Each value
+    is at most the unfinished tasks.
 
     Returns
     -------
     tuple
         ``(threads, (tenant, deadline) or None, {tenant: threads of its own jobs},
-        {tenant: [work seconds, unfinished tasks] of its late jobs})``.
+        {tenant: [work seconds, unfinished tasks] of its late jobs}, notes)``;
+        ``notes``: per job (the first ``_NOTES``), its window, tasks that fit,
+        new threads and the reason.
     """
     dl = policy._policy("Deadline")
     if dl is None or not dl.jobs:
-        return 0.0, None, {}, {}
+        return 0.0, None, {}, {}, []
     waits = _thread_waits(policy)
     tasks_of = policy.extension.scheduler.tasks
     need = 0.0
@@ -88,6 +94,7 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
     tasks = 0
     own: dict[str, float] = {}
     late: dict[str, list] = {}
+    notes: list[dict] = []
     for job in sorted(dl.jobs.values(), key=lambda j: j.deadline):
         # the Deadline policy sized the job when it accepted it, with FairShare's
         # cost (job.work); size it with ours instead (Dask's measured mean, else
@@ -109,12 +116,32 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
             if left - wait > 0:
                 existing += threads * (left - wait)
                 useful += threads
-        slack = left - latency  # what a new thread can do in time
+        # a new thread arrives after the start latency; it is of use only for the
+        # whole tasks it can finish between then and the deadline
+        window = job.deadline - now - latency
+        if per_task > 0:
+            fit = max(math.floor(window / per_task + 1e-9), 0)
+            slack = fit * per_task
+        else:
+            fit, slack = (unfinished, window) if window > 0 else (0, 0.0)
+        note = {
+            "tenant": job.tenant,
+            "deadline": job.deadline,
+            "window": round(window, 3),
+            "tasks_fit": fit,
+            "new_threads": 0,
+        }
+        if len(notes) < _NOTES:
+            notes.append(note)
         if cumulative <= existing:
             value = math.ceil(cumulative / (existing / useful) - 1e-9)
-        elif slack > 0:
+            note["reason"] = "running threads suffice"
+        elif fit >= 1:
             value = useful + math.ceil((cumulative - existing) / slack - 1e-9)
+            note["new_threads"] = int(min(value, tasks)) - useful
+            note["reason"] = f"{fit} task(s) per new thread fit before the deadline"
         else:
+            note["reason"] = "no task fits between a new worker's arrival and the deadline"
             entry = late.setdefault(job.tenant, [0.0, 0])
             entry[0] += remaining
             entry[1] += unfinished
@@ -125,9 +152,9 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
         if remaining <= existing:
             mine = math.ceil(remaining / (existing / useful) - 1e-9)
         else:
-            mine = useful + math.ceil((remaining - existing) / max(slack, 1e-9) - 1e-9)
+            mine = useful + math.ceil((remaining - existing) / slack - 1e-9)
         own[job.tenant] = max(own.get(job.tenant, 0.0), float(min(mine, unfinished)))
-    return need, why, own, late
+    return need, why, own, late, notes
 
 
 def _demand_rule(
@@ -197,7 +224,9 @@ def evaluate(policy: Autoscaling, duration: float, now: float) -> dict[str, Any]
     rules: dict[str, float] = {}
     why: dict[str, Any] = {}
 
-    rules["deadline"], why["deadline"], own_deadline, late = _deadline_rule(policy, now, latency)
+    rules["deadline"], why["deadline"], own_deadline, late, notes = _deadline_rule(
+        policy, now, latency
+    )
     free = max(nthreads - rules["deadline"], 0.0)
     rules["demand"], demand, works = _demand_rule(policy, duration, free, latency, late)
     why["demand"] = max(demand, key=demand.get) if demand else None
@@ -283,6 +312,7 @@ def evaluate(policy: Autoscaling, duration: float, now: float) -> dict[str, Any]
         "rules": rules,
         "per_tenant": per_tenant,
         "demand": rules["demand"] + rules["deadline"],
+        "deadline_jobs": notes,
     }
 
 
@@ -296,11 +326,18 @@ def smooth(policy: Autoscaling, raw: int, n: int, now: float) -> int:
     worker), one step per ``max(1 s, cooldown * max_down_fraction)``, and never
     below the workers that ``workers_to_close`` would keep.
 
+    The slow step-down is for running workers only: once the raw target is
+    lower, the held part of the target never exceeds the ``n`` workers that
+    have arrived (``max(raw, min(held, n))``), so workers asked for but not yet
+    arrived that no rule needs any more are given up at once. They hold no
+    data and cannot flap; ``policy.cancelled`` counts them for this call.
+
     Returns
     -------
     int
         The target (workers).
     """
+    policy.cancelled = 0
     current = max(policy.target, 0)
     if raw >= current:
         policy.below_since = None
@@ -311,6 +348,15 @@ def smooth(policy: Autoscaling, raw: int, n: int, now: float) -> int:
     if raw > current - band:
         policy.below_since = None
         return current
+    held = _step_down(policy, raw, n, now, current)
+    # workers not yet arrived hold no data: keep only those a rule still needs
+    target = max(raw, min(held, n))
+    policy.cancelled = held - target
+    return target
+
+
+def _step_down(policy: Autoscaling, raw: int, n: int, now: float, current: int) -> int:
+    """The held target: ``current`` until the cooldown, then a step at a time."""
     if policy.below_since is None:
         policy.below_since = now
     if now - max(policy.below_since, policy.last_up) < policy.cooldown:
@@ -320,7 +366,7 @@ def smooth(policy: Autoscaling, raw: int, n: int, now: float) -> int:
         return current
     step = max(1, math.floor(current * policy.max_down_fraction))
     target = max(raw, current - step)
-    if target < n:
+    if target < n and policy.extension is not None:
         # never below the workers that workers_to_close would keep
         guarded = protected(policy)
         keep = sum(
