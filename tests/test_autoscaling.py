@@ -567,7 +567,7 @@ async def test_workers_not_arrived_are_given_up_at_once_running_ones_step_down_s
     futures = c.map(_wait_event, ["as-pending-gate"] * 10, range(10), pure=False)
     await _until(lambda: sum(1 for f in futures if f.key in s.tasks) == 10)
     # 10 s of work to do in 1 s: 10 workers, 8 of them not arrived (none will: no Adaptive)
-    assert s.adaptive_target() == 10
+    await _until(lambda: s.adaptive_target() == 10)
     await Event("as-pending-gate").set()
     await c.gather(futures)
     # the peak is gone (raw target 0); the 1 h cooldown still holds the 2 running
@@ -590,7 +590,7 @@ async def test_workers_not_arrived_are_given_up_at_once_running_ones_step_down_s
     nthreads=[("127.0.0.1", 1)],
     timeout=60,
     config={
-        "distributed.scheduler.unknown-task-duration": "20s",
+        "distributed.scheduler.unknown-task-duration": "200s",
         "distributed.adaptive.target-duration": "1h",
     },
 )
@@ -601,34 +601,34 @@ async def test_deadline_asks_only_for_new_threads_that_finish_a_task_in_time(c, 
 
     await register(
         c,
-        policies=[FAIRSHARE, DEADLINE, {**AUTOSCALING, "start-latency": "40s", "cooldown": "1h"}],
+        policies=[FAIRSHARE, DEADLINE, {**AUTOSCALING, "start-latency": "400s", "cooldown": "1h"}],
     )
     policy = s.plugins["oxigdal"].get_policy("Autoscaling")
     dl = s.plugins["oxigdal"].get_policy("Deadline")
     base = time.time()
-    # a task costs 20 s (Dask's guess); a new worker arrives 40 s from base. Job A is
-    # due 84 s from base: 44 s after the arrival, two whole tasks. Job B is due 50 s
-    # from base: 10 s after it, no whole task.
-    with dox.annotate(deadline=datetime.datetime.fromtimestamp(base + 84)):
+    # a task costs 200 s (Dask's guess); a new worker arrives 400 s from base. Job A is
+    # due 840 s from base: 440 s after the arrival, two whole tasks. Job B is due 500 s
+    # from base: 100 s after it, no whole task. (Long, so that no deadline passes under load.)
+    with dox.annotate(deadline=datetime.datetime.fromtimestamp(base + 840)):
         a_jobs = c.map(_wait_event, ["as-fit-gate"] * 40, range(40), pure=False)
-    with dox.annotate(deadline=datetime.datetime.fromtimestamp(base + 50)):
+    with dox.annotate(deadline=datetime.datetime.fromtimestamp(base + 500)):
         b_jobs = c.map(_wait_event, ["as-fit-gate"] * 4, range(40, 44), pure=False)
     await _until(lambda: len(dl.jobs) == 2)
     p = policy.task_cost(s.tasks[a_jobs[0].key].prefix)
-    assert p == 20.0
+    assert p == 200.0
     # sized at base (no await between the reads and the rule: nothing moves)
     wait = s.workers[a.address].occupancy  # one thread
-    _, _, _, late, notes = _deadline_rule(policy, base, 40.0)
+    _, _, _, late, notes = _deadline_rule(policy, base, 400.0)
     note_b, note_a = notes
     assert note_b["tasks_fit"] == 0 and note_b["new_threads"] == 0
     assert "no task fits" in note_b["reason"]
     assert late == {"default": [pytest.approx(4 * p), 4]}  # left to the demand rule
-    assert note_a["tasks_fit"] == 2 and note_a["window"] == pytest.approx(44.0)
-    existing = max(84 - p - wait, 0.0)  # what the running thread does for A in time
+    assert note_a["tasks_fit"] == 2 and note_a["window"] == pytest.approx(440.0)
+    existing = max(840 - p - wait, 0.0)  # what the running thread does for A in time
     work = 44 * p  # A and B: EDF runs B first
     assert note_a["new_threads"] == math.ceil((work - existing) / (2 * p) - 1e-9)
-    # sized by the window less a task (44 - 20 = 24 s of work a thread) it would be more
-    assert note_a["new_threads"] < math.ceil((work - existing) / (44.0 - p))
+    # sized by the window less a task (440 - 200 = 240 s of work a thread): more
+    assert note_a["new_threads"] < math.ceil((work - existing) / (440.0 - p))
     # the target, at the real time: its event and the status give each job's reason
     s.adaptive_target()
     jobs = policy.decision["deadline_jobs"]
