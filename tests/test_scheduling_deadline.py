@@ -483,3 +483,35 @@ async def test_rootish_deadline_job_runs_ahead_of_work_queued_on_workers(c, s, a
     )
     snap = (await status(c))["policies"]["Deadline"]
     assert snap["met"] == {"b": {"batch": 1}} and snap["dispatched"] >= 4
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
+async def test_guard_deadline_dispatch_internals(c, s, a):
+    """What ``Deadline.dispatch`` relies on, on plain Dask (no extension registered).
+
+    ``Scheduler.queued.peek()`` is the front by priority; ``idle_task_count`` holds
+    the workers with a free slot; a loosely restricted task is not root-ish, and
+    ``queued -> released`` then places it on its worker even when that worker is
+    saturated; ``WorkerState.processing``/``nthreads``, ``TaskState.processing_on``.
+    """
+    assert isinstance(s.WORKER_SATURATION, float) and s.WORKER_SATURATION == 1.1
+    ev = Event("guard-dispatch")
+    busy = [c.submit(block, f"busy{i}", ev=ev, key=f"busy{i}") for i in range(3)]
+    ws = s.workers[a.address]
+    await _until(lambda: len(ws.processing) == 3)
+    assert ws in s.running and ws not in s.idle_task_count and ws.nthreads == 1
+    names = [f"root-{i}" for i in range(4)]
+    roots = c.map(stamp, names, key=names)
+    await _until(lambda: len(s.queued) == 4)
+    ts = s.queued.peek()
+    assert ts.key == "root-0" and s.is_rootish(ts)
+    ts.worker_restrictions = {a.address}
+    ts.loose_restrictions = True
+    assert not s.is_rootish(ts)
+    s.transitions({ts.key: "released"}, "oxigdal-guard-dispatch")
+    assert ts.state == "processing" and ts.processing_on is ws and ts not in s.queued
+    ts.worker_restrictions = None
+    ts.loose_restrictions = False
+    assert len(ws.processing) == 4 and s.queued.peek().key == "root-1"
+    await ev.set()
+    await wait(busy + roots)
