@@ -472,6 +472,9 @@ class Deadline(SchedulingPolicy):
             if ts.worker_restrictions == {address}:  # not held meanwhile: lift it
                 ts.worker_restrictions = None
                 ts.loose_restrictions = False
+                if ts.state == "no-worker":  # not placed (should not happen): back to Dask
+                    ext.transitions({ts.key: "waiting"}, stimulus_id)
+                    break
             if ts.state == "queued":
                 break  # not moved (should not happen): leave the rest to Dask
             moved += 1
