@@ -342,8 +342,9 @@ async def test_admission_counts_the_backlog_ahead(c, s, a, backlog, feasible, mo
         with annotate(deadline=due + later):
             ahead = c.map(job, range(4), ev=ev, key=[f"job-{i}" for i in range(4)])
         await _until(lambda: all(f.key in s.tasks for f in ahead))
-        assert all(s.tasks[f.key].state == "queued" for f in ahead)
-        assert s.total_occupancy < 60
+        # queued, or moved ahead of the ordinary blocker waiting on the worker
+        # (dispatch): they count with their job, not in the occupancy
+        assert all(s.tasks[f.key].state in ("queued", "processing") for f in ahead)
     snap = (await status(c))["policies"]["Deadline"]
     assert snap["accepted"] == (1 if backlog.endswith("deadline") else 0)
     assert snap["rejected"] == 0 and snap["warned"] == 0
@@ -403,3 +404,114 @@ async def test_guard_deadline_estimate_internals(c, s, a):
     fut = c.submit(stamp, 1, key="gen")
     await fut
     assert s.tasks["gen"].priority[1] >= 0
+
+
+# ------------------------------------- dispatch ahead of work queued on workers
+def stamp_where(x):
+    from distributed import get_worker
+
+    return x, time.time(), get_worker().address
+
+
+def _starts(rows, address):
+    """The values run on ``address``, in start order (one thread: one task at a time)."""
+    return [x for x, _, w in sorted(rows, key=lambda r: r[1]) if w == address]
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1), ("127.0.0.1", 1)],
+    timeout=60,
+    config={"distributed.scheduler.work-stealing": False},
+)
+async def test_rootish_deadline_job_runs_ahead_of_work_queued_on_workers(c, s, a, b):
+    """A root-ish deadline job is not left in scheduler.queued behind the workers' backlog."""
+    await register(c, tenants={"a": 1, "b": 1}, policies=[FAIRSHARE, deadline_policy()])
+    ev = Event("dispatch-go")
+    blockers = [
+        c.submit(block, f"blocker-{i}", ev=ev, key=f"blocker-{i}", workers=[w.address])
+        for i, w in enumerate((a, b))
+    ]
+    await _until(lambda: a.state.executing_count == 1 and b.state.executing_count == 1)
+    # tenant a: small groups (one task each, not root-ish), sent to the busy workers
+    with annotate(tenant="a"):
+        plain = [c.submit(stamp_where, f"plain{i}", key=f"plain{i}") for i in range(12)]
+        # and a root-ish job without a deadline (one submission): it waits in scheduler.queued
+        names = [f"bulk-{i}" for i in range(6)]
+        bulk = c.map(stamp_where, names, key=names)
+    await _until(lambda: len(a.state.ready) + len(b.state.ready) == 12)
+    await _until(lambda: len(s.queued) == 6)
+    assert s.is_rootish(s.tasks["bulk-0"])
+    # tenant b: a root-ish deadline job, 3 x the cluster's threads
+    with annotate(tenant="b", deadline="10min"):
+        names = [f"d-{i}" for i in range(6)]
+        urgent = c.map(stamp_where, names, key=names)
+    await _until(lambda: all(n in s.tasks for n in names))
+    assert s.is_rootish(s.tasks["d-0"])
+    on = {}
+    # one wave per worker (ceil(1.1 x 1 thread) = 2) goes to the saturated workers
+    # (without the move they stay queued until the workers drain: fails here)
+    await _until(
+        lambda: sum(s.tasks[f"d-{i}"].state == "processing" for i in range(6)) == 4, timeout=20
+    )
+    for i in range(6):
+        ts = s.tasks[f"d-{i}"]
+        assert ts.worker_restrictions is None and not ts.loose_restrictions  # lifted
+        if ts.processing_on is not None:
+            on[ts.key] = ts.processing_on.address
+    assert sorted(on.values()) == sorted([a.address] * 2 + [b.address] * 2)
+    queued = {ts.key for ts in s.queued}
+    assert queued == {f"d-{i}" for i in range(6)} - set(on) | {f"bulk-{i}" for i in range(6)}
+    ext = s.plugins[NAME]
+    assert ext.policy("Deadline").dispatched == 4
+    # a new worker gets the queued work as usual: the rest of the job, then bulk
+    async with Worker(s.address, nthreads=1) as w:
+        await _until(lambda: not any(s.tasks[f"d-{i}"].state == "queued" for i in range(6)))
+        # work without a deadline is never moved to the saturated workers
+        for i in range(6):
+            ts = s.tasks[f"bulk-{i}"]
+            assert ts.state in ("queued", "memory") or ts.processing_on.address == w.address
+        await ev.set()
+        rows = await c.gather([*plain, *bulk, *urgent])
+        await c.gather(blockers)
+    for worker in (a, b):
+        starts = _starts(rows, worker.address)
+        # the deadline tasks sent to the worker ran before its queued backlog
+        assert sorted(starts[:2]) == sorted(k for k, addr in on.items() if addr == worker.address)
+    assert {x for x, _, addr in rows if x.startswith("d-") and addr == w.address} == (
+        {f"d-{i}" for i in range(6)} - set(on)
+    )
+    snap = (await status(c))["policies"]["Deadline"]
+    assert snap["met"] == {"b": {"batch": 1}} and snap["dispatched"] >= 4
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
+async def test_guard_deadline_dispatch_internals(c, s, a):
+    """What ``Deadline.dispatch`` relies on, on plain Dask (no extension registered).
+
+    ``Scheduler.queued.peek()`` is the front by priority; ``idle_task_count`` holds
+    the workers with a free slot; a loosely restricted task is not root-ish, and
+    ``queued -> released`` then places it on its worker even when that worker is
+    saturated; ``WorkerState.processing``/``nthreads``, ``TaskState.processing_on``.
+    """
+    assert isinstance(s.WORKER_SATURATION, float) and s.WORKER_SATURATION == 1.1
+    ev = Event("guard-dispatch")
+    busy = [c.submit(block, f"busy{i}", ev=ev, key=f"busy{i}") for i in range(3)]
+    ws = s.workers[a.address]
+    await _until(lambda: len(ws.processing) == 3)
+    assert ws in s.running and ws not in s.idle_task_count and ws.nthreads == 1
+    names = [f"root-{i}" for i in range(4)]
+    roots = c.map(stamp, names, key=names)
+    await _until(lambda: len(s.queued) == 4)
+    ts = s.queued.peek()
+    assert ts.key == "root-0" and s.is_rootish(ts)
+    ts.worker_restrictions = {a.address}
+    ts.loose_restrictions = True
+    assert not s.is_rootish(ts)
+    s.transitions({ts.key: "released"}, "oxigdal-guard-dispatch")
+    assert ts.state == "processing" and ts.processing_on is ws and ts not in s.queued
+    ts.worker_restrictions = None
+    ts.loose_restrictions = False
+    assert len(ws.processing) == 4 and s.queued.peek().key == "root-1"
+    await ev.set()
+    await wait(busy + roots)

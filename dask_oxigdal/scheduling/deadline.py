@@ -29,6 +29,9 @@ deadline, tenant and queue). A job's completion is estimated as::
     now + (work on the workers + pending deadline work due no later) / threads
         + max(job work / threads, longest task of the job)
 
+(the deadline tasks on the workers count with their jobs, not as work on the
+workers: those of a job due later run after this one)
+
 where a task's work is the cost ``FairShare`` tagged its prefix with (the
 measured mean, else Dask's estimate, else the median of the measured
 prefixes) or, without ``FairShare``, Dask's per-prefix duration estimate
@@ -44,6 +47,30 @@ treated as infeasible, with a message that says the cluster has no workers
 (and ``estimate: None`` in the event); under ``warn``/``accept`` its tasks
 wait for a worker as usual.
 
+Dispatch ahead of queued work
+-----------------------------
+EDF orders ``scheduler.queued``, but a root-ish deadline job (a group larger
+than twice the cluster's threads) waits there until a worker has a free slot
+(``worker-saturation``), while small groups of other tenants are sent
+straight to the workers, saturated or not, and wait in their ready queues:
+those run first. So, whenever the front of ``scheduler.queued`` is a
+deadline task, ``Deadline`` moves it to a saturated worker (no free slot)
+that processes fewer deadline tasks than Dask's queue would send it if it
+ran nothing else (``ceil(worker-saturation x threads)``): the task is restricted
+loosely to that worker for the move (a restricted task is not root-ish, so
+Dask places it there, saturated or not), the restriction is lifted once it
+is processing, and the worker's ready heap runs it first, by priority, when
+a thread frees. Each worker gets at most that many deadline tasks (about one
+wave: the rest stay in Dask's queue and keep its memory benefit), the least
+loaded first; workers with a free slot (new workers
+included) are left to Dask's queue. Only the front is read
+(``HeapSet.peek``) and each move stops at the first task without a
+deadline, so ordinary work (and work of a higher queue) is never moved. The
+move runs on the event loop after a deadline task is queued or leaves
+``processing`` (deferred, merged, bounded by what it moves plus one pass
+over the workers), and on the extension's periodic tick; ``dispatched`` in
+the snapshot counts the moved tasks.
+
 Misses
 ------
 A timer on the event loop fires at each job's deadline. A job not finished
@@ -58,6 +85,7 @@ once: met, failed or missed.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import time
@@ -94,6 +122,7 @@ class _Job:
         "keys",
         "missed",
         "queue",
+        "running",
         "seq",
         "tenant",
         "timer",
@@ -107,6 +136,7 @@ class _Job:
         self.seq = seq
         self.keys: list = []
         self.done = 0
+        self.running = 0  # tasks in processing (counted by the job, not by occupancy)
         self.failed = 0  # tasks that erred or were cancelled (forgotten unfinished)
         self.work = 0.0
         self.estimate = 0.0
@@ -160,7 +190,14 @@ class Deadline(SchedulingPolicy):
         self.warned = 0
         self.accepted = 0
         self.cancelled = 0
+        #: deadline tasks moved from ``scheduler.queued`` to a saturated worker
+        self.dispatched = 0
         self._fairshare: Any = None
+        #: key -> worker address of the deadline tasks in ``processing``
+        self._on: dict[Any, str] = {}
+        #: worker address -> how many deadline tasks it is processing
+        self._on_worker: dict[str, int] = {}
+        self._dispatch_seq = itertools.count(1)
 
     def start(self, extension: OxigdalScheduling) -> None:
         """Attach; ``FairShare`` (which rewrites whole priorities) must run first."""
@@ -213,8 +250,13 @@ class Deadline(SchedulingPolicy):
             return math.inf
         ahead = scheduler.total_occupancy
         for other in self.jobs.values():
+            # its tasks on the workers are in the occupancy: count them only if due no later
+            n = len(other.keys)
+            if other.running and n:
+                ahead -= other.work * other.running / n
             if other.deadline <= job.deadline and other.queue == job.queue:
                 ahead += other.remaining()
+        ahead = max(ahead, 0.0)
         return time.time() + ahead / threads + max(job.work / threads, longest)
 
     # ----------------------------------------------------------- submission
@@ -310,9 +352,37 @@ class Deadline(SchedulingPolicy):
         """Count finished tasks of deadline jobs (O(1); nothing for other tasks).
 
         A task that reaches ``memory`` succeeded; one that errs, or is
-        forgotten before it finished (cancelled), failed its job.
+        forgotten before it finished (cancelled), failed its job. The deadline
+        tasks in ``processing`` are counted per worker, and a deadline task
+        that is queued or leaves ``processing`` defers a :meth:`dispatch`.
         """
-        if info.edf is None or finish not in ("memory", "erred", "forgotten"):
+        if info.edf is None:
+            return
+        if finish == "processing":
+            ts = self.extension.scheduler.tasks.get(key)
+            ws = ts.processing_on if ts is not None else None
+            if ws is not None:
+                self._on[key] = ws.address
+                self._on_worker[ws.address] = self._on_worker.get(ws.address, 0) + 1
+                job = self.job_of.get(key)
+                if job is not None:
+                    job.running += 1
+        elif start == "processing":
+            address = self._on.pop(key, None)
+            if address is not None:
+                job = self.job_of.get(key)
+                if job is not None and job.running > 0:
+                    job.running -= 1
+                left = self._on_worker.get(address, 0) - 1
+                if left > 0:
+                    self._on_worker[address] = left
+                else:
+                    self._on_worker.pop(address, None)
+            if self.extension.scheduler.queued:
+                self.defer("dispatch")
+        if finish == "queued":
+            self.defer("dispatch")
+        if finish not in ("memory", "erred", "forgotten"):
             return
         job = self.job_of.pop(key, None)
         if job is None:
@@ -342,6 +412,88 @@ class Deadline(SchedulingPolicy):
             )
         else:
             _bump(self.met, job.tenant, job.queue)
+
+    # -------------------------------------------------------------- dispatch
+    def periodic(self) -> None:
+        """Move queued deadline tasks that no event moved (see :meth:`dispatch`)."""
+        self.dispatch()
+
+    def dispatch(self) -> int:
+        """Move deadline tasks at the front of ``scheduler.queued`` to saturated workers.
+
+        Each running worker without a free slot (``worker-saturation``) gets
+        deadline tasks up to the slots Dask's queue would give it if it ran
+        nothing else (``ceil(worker-saturation x threads)``, at most its
+        threads when the saturation is below 1), counting those it is already
+        processing, the worker with the fewest per thread first. A task is
+        moved ``queued -> released -> waiting -> processing`` with a loose
+        restriction to its worker, lifted once it is processing; its worker's
+        ready heap then runs it before the ordinary tasks waiting there. The
+        move stops at the first task without a deadline. O(1) when the front
+        of the queue has no deadline; else one pass over the workers and
+        O(log workers) per moved task.
+
+        Returns
+        -------
+        int
+            How many tasks were moved.
+        """
+        ext = self.extension
+        scheduler = ext.scheduler if ext is not None else None
+        if scheduler is None or not self.job_of:
+            return 0
+        queued = scheduler.queued
+        if not queued or not self._movable(queued.peek()):
+            return 0
+        saturation = scheduler.WORKER_SATURATION
+        idle = scheduler.idle_task_count  # workers with a free slot: Dask's queue fills them
+        room = []
+        for ws in scheduler.running:
+            if ws in idle or ws.nthreads <= 0:
+                continue
+            held = self._on_worker.get(ws.address, 0)
+            if held < _wave(ws.nthreads, saturation):
+                room.append((held / ws.nthreads, len(ws.processing) / ws.nthreads, ws.address, ws))
+        if not room:
+            return 0
+        heapq.heapify(room)
+        stimulus_id = f"oxigdal-deadline-dispatch-{next(self._dispatch_seq)}"
+        moved = 0
+        while room and queued:
+            ts = queued.peek()
+            if not self._movable(ts):
+                break
+            _, _, address, ws = heapq.heappop(room)
+            if scheduler.workers.get(address) is not ws or ws not in scheduler.running:
+                continue
+            ts.worker_restrictions = {address}
+            ts.loose_restrictions = True
+            ext.transitions({ts.key: "released"}, stimulus_id)
+            if ts.worker_restrictions == {address}:  # not held meanwhile: lift it
+                ts.worker_restrictions = None
+                ts.loose_restrictions = False
+                if ts.state == "no-worker":  # not placed (should not happen): back to Dask
+                    ext.transitions({ts.key: "waiting"}, stimulus_id)
+                    break
+            if ts.state == "queued":
+                break  # not moved (should not happen): leave the rest to Dask
+            moved += 1
+            held = self._on_worker.get(address, 0)
+            if held < _wave(ws.nthreads, saturation):
+                heapq.heappush(
+                    room, (held / ws.nthreads, len(ws.processing) / ws.nthreads, address, ws)
+                )
+        self.dispatched += moved
+        return moved
+
+    def _movable(self, ts: TaskState) -> bool:
+        """Whether queued ``ts`` is an accepted deadline task without restrictions."""
+        return (
+            ts.key in self.job_of
+            and not ts.worker_restrictions
+            and not ts.host_restrictions
+            and not ts.resource_restrictions
+        )
 
     def check(self, seq: int) -> None:
         """The deadline of job ``seq`` passed: count and report a miss if it is unfinished.
@@ -393,6 +545,8 @@ class Deadline(SchedulingPolicy):
                 loop.remove_timeout(job.timer)
         self.jobs.clear()
         self.job_of.clear()
+        self._on.clear()
+        self._on_worker.clear()
 
     def snapshot(self) -> dict[str, Any]:
         """Met/failed/missed per tenant and queue, rejections, warnings, live jobs."""
@@ -406,8 +560,16 @@ class Deadline(SchedulingPolicy):
             "warned": self.warned,
             "accepted": self.accepted,
             "cancelled": self.cancelled,
+            "dispatched": self.dispatched,
             "live_jobs": len(self.jobs),
         }
+
+
+def _wave(nthreads: int, saturation: float) -> int:
+    """Deadline tasks a worker with ``nthreads`` may process: Dask's slots when it runs nothing else."""
+    if math.isinf(saturation):
+        return nthreads
+    return max(math.ceil(saturation * nthreads), 1)
 
 
 def _bump(table: dict[str, dict[str, int]], tenant: str, queue: str) -> None:
