@@ -47,6 +47,7 @@ sys.path.insert(0, HERE)
 import _machine
 import dask
 import numpy as np
+from bench_placement_topology import cross_ingest  # one check for both scripts
 from distributed import Client, LocalCluster, wait
 
 import dask_oxigdal as dox
@@ -318,27 +319,13 @@ SECTIONS = {
 }
 
 
-def _cross_ingest(value: str) -> float:
-    """``--cross-ingest`` (checked here too, before any section runs): 0 <= F < 0.5."""
-    try:
-        f = float(value)
-    except ValueError:
-        f = float("nan")
-    if not 0.0 <= f < 0.5:  # also rejects nan
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not valid: must be a number F with 0 <= F < 0.5 (the share of "
-            "each strip's points ingested in the other rack; default 0.2)"
-        )
-    return f
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     parser.add_argument("--only", default=",".join(SECTIONS))
     parser.add_argument(
         "--cross-ingest",
-        type=_cross_ingest,
+        type=cross_ingest,
         default=0.2,
         metavar="F",
         help="topology: share of each strip's points ingested in the other rack, "
