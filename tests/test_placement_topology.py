@@ -225,6 +225,21 @@ def test_cost_model_priors_measurements_and_learned_alpha():
         TransferCostModel(S(), {"cross-city": (1e6, 0.0)})
 
 
+def _two_racks():
+    """``gen_cluster``: workers w1, w2 in rack r1 and w3, w4 in r2, with the topology extension."""
+    return gen_cluster(
+        client=True,
+        nthreads=[
+            _labelled("r1", "w1"),
+            _labelled("r1", "w2"),
+            _labelled("r2", "w3"),
+            _labelled("r2", "w4"),
+        ],
+        scheduler_kwargs={"plugins": [TopologyExtension()]},
+        timeout=120,
+    )
+
+
 def _block(ev):
     ev.wait()
     return get_worker().address
@@ -235,17 +250,7 @@ def _where(dep, key):
     return get_worker().address
 
 
-@gen_cluster(
-    client=True,
-    nthreads=[
-        _labelled("r1", "w1"),
-        _labelled("r1", "w2"),
-        _labelled("r2", "w3"),
-        _labelled("r2", "w4"),
-    ],
-    scheduler_kwargs={"plugins": [TopologyExtension()]},
-    timeout=120,
-)
+@_two_racks()
 async def test_locality_places_a_new_key_by_transfer_cost(c, s, *workers):
     await register(c, policies=[{"class": LOCALITY, "wait": "1h", "prefetch": 0}])
     racks = {w.address: worker_labels(s.workers[w.address])["rack"] for w in workers}
@@ -297,17 +302,7 @@ def _after(ev, dep):
     return get_worker().address
 
 
-@gen_cluster(
-    client=True,
-    nthreads=[
-        _labelled("r1", "w1"),
-        _labelled("r1", "w2"),
-        _labelled("r2", "w3"),
-        _labelled("r2", "w4"),
-    ],
-    scheduler_kwargs={"plugins": [TopologyExtension()]},
-    timeout=120,
-)
+@_two_racks()
 async def test_quota_release_places_held_task_by_transfer_cost(c, s, *workers):
     # tenant "a" may run one task at a time: its second task waits in Quota's hold, and
     # on release it goes to the cheapest worker by transfer cost. Dask's own objective
@@ -345,17 +340,7 @@ async def test_quota_release_places_held_task_by_transfer_cost(c, s, *workers):
     assert await busy == holder
 
 
-@gen_cluster(
-    client=True,
-    nthreads=[
-        _labelled("r1", "w1"),
-        _labelled("r1", "w2"),
-        _labelled("r2", "w3"),
-        _labelled("r2", "w4"),
-    ],
-    scheduler_kwargs={"plugins": [TopologyExtension()]},
-    timeout=120,
-)
+@_two_racks()
 async def test_gang_members_take_their_slots_by_transfer_cost(c, s, *workers):
     # a gang of 4 on 4 one-thread workers: Gang picks the slots (all four here), and
     # each member takes the one that holds its 1.6 MB input, whatever the order
