@@ -640,3 +640,60 @@ async def test_deadline_asks_only_for_new_threads_that_finish_a_task_in_time(c, 
     assert snap["policies"]["Autoscaling"]["deadline_jobs"][0]["tasks_fit"] == 0
     await Event("as-fit-gate").set()
     await c.gather(a_jobs + b_jobs)
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 3, timeout=60)
+async def test_forecast_idle_releases_idle_workers_only_when_no_demand_returns(c, s, a, b, w):
+    """The cooldown (1 h) holds idle workers while the forecast sees demand coming
+    back within the start latency; once it sees none, the idle ones that hold
+    nothing needed go at once (rule ``forecast-idle``); a busy worker stays."""
+    from dask_oxigdal.scheduling.autoscaling_rules import feed
+
+    forecast = {"model": "holt", "interval": "1h", "alpha": 1.0, "beta": 1.0}
+    await register(
+        c,
+        policies=[
+            {
+                **AUTOSCALING,
+                "cooldown": "1h",
+                "idle-timeout": "1h",
+                "start-latency": "1s",
+                "forecast": forecast,
+            }
+        ],
+    )
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    assert policy.target == 3
+    # a busy: its task waits for an event; b holds x, which y (waiting on z) needs
+    x = c.submit(_sleep, 1, 0.0, workers=[b.address], pure=False)
+    await x
+    z = c.submit(_wait_event, "as-forecast-gate", 1, workers=[a.address], pure=False)
+    y = c.submit(_add, x, z, pure=False)
+    zkey, ykey = z.key, y.key
+    await _until(lambda: s.tasks.get(zkey) is not None and s.tasks[zkey].state == "processing")
+    await _until(lambda: s.tasks.get(ykey) is not None and s.tasks[ykey].state == "waiting")
+    # no forecast yet (no interval closed): the cooldown holds all three
+    assert s.adaptive_target() == 3 and policy.decision["rule"] == "cooldown"
+    # a forecast of demand coming back: 3 threads in the next interval (a falling
+    # trend: 9 then 6 intervals' worth, so none at the horizon, 2 intervals ahead)
+    hour = policy.forecast_interval
+    policy.models.clear()
+    feed(policy.models, {"t": 9 * hour}, 1, policy._new_model)
+    feed(policy.models, {"t": 6 * hour}, 1, policy._new_model)
+    policy.bucket_start = time.time()  # no interval closes during the test
+    assert s.adaptive_target() == 3
+    assert policy.decision["rule"] == "cooldown" and policy.decision["forecast_peak"] == 3
+    assert policy.decision["raw"] < 3 and policy.decision["rules"]["forecast"] == 0
+    assert not [e for e in _events(s) if e["rule"] == "forecast-idle"]
+    # a forecast of no demand coming back: the idle worker w goes now; a (busy)
+    # and b (holds x, which y needs) stay
+    feed(policy.models, {"t": 0.0}, 3, policy._new_model)
+    assert policy.decision["forecast_peak"] == 3  # not recomputed yet
+    assert s.adaptive_target() == 2
+    assert policy.decision["rule"] == "forecast-idle" and policy.decision["forecast_peak"] == 0
+    events = [e for e in _events(s) if e["rule"] == "forecast-idle"]
+    assert events and events[-1]["previous"] == 3 and events[-1]["target"] == 2
+    assert list(await c.scheduler.workers_to_close(target=2)) == [w.address]
+    assert policy.snapshot()["forecast_released"] == 1
+    await Event("as-forecast-gate").set()
+    assert await y == 2

@@ -134,6 +134,7 @@ class Autoscaling(SchedulingPolicy):
         # address -> when the worker last had nothing to run (updated by compute)
         self.idle_since: dict[str, float] = {}
         self.idle_released = 0
+        self.forecast_released = 0
         self.model: str = settings["model"]
         self.forecast_interval: float = settings["interval"]
         self.season: int = settings["season"]
@@ -377,12 +378,31 @@ class Autoscaling(SchedulingPolicy):
         raw = found["raw"]
         target = autoscaling_target.smooth(self, raw, n, now)
         reason = found["rule"]
-        idle = autoscaling_close.idle_workers(self, now)
+        # forecast-idle: when the forecast sees no demand coming back within the
+        # start latency that would need the workers the cooldown holds, holding
+        # idle ones is pure cost; only outside the dead band (below_since set)
+        peak = found["forecast_peak"]
+        gate = (
+            peak is not None
+            and target > raw
+            and self.below_since is not None
+            and max(raw, peak, self.minimum) < target
+        )
+        idle = autoscaling_close.idle_workers(self, now, 0.0 if gate else None)
         if self.cancelled:
             # workers asked for but not arrived, that no rule needs any more
             reason = "pending"
         elif target > raw:
             reason = "cooldown" if target >= self.target else "step-down"
+        if gate:
+            # every idle worker that nothing needs goes now, down to the forecast's peak
+            released = max(raw, peak, n - len(idle), self.minimum)
+            if idle and released < target:
+                self.forecast_released += target - released
+                target, reason = released, "forecast-idle"
+                self.last_step = now
+            since = self.idle_since
+            idle = [a for a in idle if now - since.get(a, now) >= self.idle_timeout]
         if target > raw:
             # the idle timer: workers idle for idle_timeout that nothing needs go now
             released = max(raw, n - len(idle), self.minimum)
@@ -407,6 +427,7 @@ class Autoscaling(SchedulingPolicy):
                 rules=rules,
                 cancelled=self.cancelled,
                 deadline_jobs=found["deadline_jobs"],
+                forecast_peak=peak,
             )
             self.target = target
         self.decision = {
@@ -416,6 +437,7 @@ class Autoscaling(SchedulingPolicy):
             "rules": rules,
             "cancelled": self.cancelled,
             "deadline_jobs": found["deadline_jobs"],
+            "forecast_peak": peak,
             "target_duration": duration,
             "at": now,
         }
@@ -519,6 +541,8 @@ class Autoscaling(SchedulingPolicy):
             "cooldown": self.cooldown,
             "idle_timeout": self.idle_timeout,
             "idle_released": self.idle_released,
+            "forecast_released": self.forecast_released,
+            "forecast_peak": self.decision.get("forecast_peak"),
             "minimum": self.minimum,
             "maximum": self.maximum,
             "tenants": {t: dict(v) for t, v in tenants},

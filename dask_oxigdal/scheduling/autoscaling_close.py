@@ -112,7 +112,7 @@ def protected(policy: Autoscaling) -> dict[str, str]:
     return out
 
 
-def idle_workers(policy: Autoscaling, now: float) -> list[str]:
+def idle_workers(policy: Autoscaling, now: float, timeout: float | None = None) -> list[str]:
     """Workers the idle timer may release now; updates ``policy.idle_since``.
 
     A running worker with nothing processing has been idle since the first
@@ -126,12 +126,17 @@ def idle_workers(policy: Autoscaling, now: float) -> list[str]:
     ----------
     policy : Autoscaling
     now : float
+    timeout : float, optional
+        How long a worker must have been idle; default ``policy.idle_timeout``
+        (``0``: every idle worker, for the ``forecast-idle`` rule).
 
     Returns
     -------
     list of str
         Addresses, longest idle first.
     """
+    if timeout is None:
+        timeout = policy.idle_timeout
     workers = policy.extension.scheduler.workers
     since = policy.idle_since
     for address in [a for a in since if a not in workers]:
@@ -142,7 +147,7 @@ def idle_workers(policy: Autoscaling, now: float) -> list[str]:
             since.pop(address, None)
             continue
         start = since.setdefault(address, now)
-        if now - start >= policy.idle_timeout:
+        if now - start >= timeout:
             due.append((start, address, ws))
     if not due:
         return []

@@ -262,6 +262,19 @@ def evaluate(policy: Autoscaling, duration: float, now: float) -> dict[str, Any]
         forecast[tenant] = need if limit is None else min(need, limit)
     rules["forecast"] = float(math.ceil(sum(forecast.values()) - 1e-9))
     why["forecast"] = max(forecast, key=forecast.get) if forecast else None
+    # the forecast's peak over every interval until a worker asked for now
+    # would start: the workers that demand coming back could need (forecast-idle)
+    peak = 0.0
+    for h in range(1, horizon + 1):
+        total = 0.0
+        for tenant, model in policy.models.items():
+            need = model.predict(h) / policy.forecast_interval
+            limit = limits.get(tenant)
+            total += need if limit is None else min(need, limit)
+        peak = max(peak, total)
+    peak_workers: int | None = math.ceil(peak / per_worker - 1e-9) if peak > 1e-9 else 0
+    if policy.model == "none" or not any(m.n for m in policy.models.values()):
+        peak_workers = None  # no forecast yet: it cannot say that no demand returns
 
     limit_bytes = sum(ws.memory_limit for ws in workers.values())
     used = sum(ws.nbytes for ws in workers.values())
@@ -313,6 +326,7 @@ def evaluate(policy: Autoscaling, duration: float, now: float) -> dict[str, Any]
         "per_tenant": per_tenant,
         "demand": rules["demand"] + rules["deadline"],
         "deadline_jobs": notes,
+        "forecast_peak": peak_workers,
     }
 
 
