@@ -49,6 +49,19 @@ async def _until(predicate, timeout=45.0):
         await asyncio.sleep(0.05)
 
 
+async def _held_and_busy(c, s, holder, busy, gate):
+    """``x`` in memory on ``holder``; ``z`` running on ``busy`` until event ``gate``;
+    ``y`` waiting for both (so ``holder`` holds a key a waiting task needs)."""
+    x = c.submit(_sleep, 1, 0.0, workers=[holder], pure=False)
+    await x
+    z = c.submit(_wait_event, gate, 1, workers=[busy], pure=False)
+    y = c.submit(_add, x, z, pure=False)
+    zkey, ykey = z.key, y.key
+    await _until(lambda: s.tasks.get(zkey) is not None and s.tasks[zkey].state == "processing")
+    await _until(lambda: s.tasks.get(ykey) is not None and s.tasks[ykey].state == "waiting")
+    return x, y, z
+
+
 def _sleep(x, seconds=0.2):
     time.sleep(seconds)
     return x
@@ -456,13 +469,7 @@ async def test_idle_timer_releases_an_idle_worker_but_not_one_holding_wanted_key
     policy = s.plugins["oxigdal"].get_policy("Autoscaling")
     assert policy.idle_timeout == 0.2 and policy.target == 3
     # a holds x, which y needs; y also waits for z, which b runs until the event is set
-    x = c.submit(_sleep, 1, 0.0, workers=[a.address], pure=False)
-    await x
-    z = c.submit(_wait_event, "as-idle-gate", 1, workers=[b.address], pure=False)
-    y = c.submit(_add, x, z, pure=False)
-    zkey, ykey = z.key, y.key
-    await _until(lambda: s.tasks.get(zkey) is not None and s.tasks[zkey].state == "processing")
-    await _until(lambda: s.tasks.get(ykey) is not None and s.tasks[ykey].state == "waiting")
+    x, y, z = await _held_and_busy(c, s, a.address, b.address, "as-idle-gate")
     # one thread of work: the raw target is below 3 workers; the cooldown (1 h) holds
     # the step-down, but w has run nothing for the idle timeout and holds nothing
     await _until(lambda: s.adaptive_target() == 2)
@@ -665,13 +672,9 @@ async def test_forecast_idle_releases_idle_workers_only_when_no_demand_returns(c
     policy = s.plugins["oxigdal"].get_policy("Autoscaling")
     assert policy.target == 3
     # a busy: its task waits for an event; b holds x, which y (waiting on z) needs
-    x = c.submit(_sleep, 1, 0.0, workers=[b.address], pure=False)
-    await x
-    z = c.submit(_wait_event, "as-forecast-gate", 1, workers=[a.address], pure=False)
-    y = c.submit(_add, x, z, pure=False)
-    zkey, ykey = z.key, y.key
-    await _until(lambda: s.tasks.get(zkey) is not None and s.tasks[zkey].state == "processing")
-    await _until(lambda: s.tasks.get(ykey) is not None and s.tasks[ykey].state == "waiting")
+    _x, y, _z = await _held_and_busy(
+        c, s, b.address, a.address, "as-forecast-gate"
+    )  # kept: futures
     # no forecast yet (no interval closed): the cooldown holds all three
     assert s.adaptive_target() == 3 and policy.decision["rule"] == "cooldown"
     # a forecast of demand coming back: 3 threads in the next interval (a falling
