@@ -354,7 +354,9 @@ async def run_variant(variant: str, trace, args: dict) -> dict:
             sum(q.values()) for q in snap["policies"]["Deadline"].get("missed", {}).values()
         )
         latency_measured = snap["policies"].get("Autoscaling", {}).get("start_latency")
-        latency_samples = list(policy._latencies) if policy is not None else []
+        latency_samples = list(policy.latency.samples) if policy is not None else []
+        latency_cautious = policy.latency.cautious if policy is not None else None
+        latency_ambiguous = policy.latency.ambiguous if policy is not None else 0
         policy_interval = ext.interval
         if os.environ.get("BENCH_AUTOSCALING_DEBUG"):
             t0w = time.time() - (time.monotonic() - t0)
@@ -395,6 +397,8 @@ async def run_variant(variant: str, trace, args: dict) -> dict:
         "policy_interval": policy_interval,
         "latency_measured": latency_measured,
         "latency_samples": latency_samples,
+        "latency_cautious": latency_cautious,
+        "latency_ambiguous": latency_ambiguous,
         "rules": rules,
         "samples": samples,
         "deadlines": deadlines,
@@ -604,7 +608,8 @@ def report(results: list[dict]) -> bool:
                 f"{res['policy_interval']:g} s), measured "
                 f"start latency {res['latency_measured']:.1f} s (last samples: "
                 + ", ".join(f"{x:.1f}" for x in res["latency_samples"])
-                + ")"
+                + f"; upper quartile {res['latency_cautious']:.1f} s, for deadlines; "
+                f"{res['latency_ambiguous']} arrivals not sampled: their request was ambiguous)"
                 if res["reaction_max"] is not None
                 else ""
             ),

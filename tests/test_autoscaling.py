@@ -32,6 +32,7 @@ import dask_oxigdal as dox
 from dask_oxigdal.exceptions import ConfigError
 from dask_oxigdal.monitoring.metrics import metric_families
 from dask_oxigdal.scheduling.autoscaling import Autoscaling, Forecaster, water_fill
+from dask_oxigdal.scheduling.autoscaling_rules import StartLatency
 from dask_oxigdal.scheduling.extension import register, status
 
 AUTOSCALING = {"class": "dask_oxigdal.scheduling.autoscaling.Autoscaling"}
@@ -338,6 +339,38 @@ def test_holt_winters_learns_a_season_and_holt_a_trend():
     for y in (4.0, 4.0, 4.0):
         ewma.update(y)
     assert ewma.predict(3) == 4.0
+
+
+def test_start_latency_skips_arrivals_whose_request_is_ambiguous():
+    """Workers asked for and partly given up: the deployment chooses which pending
+    ones go, so the arrivals after that are not matched to a request time."""
+    lat = StartLatency(30.0)
+    assert lat.value == lat.cautious == 30.0  # nothing measured: the assumed value
+    lat.track(2, 0, now=0.0)  # 2 asked for at t=0
+    lat.track(4, 0, now=10.0)  # 2 more at t=10
+    lat.track(2, 0, now=15.0)  # 2 given up: the deployment chooses which (here the t=0 ones)
+    lat.track(4, 0, now=20.0)  # 2 more asked for at t=20
+    for arrival in (40.0, 40.0, 50.0, 50.0):  # each 30 s after its own request
+        lat.arrived(arrival)
+    # the first two arrivals answer ambiguous requests (matched to t=0 they would
+    # measure 40 s); the t=20 ones measure 30 s
+    assert list(lat.samples) == [30.0, 30.0]
+    assert lat.ambiguous == 2 and lat.value == 30.0
+    # a plain rise and the arrivals: samples, and the upper quartile for deadlines
+    for start, took in ((100.0, 5.0), (200.0, 6.0), (300.0, 7.0)):
+        lat.track(5, 4, now=start)
+        lat.arrived(start + took)
+        lat.track(4, 4, now=start + took)  # the worker left again
+    assert list(lat.samples) == [30.0, 30.0, 5.0, 6.0, 7.0]
+    assert lat.value == 7.0 and lat.cautious == 30.0
+    lat.arrived(400.0)  # a worker nobody asked for: no sample
+    assert lat.count == 5
+    # given up among requests 0.5 s apart: still a sample, from the middle
+    lat.track(6, 4, now=500.0)
+    lat.track(7, 4, now=500.5)
+    lat.track(5, 4, now=501.0)
+    lat.arrived(510.25)
+    assert lat.samples[-1] == 10.0 and lat.count == 6
 
 
 def test_water_fill_is_weighted_max_min_fair():

@@ -22,7 +22,6 @@ in ``autoscaling_target``, the hooks and the choice of workers to close in
 from __future__ import annotations
 
 import collections
-import statistics
 import time
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ from dask_oxigdal.scheduling.autoscaling_rules import (
     FORECAST_MODELS,
     RULES,
     Forecaster,
+    StartLatency,
     feed,
     parse_settings,
     plain,
@@ -52,9 +52,6 @@ __all__ = ["FORECAST_MODELS", "RULES", "Autoscaling", "Forecaster", "water_fill"
 
 _READY = frozenset({"processing", "queued", "no-worker"})
 _DONE = frozenset({"memory", "erred", "forgotten"})
-#: Longest worker start latency sample kept (seconds): a worker that took longer
-#: was most likely never requested by this target.
-_MAX_LATENCY = 600.0
 #: Points kept in the workers-over-time history of the snapshot.
 _HISTORY = 600
 
@@ -162,11 +159,8 @@ class Autoscaling(SchedulingPolicy):
         self.per_tenant: dict[str, dict[str, float]] = {}
         self.decisions = 0
         self.history: collections.deque = collections.deque(maxlen=_HISTORY)
-        # worker start latency: times at which not-yet-arrived workers were asked for
-        self._requests: collections.deque = collections.deque()
-        self.latency_samples = 0
-        self._latencies: collections.deque = collections.deque(maxlen=9)
-        self.measured_latency: float | None = None
+        # worker start latency, from the target's rises to the workers' arrivals
+        self.latency = StartLatency(self.assumed_latency)
         self._saved: dict[str, Any] = {}
         self._installed = False
 
@@ -191,10 +185,8 @@ class Autoscaling(SchedulingPolicy):
 
     @property
     def start_latency(self) -> float:
-        """Measured worker start latency (seconds), else the configured guess."""
-        if self.measured_latency is not None:
-            return self.measured_latency
-        return self.assumed_latency
+        """Measured worker start latency (seconds, the median), else the configured guess."""
+        return self.latency.value
 
     # -------------------------------------------------------------- tracking
     def update_graph(self, new: list[tuple[TaskState, TaskInfo]]) -> None:
@@ -413,7 +405,7 @@ class Autoscaling(SchedulingPolicy):
         detail = found["detail"]
         tenant = detail[0] if isinstance(detail, tuple) else detail
         rules = {r: found["rules"][r] for r in RULES}
-        self._track_requests(target, n, now)
+        self.latency.track(target, n, now)
         if target != self.target:
             self.decisions += 1
             ext.emit(
@@ -445,28 +437,9 @@ class Autoscaling(SchedulingPolicy):
             self.history.append((now, n, target, found["demand"]))
         return target
 
-    def _track_requests(self, target: int, n: int, now: float) -> None:
-        """Remember when each not-yet-arrived worker was asked for (start latency)."""
-        outstanding = self._requests
-        have = n + len(outstanding)
-        if target > have:
-            outstanding.extend([now] * (target - have))
-        elif target < have:
-            for _ in range(min(have - max(target, n), len(outstanding))):
-                outstanding.pop()
-
     def add_worker(self, address: str) -> None:
-        """A worker arrived: a start latency sample if one was asked for.
-
-        The estimate is the median of the last samples, so that a worker asked
-        for but never started (the deployment's own maximum) does not skew it.
-        """
-        if self._requests:
-            sample = time.time() - self._requests.popleft()
-            if 0 <= sample <= _MAX_LATENCY:
-                self.latency_samples += 1
-                self._latencies.append(sample)
-                self.measured_latency = statistics.median(self._latencies)
+        """A worker arrived: a start latency sample if it answers a request (:class:`StartLatency`)."""
+        self.latency.arrived(time.time())
 
     # -------------------------------------------------------------- scale-down
     def protected(self) -> dict[str, str]:
@@ -535,8 +508,10 @@ class Autoscaling(SchedulingPolicy):
             "deadline_jobs": list(self.decision.get("deadline_jobs") or []),
             "decisions": self.decisions,
             "start_latency": self.start_latency,
-            "start_latency_measured": self.measured_latency is not None,
-            "latency_samples": self.latency_samples,
+            "start_latency_measured": self.latency.measured is not None,
+            "start_latency_cautious": self.latency.cautious,
+            "latency_samples": self.latency.count,
+            "latency_ambiguous": self.latency.ambiguous,
             "forecast_model": self.model,
             "cooldown": self.cooldown,
             "idle_timeout": self.idle_timeout,
