@@ -658,7 +658,8 @@ async def test_deadline_asks_only_for_new_threads_that_finish_a_task_in_time(c, 
     assert p == 200.0
     # sized at base (no await between the reads and the rule: nothing moves)
     wait = s.workers[a.address].occupancy  # one thread
-    _, _, _, late, notes = _deadline_rule(policy, base, 400.0)
+    policy.latency.requests.clear()  # as if no worker had been asked for yet
+    _, _, _, late, notes = _deadline_rule(policy, base, 400.0, 1.0)
     note_b, note_a = notes
     assert note_b["tasks_fit"] == 0 and note_b["new_threads"] == 0
     assert "no task fits" in note_b["reason"]
@@ -680,6 +681,49 @@ async def test_deadline_asks_only_for_new_threads_that_finish_a_task_in_time(c, 
     assert snap["policies"]["Autoscaling"]["deadline_jobs"][0]["tasks_fit"] == 0
     await Event("as-fit-gate").set()
     await c.gather(a_jobs + b_jobs)
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)],
+    timeout=60,
+    config={
+        "distributed.scheduler.unknown-task-duration": "200s",
+        "distributed.adaptive.target-duration": "1h",
+    },
+)
+async def test_deadline_keeps_the_workers_on_their_way_once_no_new_one_would_help(c, s, a):
+    """Workers asked for a deadline count for the tasks they finish after their own
+    arrival: when a worker asked for *now* would come too late, the ones already on
+    their way still help, and the target keeps them instead of giving them up."""
+    from dask_oxigdal.scheduling.autoscaling_target import _deadline_rule
+
+    await register(
+        c,
+        policies=[FAIRSHARE, DEADLINE, {**AUTOSCALING, "start-latency": "400s", "cooldown": "1h"}],
+    )
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    dl = s.plugins["oxigdal"].get_policy("Deadline")
+    base = time.time()
+    # tasks of 200 s (Dask's guess), due 840 s from base; a worker asked for at
+    # base arrives at base + 400 and finishes 2 whole tasks in time
+    with dox.annotate(deadline=datetime.datetime.fromtimestamp(base + 840)):
+        jobs = c.map(_wait_event, ["as-arriving-gate"] * 40, range(40), pure=False)
+    await _until(lambda: len(dl.jobs) == 1)
+    target = s.adaptive_target()
+    asked = len(policy.latency.requests)
+    assert target > 1 and asked == target - 1, policy.decision  # new workers, on their way
+    # 300 s later a worker asked for then would arrive 60 s before the deadline,
+    # too late for a 200 s task; the ones asked for at base still finish 2 each
+    need, _, _, late, notes = _deadline_rule(policy, base + 300, 400.0, 1.0)
+    (note,) = notes
+    assert note["tasks_fit"] == 0 and note["new_threads"] == 0
+    assert note["arriving_threads"] == asked and "on their way" in note["reason"]
+    assert late == {} and need >= asked
+    # the target at that time keeps them: nothing given up
+    assert policy.compute(now=base + 300) == target and policy.cancelled == 0
+    await Event("as-arriving-gate").set()
+    await c.gather(jobs)
 
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 3, timeout=60)

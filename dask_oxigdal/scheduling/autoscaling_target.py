@@ -58,7 +58,34 @@ def _thread_waits(policy: Autoscaling) -> list[tuple[float, int]]:
     return out
 
 
-def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
+def _threads_for(work: float, existing: float, useful: int, pending: list, new: tuple):
+    """Threads that do ``work`` seconds: running ones, then those on their way, then new.
+
+    ``pending``: ``[(seconds of the work it can do, threads)]`` per worker on its
+    way, earliest arrival first; ``new``: ``(seconds a new thread can do, tasks
+    that fit)``. Returns ``(threads, new threads)``, or None when running and
+    arriving threads cannot do it and no task fits for a new one.
+    """
+    if work <= 0:
+        return 0, 0
+    if work <= existing:
+        return math.ceil(work / (existing / useful) - 1e-9), 0
+    threads, done = useful, existing
+    for seconds, count in pending:
+        if done >= work:
+            return threads, 0
+        threads += count
+        done += seconds
+    if done >= work:
+        return threads, 0
+    slack, fit = new
+    if fit < 1:
+        return (threads, 0) if threads > useful else None
+    extra = math.ceil((work - done) / slack - 1e-9)
+    return threads + extra, extra
+
+
+def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: float) -> tuple:
     """Threads the live deadline jobs need, earliest deadline first.
 
     For each job in deadline order, the work of it and of every job due no
@@ -68,12 +95,18 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
     job's tasks before any queued task): together they can do ``E`` = the sum
     of ``D - now - wait - p`` over them. If ``C <= E``, the job needs only
     the existing threads that do it (``ceil(C / (E / threads))``, no new
-    worker). Otherwise it needs every existing thread plus ``(C - E) / (k *
-    p)`` new ones, where ``k = floor((D - now - latency) / p)`` is the number
-    of whole tasks a new thread can finish between its arrival and the
-    deadline. A job for which no task fits (``k = 0``) asks for no new thread:
-    it is left to the demand rule, as ordinary work of its tenant. Each value
-    is at most the unfinished tasks.
+    worker). Otherwise the workers already asked for and on their way count
+    next, earliest first, each for the whole tasks it can finish between its
+    expected arrival (its request + ``latency``) and ``D``; then new threads,
+    ``(C - E - arriving) / (k * p)`` of them, where ``k = floor((D - now -
+    latency) / p)`` is the number of whole tasks a new thread can finish
+    between its arrival and the deadline. Without the arriving ones, the rule
+    asked for more workers every second as ``k`` shrank, then gave them all
+    up once ``k`` was 0, while they were on their way and still useful. A job
+    that neither running nor arriving threads can finish, and for which no
+    task fits a new thread (``k = 0``), asks for no new thread: it is left to
+    the demand rule, as ordinary work of its tenant. Each value is at most the
+    unfinished tasks (plus the arriving threads kept for them).
 
     Returns
     -------
@@ -81,12 +114,14 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
         ``(threads, (tenant, deadline) or None, {tenant: threads of its own jobs},
         {tenant: [work seconds, unfinished tasks] of its late jobs}, notes)``;
         ``notes``: per job (the first ``_NOTES``), its window, tasks that fit,
-        new threads and the reason.
+        arriving and new threads and the reason.
     """
     dl = policy._policy("Deadline")
     if dl is None or not dl.jobs:
         return 0.0, None, {}, {}, []
     waits = _thread_waits(policy)
+    # workers asked for and on their way: expected arrival, the latest possible request
+    arrivals = sorted(request[1] + latency for request in policy.latency.requests)
     tasks_of = policy.extension.scheduler.tasks
     need = 0.0
     why = None
@@ -122,38 +157,48 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float) -> tuple:
         if per_task > 0:
             fit = max(math.floor(window / per_task + 1e-9), 0)
             slack = fit * per_task
+            pending = []
+            for at in arrivals:
+                whole = math.floor((job.deadline - at) / per_task + 1e-9)
+                if whole < 1:
+                    break
+                pending.append((per_worker * whole * per_task, per_worker))
         else:
             fit, slack = (unfinished, window) if window > 0 else (0, 0.0)
+            pending = []
         note = {
             "tenant": job.tenant,
             "deadline": job.deadline,
             "window": round(window, 3),
             "tasks_fit": fit,
+            "arriving_threads": 0,
             "new_threads": 0,
         }
         if len(notes) < _NOTES:
             notes.append(note)
-        if cumulative <= existing:
-            value = math.ceil(cumulative / (existing / useful) - 1e-9)
-            note["reason"] = "running threads suffice"
-        elif fit >= 1:
-            value = useful + math.ceil((cumulative - existing) / slack - 1e-9)
-            note["new_threads"] = int(min(value, tasks)) - useful
-            note["reason"] = f"{fit} task(s) per new thread fit before the deadline"
-        else:
+        found = _threads_for(cumulative, existing, useful, pending, (slack, fit))
+        if found is None:
             note["reason"] = "no task fits between a new worker's arrival and the deadline"
             entry = late.setdefault(job.tenant, [0.0, 0])
             entry[0] += remaining
             entry[1] += unfinished
             continue
-        value = float(min(value, tasks))
+        value, extra = found
+        arriving = max(value - extra - useful, 0)
+        note["arriving_threads"] = int(arriving)
+        if cumulative <= existing:
+            note["reason"] = "running threads suffice"
+        elif not extra:
+            note["reason"] = "running threads and workers on their way suffice"
+        else:
+            note["new_threads"] = int(min(value, tasks + arriving)) - useful - int(arriving)
+            note["reason"] = f"{fit} task(s) per new thread fit before the deadline"
+        value = float(min(value, tasks + arriving))
         if value > need:
             need, why = value, (job.tenant, job.deadline)
-        if remaining <= existing:
-            mine = math.ceil(remaining / (existing / useful) - 1e-9)
-        else:
-            mine = useful + math.ceil((remaining - existing) / slack - 1e-9)
-        own[job.tenant] = max(own.get(job.tenant, 0.0), float(min(mine, unfinished)))
+        mine = _threads_for(remaining, existing, useful, pending, (slack, fit))
+        if mine is not None:
+            own[job.tenant] = max(own.get(job.tenant, 0.0), float(min(mine[0], unfinished)))
     return need, why, own, late, notes
 
 
@@ -226,7 +271,7 @@ def evaluate(policy: Autoscaling, duration: float, now: float) -> dict[str, Any]
 
     # a deadline counts on new workers only with the slow end of their measured start
     rules["deadline"], why["deadline"], own_deadline, late, notes = _deadline_rule(
-        policy, now, policy.latency.cautious
+        policy, now, policy.latency.cautious, per_worker
     )
     free = max(nthreads - rules["deadline"], 0.0)
     rules["demand"], demand, works = _demand_rule(policy, duration, free, latency, late)
