@@ -637,7 +637,7 @@ async def test_workers_not_arrived_are_given_up_at_once_running_ones_step_down_s
 async def test_deadline_asks_only_for_new_threads_that_finish_a_task_in_time(c, s, a):
     """A new thread counts for the whole tasks it can finish between its arrival
     (now + start latency) and the deadline; none fits: no new thread for it."""
-    from dask_oxigdal.scheduling.autoscaling_target import _deadline_rule
+    from dask_oxigdal.scheduling.autoscaling_target import _deadline_rule, _thread_waits
 
     await register(
         c,
@@ -657,7 +657,8 @@ async def test_deadline_asks_only_for_new_threads_that_finish_a_task_in_time(c, 
     p = policy.task_cost(s.tasks[a_jobs[0].key].prefix)
     assert p == 200.0
     # sized at base (no await between the reads and the rule: nothing moves)
-    wait = s.workers[a.address].occupancy  # one thread
+    ((wait, _),) = _thread_waits(policy, base)  # the task it runs: at most one 200 s task
+    assert 0 < wait <= p
     policy.latency.requests.clear()  # as if no worker had been asked for yet
     _, _, _, late, notes = _deadline_rule(policy, base, 400.0, 1.0)
     note_b, note_a = notes
@@ -681,6 +682,31 @@ async def test_deadline_asks_only_for_new_threads_that_finish_a_task_in_time(c, 
     assert snap["policies"]["Autoscaling"]["deadline_jobs"][0]["tasks_fit"] == 0
     await Event("as-fit-gate").set()
     await c.gather(a_jobs + b_jobs)
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)],
+    timeout=60,
+    config={"distributed.scheduler.unknown-task-duration": "200s"},
+)
+async def test_a_thread_waits_for_the_task_it_runs_not_for_all_assigned_to_it(c, s, a):
+    """EDF runs a deadline job's tasks before the tasks waiting on a worker, so the
+    deadline rule counts a thread free once its running task ends, not after the
+    worker's whole occupancy."""
+    from dask_oxigdal.scheduling.autoscaling_target import _thread_waits
+
+    await register(c, policies=[FAIRSHARE, DEADLINE, AUTOSCALING])
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    # 5 tasks of 200 s (Dask's guess) pinned to the one thread: 1 runs, 4 wait there
+    futures = c.map(_wait_event, ["as-waits-gate"] * 5, range(5), workers=[a.address], pure=False)
+    ws = s.workers[a.address]
+    await _until(lambda: len(ws.processing) == 5)
+    assert ws.occupancy == pytest.approx(5 * 200.0)
+    ((wait, threads),) = _thread_waits(policy, time.time())
+    assert threads == 1 and 0 < wait <= 200.0
+    await Event("as-waits-gate").set()
+    await c.gather(futures)
 
 
 @gen_cluster(

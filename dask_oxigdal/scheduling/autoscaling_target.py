@@ -42,19 +42,40 @@ def quota_limits(policy: Autoscaling) -> dict[str, int]:
     return out
 
 
-def _thread_waits(policy: Autoscaling) -> list[tuple[float, int]]:
+def _thread_waits(policy: Autoscaling, now: float) -> list[tuple[float, int]]:
     """``[(wait, threads)]`` per running worker: when its threads could start deadline work.
 
-    EDF puts a deadline job's tasks ahead of every queued task, so a worker's
-    threads are free for them once the tasks already assigned to it are done:
-    its occupancy per thread (Dask's estimate). One entry per worker, so the
-    deadline rule costs O(workers) per job, not O(tasks).
+    EDF puts a deadline job's tasks ahead of every task waiting on a worker,
+    so a thread is free for them once the task it is running ends. From the
+    last heartbeat, Dask knows which tasks each worker is executing and for
+    how long (``WorkerState.executing``): each has ``cost - elapsed`` left. A
+    thread busy with a task that started after that heartbeat counts a whole
+    task of the worker's mean (its occupancy over its tasks). The wait is the
+    mean over the worker's threads. (Before, it was the whole occupancy per
+    thread, as if the tasks assigned but not started ran first; a tight job
+    then looked as if the running threads could do nothing for it.) One entry
+    per worker, each O(threads): O(workers) per job, not O(tasks).
     """
     out = []
     for ws in policy.extension.scheduler.workers.values():
         if ws.nthreads <= 0 or ws.status.name != "running":
             continue
-        out.append((ws.occupancy / ws.nthreads, ws.nthreads))
+        assigned = len(ws.processing)
+        if not assigned:
+            out.append((0.0, ws.nthreads))
+            continue
+        mean = ws.occupancy / assigned
+        since = max(now - ws.last_seen, 0.0)
+        left = 0.0
+        known = 0
+        for ts, elapsed in ws.executing.items():
+            if ts.prefix is None:
+                continue
+            known += 1
+            left += max(policy.task_cost(ts.prefix) - elapsed - since, 0.0)
+        unknown = max(min(assigned, ws.nthreads) - known, 0)
+        left += unknown * mean
+        out.append((min(left / ws.nthreads, ws.occupancy / ws.nthreads), ws.nthreads))
     return out
 
 
@@ -119,7 +140,7 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
     dl = policy._policy("Deadline")
     if dl is None or not dl.jobs:
         return 0.0, None, {}, {}, []
-    waits = _thread_waits(policy)
+    waits = _thread_waits(policy, now)
     # workers asked for and on their way: expected arrival, the latest possible request
     arrivals = sorted(request[1] + latency for request in policy.latency.requests)
     tasks_of = policy.extension.scheduler.tasks
