@@ -371,6 +371,9 @@ def test_start_latency_skips_arrivals_whose_request_is_ambiguous():
     lat.track(5, 4, now=501.0)
     lat.arrived(510.25)
     assert lat.samples[-1] == 10.0 and lat.count == 6
+    # due within 3 s: the requests whose earliest time plus the estimate is that close
+    lat.track(6, 4, now=600.0)
+    assert lat.arriving(607.0 + 2.0, 3.0) == 2 and lat.arriving(607.0 - 4.0, 3.0) == 0
 
 
 def test_water_fill_is_weighted_max_min_fair():
@@ -750,6 +753,38 @@ async def test_deadline_keeps_the_workers_on_their_way_once_no_new_one_would_hel
     assert policy.compute(now=base + 300) == target and policy.cancelled == 0
     await Event("as-arriving-gate").set()
     await c.gather(jobs)
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)] * 2,
+    timeout=60,
+    config={
+        "distributed.scheduler.unknown-task-duration": "200s",
+        "distributed.adaptive.target-duration": "10s",
+    },
+)
+async def test_workers_due_within_seconds_are_not_given_up(c, s, a, b):
+    """A worker due within 3 s is kept when the peak it was asked for is gone:
+    Adaptive would close it three polls later, killing it if it joined meanwhile.
+    Once overdue by more than that, it is given up like the others."""
+    await register(
+        c, policies=[FAIRSHARE, {**AUTOSCALING, "start-latency": "20s", "cooldown": "1h"}]
+    )
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    futures = c.map(_wait_event, ["as-due-gate"] * 10, range(10), pure=False)
+    await _until(lambda: sum(1 for f in futures if f.key in s.tasks) == 10)
+    # 2000 s of work: new workers, though they arrive only 20 s after they are asked for
+    await _until(lambda: s.adaptive_target() > 2)
+    target = policy.target
+    asked = policy.latency.requests[0][0]
+    await Event("as-due-gate").set()
+    await c.gather(futures)
+    # the peak is gone; 1 s before the workers are due, they are kept
+    assert policy.compute(now=asked + 19.0) == target and policy.cancelled == 0
+    # 4 s overdue: given up; the 1 h cooldown still holds the 2 running workers
+    assert policy.compute(now=asked + 24.0) == 2
+    assert policy.cancelled == target - 2
 
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 3, timeout=60)

@@ -176,6 +176,16 @@ class StartLatency:
             return self.value
         return statistics.quantiles(self.samples, n=4, method="inclusive")[2]
 
+    def arriving(self, now: float, within: float) -> int:
+        """Workers asked for whose expected arrival is within ``within`` seconds of ``now``.
+
+        Expected: the earliest time the request may have been made plus the
+        estimate. Overdue requests more than ``within`` ago do not count (the
+        worker is most likely not coming).
+        """
+        value = self.value
+        return sum(1 for lo, _ in self.requests if abs(lo + value - now) <= within)
+
     def track(self, target: int, workers: int, now: float) -> None:
         """Record the target ``target`` given with ``workers`` connected at ``now``."""
         outstanding = self.requests
