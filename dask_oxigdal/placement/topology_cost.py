@@ -31,9 +31,10 @@ of a second or more in an event loop, and a mean follows them.
 Each reported transfer is first *predicted* with the model as it stood when
 the transfer started (only what had been reported by then: never the
 transfers that ran beside it and were reported before it), then added to it,
-stamped with its report's arrival: the relative error ``|predicted - observed| / observed`` of our
-model and of Dask's (``bytes / Scheduler.bandwidth``, what
-``Scheduler.get_comm_cost`` uses) are kept for the last 1000 transfers;
+stamped with its report's arrival. The relative error
+``|predicted - observed| / observed`` of our model and of Dask's
+(``bytes / Scheduler.bandwidth``, what ``Scheduler.get_comm_cost`` uses) are
+kept for the last 1000 transfers;
 :func:`topology_status` reports their medians, over all transfers and over
 those of at least :data:`LARGE` bytes.
 
@@ -101,6 +102,7 @@ class _Window:
     def __init__(self, size: int) -> None:
         self.size = size
         # more than `size`, so that the model as it stood a little earlier is still whole
+        # (a transfer that outlived 3 * size newer samples is scored on fewer)
         self.items: deque[tuple[float, float]] = deque(maxlen=4 * size)
         self.n = 0
 
