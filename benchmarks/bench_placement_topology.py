@@ -254,6 +254,7 @@ async def run(
             await client.run_on_scheduler(_reset_errors)
             if record is not None:
                 rec["scored_from"] = len(rec["transfers"])
+                rec["reset_at"] = time.time()
         for r in range(repeats):
             big_in = _inputs(client, addrs, rows_big, 100 * r, cross)
             small_in = _inputs(client, addrs, rows_small, 100 * r + 50, cross)
@@ -310,7 +311,8 @@ def _recorder(scheduler) -> dict:
     """Record what the cost model sees, to evaluate variants offline (``--record``).
 
     ``transfers``: every ``observe`` call's arguments plus the wall time it was
-    made (the report's arrival); ``scored_from``: the first scored one;
+    made (the report's arrival); ``scored_from``: the first one after the reset
+    of the scores, ``reset_at``: when that was;
     ``metrics``: each worker's heartbeat metrics when they change (sampled
     every 20 ms: ``time``, ``event_loop_interval``, ``cpu``, executing tasks,
     transfers in and out, tasks processing). At the end: ``busy_log`` (the
@@ -393,9 +395,10 @@ def replay(path: str) -> list[str]:
         sched = SimpleNamespace(workers=workers, bandwidth=100e6, bandwidth_workers={})
         model = TransferCostModel(sched)
         model.busy_log = {a: deque(v) for a, v in rec["busy_log"].items()}
-        for i, (dst, src, nbytes, duration, start, arrival, *_) in enumerate(rec["transfers"]):
-            if i == rec["scored_from"]:
-                model.reset_errors()
+        transfers = rec["transfers"]
+        for i, (dst, src, nbytes, duration, start, arrival, *_) in enumerate(transfers):
+            if i == rec["scored_from"]:  # older records: the first scored report's arrival
+                model.reset_errors(since=rec.get("reset_at", arrival))
             model.observe(dst, src, nbytes, duration, start, now=arrival)
         rows = list(model.recent)
         by_size = []

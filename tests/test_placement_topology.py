@@ -244,7 +244,7 @@ def test_transfers_are_scored_with_the_model_as_it_stood_at_their_start():
     # learned by t=10: 5 ms of overhead beyond the cross-rack latency prior (4 ms)
     for i in range(3):
         m.observe("c", "a", 1000, 0.009, start=9.0 + i * 0.1, now=10.0)
-    m.reset_errors()
+    m.reset_errors(since=15.0)
     # two transfers start together at t=20 and are reported together at t=21: the slow
     # one, reported first, must not teach the model what it "predicted" for the other
     m.observe("c", "a", 1000, 0.204, start=20.0, now=21.0)  # stalled: 200 ms
@@ -259,6 +259,14 @@ def test_transfers_are_scored_with_the_model_as_it_stood_at_their_start():
         m.observe("c", "a", int(n), 0.009 + n / 1e6, start=29.0, now=30.0)  # 1 MB/s
     assert m.bandwidth("a", "c", at=25.0) == (12.5e6, "prior")
     assert m.bandwidth("a", "c")[0] == pytest.approx(1e6, rel=0.05)
+    # after a warm-up, a transfer that started before the reset and is reported after
+    # it is learned from, not scored
+    m.reset_errors(since=40.0)
+    learned = m.overhead.n
+    m.observe("c", "a", 1000, 0.5, start=39.9, now=40.2)
+    assert m.snapshot()["median_error"] is None and m.overhead.n == learned + 1
+    m.observe("c", "a", 1000, 0.009, start=40.1, now=40.3)
+    assert len(m.errors) == 1
 
 
 def test_an_idle_pair_not_seen_yet_takes_the_quickest_recent_overhead():
@@ -273,7 +281,7 @@ def test_an_idle_pair_not_seen_yet_takes_the_quickest_recent_overhead():
     # no idle transfer seen yet: not the busy workers' 70 ms median, the quickest (10 ms)
     assert m.alpha("cross-rack", 0) == pytest.approx(0.004 + 0.010, rel=0.01)
     assert m.alpha("cross-rack", 2) == pytest.approx(0.004 + 0.070, rel=0.01)
-    m.reset_errors()
+    m.reset_errors(since=55.0)
     m.observe("c", "a", 100, 0.004 + 0.012, start=60.0, now=61.0)
     assert m.recent[-1][5] == pytest.approx(0.014, rel=0.01)
     # once the idle state has its own samples, they decide

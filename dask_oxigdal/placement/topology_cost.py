@@ -170,6 +170,8 @@ class TransferCostModel:
         #: the last scored transfers: (src, dst, class, bytes, observed, ours, Dask's, start, busy)
         self.recent: deque[tuple] = deque(maxlen=_MAX_ERRORS)
         self.observed = 0
+        #: transfers that started before this time are learned from, not scored
+        self.score_from = float("-inf")
         self.observed_bytes = {cls: 0 for cls in CLASSES}
 
     # ------------------------------------------------------------------ model
@@ -336,18 +338,19 @@ class TransferCostModel:
         now = time.time() if now is None else now
         cls = self.pair_class(src, dst)
         busy = self.busy(src, dst, start)
-        predicted = self.predict(nbytes, src, dst, busy, at=start)
-        dask_bw = getattr(self.scheduler, "bandwidth", 0) or PRIORS["unknown"][0]
-        err = abs(predicted - duration) / duration
-        dask_err = abs(nbytes / dask_bw - duration) / duration
-        self.errors.append(err)
-        self.dask_errors.append(dask_err)
-        if nbytes >= LARGE:
-            self.large_errors.append(err)
-            self.dask_large_errors.append(dask_err)
-        self.recent.append(
-            (src, dst, cls, nbytes, duration, predicted, nbytes / dask_bw, start, busy)
-        )
+        if start is None or start >= self.score_from:
+            predicted = self.predict(nbytes, src, dst, busy, at=start)
+            dask_bw = getattr(self.scheduler, "bandwidth", 0) or PRIORS["unknown"][0]
+            err = abs(predicted - duration) / duration
+            dask_err = abs(nbytes / dask_bw - duration) / duration
+            self.errors.append(err)
+            self.dask_errors.append(dask_err)
+            if nbytes >= LARGE:
+                self.large_errors.append(err)
+                self.dask_large_errors.append(dask_err)
+            self.recent.append(
+                (src, dst, cls, nbytes, duration, predicted, nbytes / dask_bw, start, busy)
+            )
         bw, _ = self.bandwidth(src, dst, cls)
         overhead = max(0.0, duration - nbytes / bw - self.priors[cls][1])
         self.overhead.add(overhead, now)
@@ -360,11 +363,17 @@ class TransferCostModel:
         self.observed += 1
         self.observed_bytes[cls] += int(nbytes)
 
-    def reset_errors(self) -> None:
-        """Forget the scored errors (not what the model learned): e.g. after a warm-up."""
+    def reset_errors(self, since: float | None = None) -> None:
+        """Forget the scored errors (not what the model learned): e.g. after a warm-up.
+
+        Only the transfers that start at ``since`` or later (``time.time()``
+        seconds; default now) are scored from then on. A transfer that started
+        before, and is reported after, is still learned from.
+        """
         for q in (self.errors, self.dask_errors, self.large_errors, self.dask_large_errors):
             q.clear()
         self.recent.clear()
+        self.score_from = time.time() if since is None else float(since)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable state: per-class bandwidth/alpha and the median errors."""
