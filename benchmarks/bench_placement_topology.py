@@ -4,6 +4,8 @@
     python benchmarks/bench_placement_topology.py --quick    # smoke test, < 2 min
     python benchmarks/bench_placement_topology.py --json out.json
     python benchmarks/bench_placement_topology.py --cross-ingest 0.1
+    python benchmarks/bench_placement_topology.py --quick --record rec.json
+    python benchmarks/bench_placement_topology.py --replay rec.json   # offline, seconds
 
 The network: a scheduler and 4 one-thread worker processes on 127.0.0.1,
 connected by the ``throttled://`` comm backend
@@ -39,6 +41,12 @@ error of the predicted transfer time of each worker-to-worker transfer (ours
 and Dask's ``bytes / Scheduler.bandwidth`` side by side; all transfers, those
 over 1 MB, and by size). A warm-up round runs first; bytes and errors are
 counted over the measured rounds after it (the model keeps what it learned).
+
+``--record PATH`` also writes what the cost model saw in the "ours" runs
+(every report with its arrival time, the busy log, heartbeat metrics, the
+workers' transfer logs, every shaped write and every task's computation);
+``--replay PATH`` feeds such a file through the current model in seconds, to
+try a change of the model on the same transfers.
 """
 
 from __future__ import annotations
@@ -208,9 +216,12 @@ async def _cross_rack_bytes(client: Client) -> dict[str, int]:
     return total
 
 
-async def run(mode: str, rows_big: int, rows_small: int, repeats: int, cross: float) -> dict:
+async def run(
+    mode: str, rows_big: int, rows_small: int, repeats: int, cross: float, record=None
+) -> dict:
     """One cluster, ``repeats`` rounds of the two tenants' joins in the layout whose
-    other-rack ingest share is ``cross``; figures of the run."""
+    other-rack ingest share is ``cross``; figures of the run. ``record``: a list that
+    receives the model's inputs (see :func:`_recorder`)."""
     async with _cluster() as cluster, Client(cluster, asynchronous=True) as client:
         await client.wait_for_workers(len(RACKS))
         info = (await client.scheduler.identity())["workers"]
@@ -230,6 +241,9 @@ async def run(mode: str, rows_big: int, rows_small: int, repeats: int, cross: fl
                 ],
             )
             await register_topology(client)
+            if record is not None:
+                rec = _recorder(cluster.scheduler)
+                await client.run(_record_writes)
         completions: dict[str, list[float]] = {"big": [], "small": []}
         layout = {"floor": 0.0, "blind": 0.0}
         warm = _inputs(client, addrs, 200, 10_000, cross)  # warm up both code paths and the model
@@ -238,6 +252,9 @@ async def run(mode: str, rows_big: int, rows_small: int, repeats: int, cross: fl
         await client.run(_reset_links)
         if mode == "ours":  # errors are scored over the measured rounds, as bytes are
             await client.run_on_scheduler(_reset_errors)
+            if record is not None:
+                rec["scored_from"] = len(rec["transfers"])
+                rec["reset_at"] = time.time()
         for r in range(repeats):
             big_in = _inputs(client, addrs, rows_big, 100 * r, cross)
             small_in = _inputs(client, addrs, rows_small, 100 * r + 50, cross)
@@ -260,9 +277,177 @@ async def run(mode: str, rows_big: int, rows_small: int, repeats: int, cross: fl
             snap = await client.run_on_scheduler(_scheduler_snapshot)
             out.update(snap)
             out["layout"] = layout
+            if record is not None:
+                rec["sampler"].cancel()
+                del rec["sampler"]
+                rec["busy_log"] = {
+                    a: list(v) for a, v in _model(cluster.scheduler).busy_log.items()
+                }
+                rec["labels"] = {
+                    a: dict(ws.extra.get("oxigdal_topology") or {})
+                    for a, ws in cluster.scheduler.workers.items()
+                }
+                rec["worker_logs"] = await client.run(_incoming_log)
+                rec["writes"] = await client.run(_recorded_writes)
+                rec["compute"] = [  # (worker, start, stop) of every task's computation
+                    [m["worker"], ss["start"], ss["stop"]]
+                    for m in rec.pop("_stream").buffer
+                    for ss in m.get("startstops", ())
+                    if ss.get("action") == "compute"
+                ]
+                record.append(rec)
         else:
             out["dask_median_error"] = None
         return out
+
+
+def _model(scheduler):
+    from dask_oxigdal.placement.topology_cost import _extension
+
+    return _extension(scheduler).model
+
+
+def _recorder(scheduler) -> dict:
+    """Record what the cost model sees, to evaluate variants offline (``--record``).
+
+    ``transfers``: every ``observe`` call's arguments plus the wall time it was
+    made (the report's arrival); ``scored_from``: the first one after the reset
+    of the scores, ``reset_at``: when that was;
+    ``metrics``: each worker's heartbeat metrics when they change (sampled
+    every 20 ms: ``time``, ``event_loop_interval``, ``cpu``, executing tasks,
+    transfers in and out, tasks processing). At the end: ``busy_log`` (the
+    transition hook's log), ``labels``, ``worker_logs`` (each worker's
+    ``transfer_incoming_log``), ``writes`` (every shaped write, see
+    :func:`_record_writes`) and ``compute`` (every task's computation, from a
+    task-stream plugin). The scheduler runs in this process, so this reads it
+    directly.
+    """
+    import dask_oxigdal.placement.topology_cost as tc
+
+    model = _model(scheduler)
+    tc._BUSY_LOG = 1_000_000  # keep the whole run (recording only)
+    rec: dict = {"transfers": [], "metrics": [], "scored_from": 0}
+    observe = model.observe
+
+    def recording_observe(dst, src, nbytes, duration, start=None, *args):
+        rec["transfers"].append([dst, src, nbytes, duration, start, time.time(), *args])
+        return observe(dst, src, nbytes, duration, start, *args)
+
+    model.observe = recording_observe
+    seen: dict[str, object] = {}
+
+    async def sample():
+        while True:
+            now = time.time()
+            for addr, ws in list(scheduler.workers.items()):
+                m = ws.metrics
+                stamp = m.get("time")
+                if seen.get(addr) == stamp:
+                    continue
+                seen[addr] = stamp
+                tr = m.get("transfer") or {}
+                rec["metrics"].append(
+                    [
+                        addr,
+                        now,
+                        stamp,
+                        m.get("event_loop_interval"),
+                        m.get("cpu"),
+                        (m.get("task_counts") or {}).get("executing", 0),
+                        tr.get("incoming_count"),
+                        tr.get("outgoing_count"),
+                        len(ws.processing),
+                    ]
+                )
+            await asyncio.sleep(0.02)
+
+    rec["sampler"] = asyncio.ensure_future(sample())
+    from distributed.diagnostics.task_stream import TaskStreamPlugin
+
+    rec["_stream"] = TaskStreamPlugin(scheduler, maxlen=1_000_000)
+    scheduler.add_plugin(rec["_stream"], name="oxigdal-record-stream")
+    return rec
+
+
+def replay(path: str) -> list[str]:
+    """Replay a ``--record`` file through the current :class:`TransferCostModel`, offline.
+
+    Each recorded report is observed again in its order, with its start and
+    arrival times, on a stand-in scheduler that has only what the model reads
+    (the workers' labels and the busy log the transition hook kept); Dask's
+    measured bandwidths are left out. Returns one line per layout: the median
+    error over the scored transfers, overall and by size.
+    """
+    from collections import deque
+    from types import SimpleNamespace
+
+    from dask_oxigdal.placement.topology import EXTRA_KEY
+    from dask_oxigdal.placement.topology_cost import TransferCostModel
+
+    with open(path, encoding="utf-8") as f:
+        records = json.load(f)
+    lines = []
+    for rec in records:
+        workers = {
+            a: SimpleNamespace(address=a, host="127.0.0.1", extra={EXTRA_KEY: labels})
+            for a, labels in rec["labels"].items()
+        }
+        sched = SimpleNamespace(workers=workers, bandwidth=100e6, bandwidth_workers={})
+        model = TransferCostModel(sched)
+        model.busy_log = {a: deque(v) for a, v in rec["busy_log"].items()}
+        transfers = rec["transfers"]
+        for i, (dst, src, nbytes, duration, start, arrival, *_) in enumerate(transfers):
+            if i == rec["scored_from"]:  # older records: the first scored report's arrival
+                model.reset_errors(since=rec.get("reset_at", arrival))
+            model.observe(dst, src, nbytes, duration, start, now=arrival)
+        rows = list(model.recent)
+        by_size = []
+        for lo, hi, name in ((0, 1e4, "<10KB"), (1e4, 1e6, "10KB-1MB"), (1e6, 1e12, ">=1MB")):
+            errs = [abs(r[5] - r[4]) / r[4] for r in rows if lo <= r[3] < hi]
+            if errs:
+                by_size.append(f"{name} [{len(errs)}, {statistics.median(errs):.0%}]")
+        lines.append(
+            f"{rec.get('layout', '?'):12s} median error {statistics.median(model.errors):.1%} "
+            f"over {len(model.errors)} transfers; by size: {', '.join(by_size)}"
+        )
+    return lines
+
+
+def _incoming_log(dask_worker=None) -> list:
+    """A worker's ``transfer_incoming_log`` (keys counted, not listed), for ``--record``."""
+    return [
+        {k: (len(v) if k == "keys" else v) for k, v in r.items()}
+        for r in dask_worker.transfer_incoming_log
+    ]
+
+
+def _record_writes(dask_worker=None) -> None:
+    """Log every shaped write in this worker process: (called, written, peer process,
+    class, bytes, link delay), for ``--record``."""
+    from dask_oxigdal.placement import comm
+
+    if getattr(comm.ThrottledTCP.write, "_recording", False):
+        return
+    write = comm.ThrottledTCP.write
+    log = comm._recorded_writes = []  # on the module: this function travels by value
+
+    async def recording_write(self, msg, serializers=None, on_error="message"):
+        t0 = time.time()
+        link = self._get_link()
+        free = link.free_at - time.monotonic() if link is not None else 0.0
+        n = await write(self, msg, serializers=serializers, on_error=on_error)
+        if link is not None:
+            log.append([t0, time.time(), self.peer_address, link.cls, n, max(0.0, free)])
+        return n
+
+    recording_write._recording = True
+    comm.ThrottledTCP.write = recording_write
+
+
+def _recorded_writes(dask_worker=None) -> list:
+    from dask_oxigdal.placement import comm
+
+    return list(getattr(comm, "_recorded_writes", ()))
 
 
 def _reset_errors(dask_scheduler=None):
@@ -427,6 +612,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument(
+        "--record",
+        metavar="PATH",
+        help="write what the cost model saw (transfers, heartbeat metrics, busy log) "
+        "to this JSON file, to evaluate model variants offline",
+    )
+    p.add_argument(
         "--cross-ingest",
         type=cross_ingest,
         default=0.2,
@@ -434,7 +625,16 @@ def main(argv=None) -> int:
         help="share of each strip's points ingested in the other rack, 0 <= F < 0.5 "
         "(default 0.2); a rack-aligned layout (F = 0) also runs unless F is 0",
     )
+    p.add_argument(
+        "--replay",
+        metavar="PATH",
+        help="replay a --record file through the current cost model (offline, seconds) "
+        "and print its median errors; runs no cluster",
+    )
     args = p.parse_args(argv)
+    if args.replay:
+        print("\n".join(replay(args.replay)))
+        return 0
     rows_big, rows_small, repeats = (150_000, 15_000, 2) if args.quick else (300_000, 30_000, 5)
     layouts = [("mixed" if args.cross_ingest else "rack-aligned", args.cross_ingest, repeats)]
     if args.cross_ingest:  # the second layout: fewer rounds in --quick, to keep it short
@@ -443,11 +643,14 @@ def main(argv=None) -> int:
     faulthandler.dump_traceback_later(900 * len(layouts) if args.quick else 3600, exit=True)
     print(f"machine: {_describe()}; load {os.getloadavg()[0]:.1f}")
     reports = []
+    records: list | None = [] if args.record else None
     with dask.config.set({"distributed.scheduler.work-stealing": True}):
         for name, cross, n in layouts:
             t0 = time.monotonic()
             vanilla = asyncio.run(run("vanilla", rows_big, rows_small, n, cross))
-            ours = asyncio.run(run("ours", rows_big, rows_small, n, cross))
+            ours = asyncio.run(run("ours", rows_big, rows_small, n, cross, records))
+            if records:
+                records[-1]["layout"] = name
             reports.append(_report(name, cross, vanilla, ours, n))
             print(f"  ({name}: {time.monotonic() - t0:.1f} s)", flush=True)
     print("summary (ratios; cross-rack is ours/vanilla, completion is vanilla/ours):")
@@ -460,6 +663,9 @@ def main(argv=None) -> int:
             f"Dask's {r['ours']['dask_median_error']:.1%}"
         )
     result = {"machine": _describe(), "load": os.getloadavg(), **reports[0], "layouts": reports}
+    if args.record:
+        with open(args.record, "w", encoding="utf-8") as f:
+            json.dump(records, f)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, default=str)

@@ -225,6 +225,69 @@ def test_cost_model_priors_measurements_and_learned_alpha():
         TransferCostModel(S(), {"cross-city": (1e6, 0.0)})
 
 
+def _model():
+    class W:
+        def __init__(self, addr, rack):
+            self.address, self.host = addr, "127.0.0.1"
+            self.extra = {"oxigdal_topology": {"rack": rack, "host": addr}}
+
+    class S:
+        bandwidth = 100e6
+        bandwidth_workers: dict = {}
+        workers = {"a": W("a", "r1"), "b": W("b", "r1"), "c": W("c", "r2")}
+
+    return TransferCostModel(S())
+
+
+def test_transfers_are_scored_with_the_model_as_it_stood_at_their_start():
+    m = _model()
+    # learned by t=10: 5 ms of overhead beyond the cross-rack latency prior (4 ms)
+    for i in range(3):
+        m.observe("c", "a", 1000, 0.009, start=9.0 + i * 0.1, now=10.0)
+    m.reset_errors(since=15.0)
+    # two transfers start together at t=20 and are reported together at t=21: the slow
+    # one, reported first, must not teach the model what it "predicted" for the other
+    m.observe("c", "a", 1000, 0.204, start=20.0, now=21.0)  # stalled: 200 ms
+    m.observe("b", "a", 1000, 0.007, start=20.0, now=21.0)  # same rack: 5 + 2 ms
+    ours = [r[5] for r in m.recent]
+    assert ours[0] == pytest.approx(0.009, rel=0.01)
+    assert ours[1] == pytest.approx(0.007, rel=0.02)  # not the median of 5 and 200 ms
+    assert m.snapshot()["median_error"] == pytest.approx((0.204 - 0.009) / 0.204 / 2, rel=0.03)
+    assert m.overhead.n == 5  # the model as it is now has learned both
+    # rates too: a rate learned after a transfer started does not predict it
+    for n in (1e6, 2e6, 4e6):
+        m.observe("c", "a", int(n), 0.009 + n / 1e6, start=29.0, now=30.0)  # 1 MB/s
+    assert m.bandwidth("a", "c", at=25.0) == (12.5e6, "prior")
+    assert m.bandwidth("a", "c")[0] == pytest.approx(1e6, rel=0.05)
+    # after a warm-up, a transfer that started before the reset and is reported after
+    # it is learned from, not scored
+    m.reset_errors(since=40.0)
+    learned = m.overhead.n
+    m.observe("c", "a", 1000, 0.5, start=39.9, now=40.2)
+    assert m.snapshot()["median_error"] is None and m.overhead.n == learned + 1
+    m.observe("c", "a", 1000, 0.009, start=40.1, now=40.3)
+    assert len(m.errors) == 1
+
+
+def test_an_idle_pair_not_seen_yet_takes_the_quickest_recent_overhead():
+    m = _model()
+    m.note_processing("a", 1, when=1.0)
+    m.note_processing("c", 2, when=1.0)  # both busy from t=1
+    m.note_processing("a", 0, when=50.0)
+    m.note_processing("c", 1, when=50.0)  # both idle from t=50
+    for i, overhead in enumerate((0.060, 0.080, 0.010, 0.100)):
+        m.observe("c", "a", 100, 0.004 + overhead, start=10.0 + i, now=20.0)
+    assert m.busy("a", "c", 15.0) == 2 and m.busy("a", "c", 60.0) == 0
+    # no idle transfer seen yet: not the busy workers' 70 ms median, the quickest (10 ms)
+    assert m.alpha("cross-rack", 0) == pytest.approx(0.004 + 0.010, rel=0.01)
+    assert m.alpha("cross-rack", 2) == pytest.approx(0.004 + 0.070, rel=0.01)
+    m.reset_errors(since=55.0)
+    m.observe("c", "a", 100, 0.004 + 0.012, start=60.0, now=61.0)
+    assert m.recent[-1][5] == pytest.approx(0.014, rel=0.01)
+    # once the idle state has its own samples, they decide
+    assert m.alpha("cross-rack", 0) == pytest.approx(0.004 + 0.012, rel=0.01)
+
+
 def _two_racks():
     """``gen_cluster``: workers w1, w2 in rack r1 and w3, w4 in r2, with the topology extension."""
     return gen_cluster(

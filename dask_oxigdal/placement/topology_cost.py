@@ -15,7 +15,8 @@ so that the per-transfer overhead is counted once (Dask's own
 - ``alpha(class)``: the class's latency prior plus the *overhead* (request,
   event loops, serialisation), the median of the last 16 values of
   ``observed - bytes / bandwidth - latency``, pooled over the classes (the
-  workers' CPUs are the same whatever the link); else the prior.
+  workers' CPUs are the same whatever the link), also kept apart by how many
+  of the two workers were busy when the transfer started; else the prior.
 - ``bandwidth(class)``: the median of ``(observed - alpha) / bytes`` over the
   class's last 8 transfers of at least :data:`LARGE` bytes (``observed``);
   else Dask's ``Scheduler.bandwidth_workers`` pooled per class (median over
@@ -27,10 +28,13 @@ so that the per-transfer overhead is counted once (Dask's own
 Medians rather than means: on a busy host a few transfers stall for a tenth
 of a second or more in an event loop, and a mean follows them.
 
-Each reported transfer is first *predicted* with the model as it stood, then
-added to it: the relative error ``|predicted - observed| / observed`` of our
-model and of Dask's (``bytes / Scheduler.bandwidth``, what
-``Scheduler.get_comm_cost`` uses) are kept for the last 1000 transfers;
+Each reported transfer is first *predicted* with the model as it stood when
+the transfer started (only what had been reported by then: never the
+transfers that ran beside it and were reported before it), then added to it,
+stamped with its report's arrival. The relative error
+``|predicted - observed| / observed`` of our model and of Dask's
+(``bytes / Scheduler.bandwidth``, what ``Scheduler.get_comm_cost`` uses) are
+kept for the last 1000 transfers;
 :func:`topology_status` reports their medians, over all transfers and over
 those of at least :data:`LARGE` bytes.
 
@@ -87,20 +91,38 @@ _ORDER = ("same-host", "same-rack", "cross-rack", "cross-zone")
 
 
 class _Window:
-    """The last ``size`` samples of a quantity; their median (robust to the stalls of a busy host)."""
+    """The last ``size`` samples of a quantity, each stamped with when the model learned it.
 
-    __slots__ = ("n", "values")
+    Their median (robust to the stalls of a busy host), over all samples or only
+    over those learned by a given time (the model as it stood then: no look-ahead).
+    """
+
+    __slots__ = ("items", "n", "size")
 
     def __init__(self, size: int) -> None:
-        self.values: deque[float] = deque(maxlen=size)
+        self.size = size
+        # more than `size`, so that the model as it stood a little earlier is still whole
+        # (a transfer that outlived 3 * size newer samples is scored on fewer)
+        self.items: deque[tuple[float, float]] = deque(maxlen=4 * size)
         self.n = 0
 
-    def add(self, value: float) -> None:
-        self.values.append(value)
+    def add(self, value: float, when: float) -> None:
+        self.items.append((when, value))
         self.n += 1
 
-    def median(self) -> float | None:
-        return statistics.median(self.values) if self.values else None
+    def last(self, at: float | None = None) -> list[float]:
+        """The last ``size`` values learned by time ``at`` (``None``: by now)."""
+        out: list[float] = []
+        for when, value in reversed(self.items):
+            if at is None or when <= at:
+                out.append(value)
+                if len(out) == self.size:
+                    break
+        return out
+
+    def median(self, at: float | None = None) -> float | None:
+        values = self.last(at)
+        return statistics.median(values) if values else None
 
 
 class TransferCostModel:
@@ -139,6 +161,8 @@ class TransferCostModel:
         self.transfers = {cls: 0 for cls in CLASSES}
         self._bw: dict[str, tuple[float, str]] = {}
         self._bw_at = -1.0
+        self._dask: dict[str, float] = {}
+        self._dask_at = -1.0
         self.errors: deque[float] = deque(maxlen=_MAX_ERRORS)
         self.dask_errors: deque[float] = deque(maxlen=_MAX_ERRORS)
         self.large_errors: deque[float] = deque(maxlen=_MAX_ERRORS)
@@ -146,6 +170,8 @@ class TransferCostModel:
         #: the last scored transfers: (src, dst, class, bytes, observed, ours, Dask's, start, busy)
         self.recent: deque[tuple] = deque(maxlen=_MAX_ERRORS)
         self.observed = 0
+        #: transfers that started before this time are learned from, not scored
+        self.score_from = float("-inf")
         self.observed_bytes = {cls: 0 for cls in CLASSES}
 
     # ------------------------------------------------------------------ model
@@ -165,15 +191,21 @@ class TransferCostModel:
                 per_class.setdefault(self.pair_class(src, dst), []).append(float(value))
         return {cls: statistics.median(v) for cls, v in per_class.items()}
 
-    def _bandwidths(self) -> dict[str, tuple[float, str]]:
-        """``{class: (bytes/s, source)}``, refreshed at most once a second or on a new rate."""
+    def _bandwidths(self, at: float | None = None) -> dict[str, tuple[float, str]]:
+        """``{class: (bytes/s, source)}``, refreshed at most once a second or on a new rate.
+
+        With ``at``, the figures as they stood at that time (from the rates learned
+        by then; Dask's measurements as they are now).
+        """
         now = time.monotonic()
-        if now - self._bw_at < 1.0:
+        if at is None and now - self._bw_at < 1.0:
             return self._bw
-        dask = self._dask_measured()
+        if at is None or now - self._dask_at >= 1.0:
+            self._dask, self._dask_at = self._dask_measured(), now
+        dask = self._dask
         raw: dict[str, tuple[float, str]] = {}
         for cls in CLASSES:
-            rate = self.rates[cls].median()
+            rate = self.rates[cls].median(at)
             if rate is not None:
                 raw[cls] = (1.0 / max(rate, _MIN_RATE), "observed")
             elif dask.get(cls):
@@ -188,12 +220,18 @@ class TransferCostModel:
         for inner, outer in itertools.pairwise(_ORDER):
             if out[outer][0] > out[inner][0]:
                 out[outer] = (out[inner][0], out[outer][1])
-        self._bw, self._bw_at = out, now
+        if at is None:
+            self._bw, self._bw_at = out, now
         return out
 
-    def bandwidth(self, src: str, dst: str, cls: str | None = None) -> tuple[float, str]:
-        """``(bytes/s, source)`` of a pair: ``observed``, ``measured`` (Dask's) or ``prior``."""
-        return self._bandwidths()[cls or self.pair_class(src, dst)]
+    def bandwidth(
+        self, src: str, dst: str, cls: str | None = None, at: float | None = None
+    ) -> tuple[float, str]:
+        """``(bytes/s, source)`` of a pair: ``observed``, ``measured`` (Dask's) or ``prior``.
+
+        ``at``: as the model stood at that time (``time.time()`` seconds).
+        """
+        return self._bandwidths(at)[cls or self.pair_class(src, dst)]
 
     def note_processing(self, worker: str, n: int, when: float | None = None) -> None:
         """Record that ``worker`` now has ``n`` tasks processing (O(1), from transitions)."""
@@ -224,25 +262,42 @@ class TransferCostModel:
             count += n > idle
         return count
 
-    def alpha(self, cls: str, busy: int | None = None) -> float:
+    def alpha(self, cls: str, busy: int | None = None, at: float | None = None) -> float:
         """The per-transfer cost of a class: learned overhead plus the class's latency prior.
 
         With ``busy`` (how many of the two workers run a task), the overhead
-        learned for that state, once it has a few samples.
+        learned for that state. A state not seen yet takes the pooled overhead,
+        except the idle one (``busy=0``): the pooled figure is then the busy
+        workers', so an idle pair takes the quickest recent transfer's overhead.
+        ``at``: as the model stood at that time.
         """
-        window = self.overhead
-        if busy is not None and len(self.overhead_busy[busy].values) >= 3:
-            window = self.overhead_busy[busy]
-        overhead = window.median()
-        return self.priors[cls][1] + (overhead if overhead is not None else 0.0)
+        values = self.overhead_busy[busy].last(at) if busy is not None else []
+        if not values:
+            values = self.overhead.last(at)
+            if busy == 0 and values:
+                values = [min(values)]
+        overhead = statistics.median(values) if values else 0.0
+        return self.priors[cls][1] + overhead
 
-    def predict(self, nbytes: float, src: str, dst: str, busy: int | None = None) -> float:
-        """Seconds to move ``nbytes`` from worker ``src`` to worker ``dst`` (0 when equal)."""
+    def predict(
+        self,
+        nbytes: float,
+        src: str,
+        dst: str,
+        busy: int | None = None,
+        at: float | None = None,
+    ) -> float:
+        """Seconds to move ``nbytes`` from worker ``src`` to worker ``dst`` (0 when equal).
+
+        ``busy``: how many of the two workers run a task (see :meth:`busy`);
+        ``at``: predict with the model as it stood at that time (``time.time()``
+        seconds; default: as it is now).
+        """
         if src == dst:
             return 0.0
         cls = self.pair_class(src, dst)
-        bw, _ = self.bandwidth(src, dst, cls)
-        return self.alpha(cls, busy) + nbytes / bw
+        bw, _ = self.bandwidth(src, dst, cls, at)
+        return self.alpha(cls, busy, at) + nbytes / bw
 
     def dependency_cost(self, ts: Any, dst: str) -> float:
         """Seconds to bring the dependencies of task ``ts`` that ``dst`` lacks (cheapest holder)."""
@@ -257,9 +312,21 @@ class TransferCostModel:
 
     # ------------------------------------------------------------ observation
     def observe(
-        self, dst: str, src: str, nbytes: int, duration: float, start: float | None = None
+        self,
+        dst: str,
+        src: str,
+        nbytes: int,
+        duration: float,
+        start: float | None = None,
+        now: float | None = None,
     ) -> None:
         """Record one finished transfer: score both models' predictions, then learn from it.
+
+        The prediction scored is the one the model would have made when the
+        transfer started (``start``): from what it had learned by then, not from
+        the transfers that ran beside this one and were reported before it.
+        ``now`` is when the report arrived (default ``time.time()``); what is
+        learned from it counts from then.
 
         Learning is in two stages, so that the overhead is counted once: every
         transfer gives an overhead sample, ``duration - bytes / bandwidth -
@@ -268,37 +335,45 @@ class TransferCostModel:
         """
         if not (nbytes > 0 and duration > 0) or src == dst:
             return
+        now = time.time() if now is None else now
         cls = self.pair_class(src, dst)
         busy = self.busy(src, dst, start)
-        predicted = self.predict(nbytes, src, dst, busy)
-        dask_bw = getattr(self.scheduler, "bandwidth", 0) or PRIORS["unknown"][0]
-        err = abs(predicted - duration) / duration
-        dask_err = abs(nbytes / dask_bw - duration) / duration
-        self.errors.append(err)
-        self.dask_errors.append(dask_err)
-        if nbytes >= LARGE:
-            self.large_errors.append(err)
-            self.dask_large_errors.append(dask_err)
-        self.recent.append(
-            (src, dst, cls, nbytes, duration, predicted, nbytes / dask_bw, start, busy)
-        )
+        if start is None or start >= self.score_from:
+            predicted = self.predict(nbytes, src, dst, busy, at=start)
+            dask_bw = getattr(self.scheduler, "bandwidth", 0) or PRIORS["unknown"][0]
+            err = abs(predicted - duration) / duration
+            dask_err = abs(nbytes / dask_bw - duration) / duration
+            self.errors.append(err)
+            self.dask_errors.append(dask_err)
+            if nbytes >= LARGE:
+                self.large_errors.append(err)
+                self.dask_large_errors.append(dask_err)
+            self.recent.append(
+                (src, dst, cls, nbytes, duration, predicted, nbytes / dask_bw, start, busy)
+            )
         bw, _ = self.bandwidth(src, dst, cls)
         overhead = max(0.0, duration - nbytes / bw - self.priors[cls][1])
-        self.overhead.add(overhead)
+        self.overhead.add(overhead, now)
         if busy is not None:
-            self.overhead_busy[busy].add(overhead)
+            self.overhead_busy[busy].add(overhead, now)
         if nbytes >= LARGE:
-            self.rates[cls].add(max(_MIN_RATE, (duration - self.alpha(cls, busy)) / nbytes))
+            self.rates[cls].add(max(_MIN_RATE, (duration - self.alpha(cls, busy)) / nbytes), now)
             self._bw_at = -1.0
         self.transfers[cls] += 1
         self.observed += 1
         self.observed_bytes[cls] += int(nbytes)
 
-    def reset_errors(self) -> None:
-        """Forget the scored errors (not what the model learned): e.g. after a warm-up."""
+    def reset_errors(self, since: float | None = None) -> None:
+        """Forget the scored errors (not what the model learned): e.g. after a warm-up.
+
+        Only the transfers that start at ``since`` or later (``time.time()``
+        seconds; default now) are scored from then on. A transfer that started
+        before, and is reported after, is still learned from.
+        """
         for q in (self.errors, self.dask_errors, self.large_errors, self.dask_large_errors):
             q.clear()
         self.recent.clear()
+        self.score_from = time.time() if since is None else float(since)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable state: per-class bandwidth/alpha and the median errors."""
