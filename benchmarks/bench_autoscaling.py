@@ -609,7 +609,7 @@ def report(results: list[dict]) -> bool:
                 f"start latency {res['latency_measured']:.1f} s (last samples: "
                 + ", ".join(f"{x:.1f}" for x in res["latency_samples"])
                 + f"; upper quartile {res['latency_cautious']:.1f} s, for deadlines; "
-                f"{res['latency_ambiguous']} arrivals not sampled: their request was ambiguous)"
+                f"{res['latency_ambiguous']} arrivals matched to the nearest of several requests)"
                 if res["reaction_max"] is not None
                 else ""
             ),

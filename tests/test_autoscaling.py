@@ -341,39 +341,35 @@ def test_holt_winters_learns_a_season_and_holt_a_trend():
     assert ewma.predict(3) == 4.0
 
 
-def test_start_latency_skips_arrivals_whose_request_is_ambiguous():
+def test_start_latency_matches_an_ambiguous_arrival_to_its_nearest_request():
     """Workers asked for and partly given up: the deployment chooses which pending
-    ones go, so the arrivals after that are not matched to a request time."""
-    lat = StartLatency(30.0)
+    ones go, so a later arrival may answer any of them; it is matched to the
+    request time nearest to the estimate, not to the oldest."""
+    lat = StartLatency(30.0)  # assumed 30 s; the deployment takes 31 s
     assert lat.value == lat.cautious == 30.0  # nothing measured: the assumed value
     lat.track(2, 0, now=0.0)  # 2 asked for at t=0
     lat.track(4, 0, now=10.0)  # 2 more at t=10
     lat.track(2, 0, now=15.0)  # 2 given up: the deployment chooses which (here the t=0 ones)
     lat.track(4, 0, now=20.0)  # 2 more asked for at t=20
-    for arrival in (40.0, 40.0, 50.0, 50.0):  # each 30 s after its own request
+    for arrival in (41.0, 41.0, 51.0, 51.0):  # each 31 s after its own request
         lat.arrived(arrival)
-    # the first two arrivals answer ambiguous requests (matched to t=0 they would
-    # measure 40 s); the t=20 ones measure 30 s
-    assert list(lat.samples) == [30.0, 30.0]
-    assert lat.ambiguous == 2 and lat.value == 30.0
-    # a plain rise and the arrivals: samples, and the upper quartile for deadlines
-    for start, took in ((100.0, 5.0), (200.0, 6.0), (300.0, 7.0)):
+    # matched to the oldest (t=0), the first two would measure 41 s
+    assert list(lat.samples) == [31.0, 31.0, 31.0, 31.0]
+    assert lat.ambiguous == 2 and lat.value == 31.0
+    # the estimate is the median; deadlines use the upper quartile
+    lat = StartLatency(10.0)
+    for start, took in ((100.0, 5.0), (200.0, 6.0), (300.0, 7.0), (400.0, 8.0)):
         lat.track(5, 4, now=start)
         lat.arrived(start + took)
         lat.track(4, 4, now=start + took)  # the worker left again
-    assert list(lat.samples) == [30.0, 30.0, 5.0, 6.0, 7.0]
-    assert lat.value == 7.0 and lat.cautious == 30.0
-    lat.arrived(400.0)  # a worker nobody asked for: no sample
-    assert lat.count == 5
-    # given up among requests 0.5 s apart: still a sample, from the middle
-    lat.track(6, 4, now=500.0)
-    lat.track(7, 4, now=500.5)
-    lat.track(5, 4, now=501.0)
-    lat.arrived(510.25)
-    assert lat.samples[-1] == 10.0 and lat.count == 6
+    assert list(lat.samples) == [5.0, 6.0, 7.0, 8.0] and lat.ambiguous == 0
+    assert lat.value == 6.5 and lat.cautious == 7.25
+    lat.arrived(450.0)  # a worker nobody asked for: no sample
+    assert lat.count == 4
     # due within 3 s: the requests whose earliest time plus the estimate is that close
     lat.track(6, 4, now=600.0)
-    assert lat.arriving(607.0 + 2.0, 3.0) == 2 and lat.arriving(607.0 - 4.0, 3.0) == 0
+    assert lat.arriving(608.0, 3.0) == 2 and lat.arriving(602.0, 3.0) == 0
+    assert lat.latest() == [600.0, 600.0]
 
 
 def test_water_fill_is_weighted_max_min_fair():
@@ -777,7 +773,7 @@ async def test_workers_due_within_seconds_are_not_given_up(c, s, a, b):
     # 2000 s of work: new workers, though they arrive only 20 s after they are asked for
     await _until(lambda: s.adaptive_target() > 2)
     target = policy.target
-    asked = policy.latency.requests[0][0]
+    asked = policy.latency.latest()[0]
     await Event("as-due-gate").set()
     await c.gather(futures)
     # the peak is gone; 1 s before the workers are due, they are kept

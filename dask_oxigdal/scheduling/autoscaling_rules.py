@@ -124,16 +124,18 @@ class StartLatency:
     """Worker start latency, measured from the target's rises to the arrivals.
 
     Every rise of the target above the workers connected plus those already
-    asked for records a request time; an arriving worker takes the oldest one.
-    When the target falls below that, the deployment gives up workers that
-    have not arrived, and which ones it gives up is its own choice (Dask's
+    asked for records a request time; an arriving worker takes the oldest
+    request. When the target falls below that, the deployment gives up workers
+    that have not arrived, and which ones it gives up is its own choice (Dask's
     ``Adaptive`` takes them from a set of names, a Kubernetes ReplicaSet the
     newest pods). Each request still outstanding then may stand for any of
-    them, so it keeps the range of their times. An arrival is a sample (from
-    the middle of its range) only when that range is narrow: at most
-    ``tolerance`` or a tenth of the estimate. Before, every arrival was matched
-    to the oldest request, and a run that asked for workers and gave them up
-    again measured 48-54 s for a 31 s start.
+    them: it keeps all their times as candidates. A worker that arrives for
+    such a request is matched to the candidate nearest to the current
+    estimate (with arrivals about one latency after their own request, the
+    others are off by the spacing of the requests). Before, every arrival was
+    matched to the oldest request, and a run that asked for workers and gave
+    some up again measured 48-54 s for a 31 s start; skipping the ambiguous
+    arrivals instead left a run without a sample until its 225th second.
 
     Parameters
     ----------
@@ -141,14 +143,11 @@ class StartLatency:
         Seconds assumed until a worker's arrival is measured.
     keep : int
         Samples kept; the estimate is their median.
-    tolerance : float
-        Widest range of request times (seconds) an arrival is still sampled with.
     """
 
-    def __init__(self, assumed: float, keep: int = 9, tolerance: float = 1.0) -> None:
+    def __init__(self, assumed: float, keep: int = 9) -> None:
         self.assumed = assumed
-        self.tolerance = tolerance
-        # [earliest, latest] time each outstanding request may have been made, oldest first
+        # per outstanding request, oldest first: the times it may have been made at
         self.requests: collections.deque = collections.deque()
         self.samples: collections.deque = collections.deque(maxlen=keep)
         self.count = 0
@@ -180,40 +179,46 @@ class StartLatency:
         """Workers asked for whose expected arrival is within ``within`` seconds of ``now``.
 
         Expected: the earliest time the request may have been made plus the
-        estimate. Overdue requests more than ``within`` ago do not count (the
+        estimate. Requests overdue by more than ``within`` do not count (the
         worker is most likely not coming).
         """
         value = self.value
-        return sum(1 for lo, _ in self.requests if abs(lo + value - now) <= within)
+        return sum(1 for times in self.requests if abs(times[0] + value - now) <= within)
+
+    def latest(self) -> list[float]:
+        """The latest time each outstanding request may have been made at, oldest first."""
+        return [times[-1] for times in self.requests]
 
     def track(self, target: int, workers: int, now: float) -> None:
         """Record the target ``target`` given with ``workers`` connected at ``now``."""
         outstanding = self.requests
         have = workers + len(outstanding)
         if target > have:
-            outstanding.extend([now, now] for _ in range(target - have))
+            outstanding.extend((now,) for _ in range(target - have))
         elif target < have:
             drop = min(have - max(target, workers), len(outstanding))
             if not drop:
                 return
-            lo = min(r[0] for r in outstanding)
-            hi = max(r[1] for r in outstanding)
+            candidates = tuple(sorted({t for times in outstanding for t in times}))
             for _ in range(drop):
                 outstanding.pop()
-            for request in outstanding:
-                request[0], request[1] = lo, hi
+            for i in range(len(outstanding)):
+                outstanding[i] = candidates
 
     def arrived(self, now: float) -> None:
-        """A worker arrived at ``now``: a sample if its request time is known closely enough."""
+        """A worker arrived at ``now``: a sample from its request's nearest candidate time."""
         if not self.requests:
             return
-        lo, hi = self.requests.popleft()
-        sample = now - (lo + hi) / 2
-        if hi - lo <= max(self.tolerance, 0.1 * self.value) and 0 <= sample <= MAX_LATENCY:
-            self.count += 1
-            self.samples.append(sample)
+        times = self.requests.popleft()
+        if len(times) == 1:
+            sample = now - times[0]
         else:
             self.ambiguous += 1
+            estimate = self.value
+            sample = min((now - t for t in times), key=lambda x: abs(x - estimate))
+        if 0 <= sample <= MAX_LATENCY:
+            self.count += 1
+            self.samples.append(sample)
 
 
 def feed(models: dict, arrived: dict[str, float], steps: int, new: Any) -> None:

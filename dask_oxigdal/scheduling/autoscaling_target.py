@@ -145,7 +145,7 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
         return 0.0, None, {}, {}, []
     waits = _thread_waits(policy, now)
     # workers asked for and on their way: expected arrival, the latest possible request
-    arrivals = sorted(request[1] + latency for request in policy.latency.requests)
+    arrivals = sorted(t + latency for t in policy.latency.latest())
     tasks_of = policy.extension.scheduler.tasks
     need = 0.0
     why = None
