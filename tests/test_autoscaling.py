@@ -689,42 +689,6 @@ async def test_deadline_asks_only_for_new_threads_that_finish_a_task_in_time(c, 
     timeout=60,
     config={"distributed.scheduler.unknown-task-duration": "200s"},
 )
-async def test_deadline_window_counts_the_deployment_s_poll_interval(c, s, a):
-    """A new deadline job raises the target at once, but the deployment reads it
-    at its next poll: a new worker's window is shorter by the poll interval,
-    measured from the deployment's calls of ``adaptive_target``."""
-    await register(
-        c,
-        policies=[FAIRSHARE, DEADLINE, {**AUTOSCALING, "start-latency": "400s", "cooldown": "1h"}],
-    )
-    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
-    dl = s.plugins["oxigdal"].get_policy("Deadline")
-    assert policy.poll_interval == 0.0  # not polled yet
-    for _ in range(4):  # a deployment polling every 0.3 s
-        s.adaptive_target()
-        await asyncio.sleep(0.3)
-    poll = policy.poll_interval
-    assert poll >= 0.3
-    due = time.time() + 2000
-    with dox.annotate(deadline=datetime.datetime.fromtimestamp(due)):
-        futures = c.map(_wait_event, ["as-poll-gate"] * 4, range(4), pure=False)
-    await _until(lambda: len(dl.jobs) == 1)
-    before = time.time()
-    policy.compute()
-    (job,) = policy.decision["deadline_jobs"]
-    assert job["window"] <= due - before - 400.0 - poll + 1e-3  # rounded to ms
-    snap = await status(c)
-    assert snap["policies"]["Autoscaling"]["poll_interval"] == pytest.approx(poll)
-    await Event("as-poll-gate").set()
-    await c.gather(futures)
-
-
-@gen_cluster(
-    client=True,
-    nthreads=[("127.0.0.1", 1)],
-    timeout=60,
-    config={"distributed.scheduler.unknown-task-duration": "200s"},
-)
 async def test_a_thread_waits_for_the_task_it_runs_not_for_all_assigned_to_it(c, s, a):
     """EDF runs a deadline job's tasks before the tasks waiting on a worker, so the
     deadline rule counts a thread free once its running task ends, not after the

@@ -22,7 +22,6 @@ in ``autoscaling_target``, the hooks and the choice of workers to close in
 from __future__ import annotations
 
 import collections
-import statistics
 import time
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
@@ -162,8 +161,6 @@ class Autoscaling(SchedulingPolicy):
         self.history: collections.deque = collections.deque(maxlen=_HISTORY)
         # worker start latency, from the target's rises to the workers' arrivals
         self.latency = StartLatency(self.assumed_latency)
-        # when the deployment (Adaptive, the HTTP route, the gauge) last asked for the target
-        self._polls: collections.deque = collections.deque(maxlen=6)
         self._saved: dict[str, Any] = {}
         self._installed = False
 
@@ -190,20 +187,6 @@ class Autoscaling(SchedulingPolicy):
     def start_latency(self) -> float:
         """Measured worker start latency (seconds, the median), else the configured guess."""
         return self.latency.value
-
-    @property
-    def poll_interval(self) -> float:
-        """Median seconds between the deployment's calls of ``adaptive_target`` (0 before 3).
-
-        A target raised between two polls (a new deadline job raises it at
-        once) reaches the deployment only at its next poll: the deadline rule
-        counts that much more before a new worker arrives.
-        """
-        polls = self._polls
-        if len(polls) < 3:
-            return 0.0
-        gaps = [b - a for a, b in zip(polls, list(polls)[1:], strict=False)]
-        return max(statistics.median(gaps), 0.0)
 
     # -------------------------------------------------------------- tracking
     def update_graph(self, new: list[tuple[TaskState, TaskInfo]]) -> None:
@@ -358,7 +341,6 @@ class Autoscaling(SchedulingPolicy):
         -------
         int
         """
-        self._polls.append(time.time())
         ext = self.extension
         result = ext.run_policy(self, "compute", target_duration) if ext is not None else None
         if result is None:  # the policy failed (and is now disabled): Dask decides
@@ -528,7 +510,6 @@ class Autoscaling(SchedulingPolicy):
             "start_latency": self.start_latency,
             "start_latency_measured": self.latency.measured is not None,
             "start_latency_cautious": self.latency.cautious,
-            "poll_interval": self.poll_interval,
             "latency_samples": self.latency.count,
             "latency_ambiguous": self.latency.ambiguous,
             "forecast_model": self.model,

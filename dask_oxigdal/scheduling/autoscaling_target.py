@@ -293,10 +293,9 @@ def evaluate(policy: Autoscaling, duration: float, now: float) -> dict[str, Any]
     rules: dict[str, float] = {}
     why: dict[str, Any] = {}
 
-    # a deadline counts on new workers only with the slow end of their measured start,
-    # after the deployment's next poll
+    # a deadline counts on new workers only with the slow end of their measured start
     rules["deadline"], why["deadline"], own_deadline, late, notes = _deadline_rule(
-        policy, now, policy.latency.cautious + policy.poll_interval, per_worker
+        policy, now, policy.latency.cautious, per_worker
     )
     free = max(nthreads - rules["deadline"], 0.0)
     rules["demand"], demand, works = _demand_rule(policy, duration, free, latency, late)
