@@ -649,7 +649,7 @@ def _report(name: str, cross: float, vanilla: dict, ours: dict, repeats: int) ->
         )
     )
     print(
-        f"  [{name}] admission order (ours, warm-up round first): "
+        f"  [{name}] admission order (ours, warm-up rounds first): "
         f"{' '.join(ours['admission_order'])}"
     )
     return out
