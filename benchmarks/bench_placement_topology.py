@@ -6,6 +6,7 @@
     python benchmarks/bench_placement_topology.py --cross-ingest 0.1
     python benchmarks/bench_placement_topology.py --quick --record rec.json
     python benchmarks/bench_placement_topology.py --replay rec.json   # offline, seconds
+    python benchmarks/bench_placement_topology.py --quick --small-warmup  # cold start
 
 The network: a scheduler and 4 one-thread worker processes on 127.0.0.1,
 connected by the ``throttled://`` comm backend
@@ -39,8 +40,15 @@ Figures: cross-rack bytes (the throttle's accounting in each worker process),
 mean shuffle completion time of the two tenants, and the median relative
 error of the predicted transfer time of each worker-to-worker transfer (ours
 and Dask's ``bytes / Scheduler.bandwidth`` side by side; all transfers, those
-over 1 MB, and by size). A warm-up round runs first; bytes and errors are
-counted over the measured rounds after it (the model keeps what it learned).
+over 1 MB, and by size). Two warm-up rounds run first: a small one (200 rows per worker, to warm up
+the code paths), then one of the measured rounds' size and shape on other data
+(other seeds, so nothing is cached), as the cost model of a long-lived shared
+cluster has seen such traffic before. Bytes and errors are counted over the
+measured rounds after them (the model keeps what it learned). The errors of the
+full-size warm-up round itself, which the model meets having seen only the
+small round, are printed as the *cold-start* figure. ``--small-warmup`` skips
+the full-size warm-up (the benchmark before issue 18's fourth session: the
+measured rounds are then scored from the cold start).
 
 ``--record PATH`` also writes what the cost model saw in the "ours" runs
 (every report with its arrival time, the busy log, heartbeat metrics, the
@@ -217,11 +225,19 @@ async def _cross_rack_bytes(client: Client) -> dict[str, int]:
 
 
 async def run(
-    mode: str, rows_big: int, rows_small: int, repeats: int, cross: float, record=None
+    mode: str,
+    rows_big: int,
+    rows_small: int,
+    repeats: int,
+    cross: float,
+    record=None,
+    full_warmup: bool = True,
 ) -> dict:
     """One cluster, ``repeats`` rounds of the two tenants' joins in the layout whose
     other-rack ingest share is ``cross``; figures of the run. ``record``: a list that
-    receives the model's inputs (see :func:`_recorder`)."""
+    receives the model's inputs (see :func:`_recorder`). ``full_warmup``: after the
+    small warm-up round, run one round of the measured rounds' size and shape (its
+    prediction errors are reported as the cold-start figure, ``cold``)."""
     async with _cluster() as cluster, Client(cluster, asynchronous=True) as client:
         await client.wait_for_workers(len(RACKS))
         info = (await client.scheduler.identity())["workers"]
@@ -249,6 +265,25 @@ async def run(
         warm = _inputs(client, addrs, 200, 10_000, cross)  # warm up both code paths and the model
         await distributed.wait(warm)
         await _one_round(client, mode, warm, warm, {"big": [], "small": []})
+        cold = None
+        if full_warmup:
+            # a round of the same size and shape as a measured one, on other data (other
+            # seeds: nothing cached), as a long-lived cluster's model has seen such traffic
+            # before; its own errors are the cold-start figure (the model has seen only the
+            # small round above, as the measured rounds had with --small-warmup)
+            if mode == "ours":
+                await client.run_on_scheduler(_reset_errors)
+                if record is not None:
+                    rec["cold_from"] = len(rec["transfers"])
+                    rec["cold_reset_at"] = time.time()
+            big_w = _inputs(client, addrs, rows_big, 20_000, cross)
+            small_w = _inputs(client, addrs, rows_small, 20_050, cross)
+            await distributed.wait(big_w + small_w)
+            await _one_round(client, mode, big_w, small_w, {"big": [], "small": []})
+            del big_w, small_w
+            if mode == "ours":
+                await asyncio.sleep(1.5)  # the round's last reports (sent every 0.5 s)
+                cold = await client.run_on_scheduler(_scheduler_snapshot)
         await client.run(_reset_links)
         if mode == "ours":  # errors are scored over the measured rounds, as bytes are
             await client.run_on_scheduler(_reset_errors)
@@ -277,6 +312,7 @@ async def run(
             snap = await client.run_on_scheduler(_scheduler_snapshot)
             out.update(snap)
             out["layout"] = layout
+            out["cold"] = cold
             if record is not None:
                 rec["sampler"].cancel()
                 del rec["sampler"]
@@ -376,7 +412,8 @@ def replay(path: str) -> list[str]:
     arrival times, on a stand-in scheduler that has only what the model reads
     (the workers' labels and the busy log the transition hook kept); Dask's
     measured bandwidths are left out. Returns one line per layout: the median
-    error over the scored transfers, overall and by size.
+    error over the scored transfers, overall and by size, and the cold-start
+    figure (the full-size warm-up round's) where the record has one.
     """
     from collections import deque
     from types import SimpleNamespace
@@ -396,8 +433,15 @@ def replay(path: str) -> list[str]:
         model = TransferCostModel(sched)
         model.busy_log = {a: deque(v) for a, v in rec["busy_log"].items()}
         transfers = rec["transfers"]
+        cold = ""
         for i, (dst, src, nbytes, duration, start, arrival, *_) in enumerate(transfers):
+            if i == rec.get("cold_from"):  # the full-size warm-up round starts
+                model.reset_errors(since=rec["cold_reset_at"])
             if i == rec["scored_from"]:  # older records: the first scored report's arrival
+                if "cold_from" in rec and model.errors:
+                    cold = f" (cold start {statistics.median(model.errors):.1%} over " + (
+                        f"{len(model.errors)})"
+                    )
                 model.reset_errors(since=rec.get("reset_at", arrival))
             model.observe(dst, src, nbytes, duration, start, now=arrival)
         rows = list(model.recent)
@@ -408,7 +452,7 @@ def replay(path: str) -> list[str]:
                 by_size.append(f"{name} [{len(errs)}, {statistics.median(errs):.0%}]")
         lines.append(
             f"{rec.get('layout', '?'):12s} median error {statistics.median(model.errors):.1%} "
-            f"over {len(model.errors)} transfers; by size: {', '.join(by_size)}"
+            f"over {len(model.errors)} transfers{cold}; by size: {', '.join(by_size)}"
         )
     return lines
 
@@ -590,6 +634,14 @@ def _report(name: str, cross: float, vanilla: dict, ours: dict, repeats: int) ->
         f"over 1 MB ({ours['large_transfers']}): ours {_pct(ours['median_error_large'])}, "
         f"Dask's {_pct(ours['dask_median_error_large'])}"
     )
+    cold = ours.get("cold")
+    if cold:
+        print(
+            f"  [{name}] cold start (the full-size warm-up round, after only the small one): "
+            f"ours {_pct(cold['median_error'])}, Dask's {_pct(cold['dask_median_error'])} "
+            f"over {_scored(cold)} transfers; over 1 MB ({cold['large_transfers']}): "
+            f"ours {_pct(cold['median_error_large'])}"
+        )
     print(
         f"  [{name}] error by size [transfers, ours, Dask's]: "
         + ", ".join(
@@ -597,7 +649,7 @@ def _report(name: str, cross: float, vanilla: dict, ours: dict, repeats: int) ->
         )
     )
     print(
-        f"  [{name}] admission order (ours, warm-up round first): "
+        f"  [{name}] admission order (ours, warm-up rounds first): "
         f"{' '.join(ours['admission_order'])}"
     )
     return out
@@ -626,6 +678,14 @@ def main(argv=None) -> int:
         "(default 0.2); a rack-aligned layout (F = 0) also runs unless F is 0",
     )
     p.add_argument(
+        "--small-warmup",
+        action="store_true",
+        help="warm up with the small round only (200 rows per worker), as before issue 18's "
+        "fourth session: the measured rounds are then scored from a cold start; by default "
+        "a round of the measured rounds' size follows it (its errors are printed as the "
+        "cold-start figure)",
+    )
+    p.add_argument(
         "--replay",
         metavar="PATH",
         help="replay a --record file through the current cost model (offline, seconds) "
@@ -642,13 +702,22 @@ def main(argv=None) -> int:
     # a last resort against a hang anywhere (start-up, teardown): the threads' stacks, then exit
     faulthandler.dump_traceback_later(900 * len(layouts) if args.quick else 3600, exit=True)
     print(f"machine: {_describe()}; load {os.getloadavg()[0]:.1f}")
+    print(
+        "warm-up: "
+        + (
+            "small round only (cold start)"
+            if args.small_warmup
+            else "small round, then one round of the measured size (other data)"
+        )
+    )
     reports = []
     records: list | None = [] if args.record else None
     with dask.config.set({"distributed.scheduler.work-stealing": True}):
         for name, cross, n in layouts:
             t0 = time.monotonic()
-            vanilla = asyncio.run(run("vanilla", rows_big, rows_small, n, cross))
-            ours = asyncio.run(run("ours", rows_big, rows_small, n, cross, records))
+            full = not args.small_warmup
+            vanilla = asyncio.run(run("vanilla", rows_big, rows_small, n, cross, None, full))
+            ours = asyncio.run(run("ours", rows_big, rows_small, n, cross, records, full))
             if records:
                 records[-1]["layout"] = name
             reports.append(_report(name, cross, vanilla, ours, n))
@@ -661,6 +730,11 @@ def main(argv=None) -> int:
             f"ours/floor {r['ours_over_floor']:.2f}), completion {r['speedup_mean_completion']:.2f}x, "
             f"prediction error ours {r['ours']['median_error']:.1%} / "
             f"Dask's {r['ours']['dask_median_error']:.1%}"
+            + (
+                f" (cold start: ours {_pct(r['ours']['cold']['median_error'])})"
+                if r["ours"].get("cold")
+                else ""
+            )
         )
     result = {"machine": _describe(), "load": os.getloadavg(), **reports[0], "layouts": reports}
     if args.record:
@@ -670,6 +744,11 @@ def main(argv=None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, default=str)
     return 0
+
+
+def _scored(snap: dict) -> int:
+    """How many transfers a :func:`_scheduler_snapshot`'s errors were scored over."""
+    return sum(n for n, _, _ in snap["error_by_size"].values())
 
 
 def _pct(x) -> str:
