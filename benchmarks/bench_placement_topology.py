@@ -630,7 +630,8 @@ def _report(name: str, cross: float, vanilla: dict, ours: dict, repeats: int) ->
     print(
         f"  [{name}] prediction error (median, predicted transfer time): ours "
         f"{ours['median_error']:.1%} (target <= 20%), Dask's model "
-        f"{ours['dask_median_error']:.1%} over {ours['transfers_observed']} transfers; "
+        f"{ours['dask_median_error']:.1%} over {_scored(ours)} scored transfers "
+        f"({ours['transfers_observed']} observed in all rounds); "
         f"over 1 MB ({ours['large_transfers']}): ours {_pct(ours['median_error_large'])}, "
         f"Dask's {_pct(ours['dask_median_error_large'])}"
     )
