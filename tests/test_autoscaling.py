@@ -161,6 +161,26 @@ async def test_http_gauge_and_metrics_follow_our_target(c, s, a):
     del gang
 
 
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=60)
+async def test_a_waiting_gang_asks_for_its_threads_beside_the_busy_ones(c, s, a, b):
+    """A gang of 2 on 2 threads busy with tasks Dask does not queue (Gang cannot
+    hold them back): the target is 2 idle threads more, not the 2 there are."""
+    await register(c, policies=[FAIRSHARE, GANG, AUTOSCALING])
+    busy = [
+        c.submit(_wait_event, "as-gang-busy", i, workers=[w.address], pure=False)
+        for i, w in enumerate((a, b))
+    ]
+    await _until(lambda: all(len(s.workers[w.address].processing) == 1 for w in (a, b)))
+    with dox.annotate(gang="pair", tenant="default"):
+        gang = c.map(_wait_event, ["as-gang-busy"] * 2, range(10, 12), pure=False)
+    await _until(lambda: s.plugins["oxigdal"].get_policy("Gang").waiting)
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    assert s.adaptive_target() == 4
+    assert policy.decision["rule"] == "gang" and policy.decision["rules"]["gang"] == 2
+    await Event("as-gang-busy").set()
+    await c.gather(busy + gang)
+
+
 # ------------------------------------------------------------- scale up/down
 def test_adapt_scales_up_for_a_gang_and_a_deadline_then_down_without_recomputing():
     """LocalCluster + Adaptive(minimum=1, maximum=6): gang of 4, a deadline job, a tree."""
