@@ -43,6 +43,28 @@ DEADLINE = {"class": "dask_oxigdal.scheduling.deadline.Deadline"}
 LOCALITY = {"class": "dask_oxigdal.scheduling.locality.Locality", "wait": "1h"}
 
 
+#: One thread; a task costs 200 s by Dask's guess; target-duration 1 h (deadline tests).
+_ONE_THREAD_200S_TASKS = dict(
+    client=True,
+    nthreads=[("127.0.0.1", 1)],
+    timeout=60,
+    config={
+        "distributed.scheduler.unknown-task-duration": "200s",
+        "distributed.adaptive.target-duration": "1h",
+    },
+)
+
+
+async def _deadline_and_autoscaling(c, s):
+    """FairShare, Deadline and Autoscaling (400 s start latency, 1 h cooldown)."""
+    await register(
+        c,
+        policies=[FAIRSHARE, DEADLINE, {**AUTOSCALING, "start-latency": "400s", "cooldown": "1h"}],
+    )
+    ext = s.plugins["oxigdal"]
+    return ext.get_policy("Autoscaling"), ext.get_policy("Deadline")
+
+
 async def _until(predicate, timeout=45.0):
     end = time.monotonic() + timeout
     while not predicate():
@@ -644,26 +666,13 @@ async def test_workers_not_arrived_are_given_up_at_once_running_ones_step_down_s
     await c.gather(more)
 
 
-@gen_cluster(
-    client=True,
-    nthreads=[("127.0.0.1", 1)],
-    timeout=60,
-    config={
-        "distributed.scheduler.unknown-task-duration": "200s",
-        "distributed.adaptive.target-duration": "1h",
-    },
-)
+@gen_cluster(**_ONE_THREAD_200S_TASKS)
 async def test_deadline_asks_only_for_new_threads_that_finish_a_task_in_time(c, s, a):
     """A new thread counts for the whole tasks it can finish between its arrival
     (now + start latency) and the deadline; none fits: no new thread for it."""
     from dask_oxigdal.scheduling.autoscaling_target import _deadline_rule, _thread_waits
 
-    await register(
-        c,
-        policies=[FAIRSHARE, DEADLINE, {**AUTOSCALING, "start-latency": "400s", "cooldown": "1h"}],
-    )
-    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
-    dl = s.plugins["oxigdal"].get_policy("Deadline")
+    policy, dl = await _deadline_and_autoscaling(c, s)
     base = time.time()
     # a task costs 200 s (Dask's guess); a new worker arrives 400 s from base. Job A is
     # due 840 s from base: 440 s after the arrival, two whole tasks. Job B is due 500 s
@@ -728,27 +737,14 @@ async def test_a_thread_waits_for_the_task_it_runs_not_for_all_assigned_to_it(c,
     await c.gather(futures)
 
 
-@gen_cluster(
-    client=True,
-    nthreads=[("127.0.0.1", 1)],
-    timeout=60,
-    config={
-        "distributed.scheduler.unknown-task-duration": "200s",
-        "distributed.adaptive.target-duration": "1h",
-    },
-)
+@gen_cluster(**_ONE_THREAD_200S_TASKS)
 async def test_deadline_keeps_the_workers_on_their_way_once_no_new_one_would_help(c, s, a):
     """Workers asked for a deadline count for the tasks they finish after their own
     arrival: when a worker asked for *now* would come too late, the ones already on
     their way still help, and the target keeps them instead of giving them up."""
     from dask_oxigdal.scheduling.autoscaling_target import _deadline_rule
 
-    await register(
-        c,
-        policies=[FAIRSHARE, DEADLINE, {**AUTOSCALING, "start-latency": "400s", "cooldown": "1h"}],
-    )
-    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
-    dl = s.plugins["oxigdal"].get_policy("Deadline")
+    policy, dl = await _deadline_and_autoscaling(c, s)
     base = time.time()
     # tasks of 200 s (Dask's guess), due 840 s from base; a worker asked for at
     # base arrives at base + 400 and finishes 2 whole tasks in time
