@@ -324,24 +324,24 @@ def evaluate(policy: Autoscaling, duration: float, now: float) -> dict[str, Any]
     limits = quota_limits(policy)
     forecast: dict[str, float] = {}
     forecast_seconds: dict[str, float] = {}
-    for tenant, model in policy.models.items():
-        ahead = model.predict(horizon)
-        forecast_seconds[tenant] = ahead
-        need = ahead / policy.forecast_interval
-        limit = limits.get(tenant)
-        forecast[tenant] = need if limit is None else min(need, limit)
-    rules["forecast"] = float(math.ceil(sum(forecast.values()) - 1e-9))
-    why["forecast"] = max(forecast, key=forecast.get) if forecast else None
-    # the forecast's peak over every interval until a worker asked for now
-    # would start: the workers that demand coming back could need (forecast-idle)
+    # each interval until a worker asked for now would start: the forecast rule
+    # uses the last (when that worker starts); forecast-idle the peak over all
+    # of them (the workers that demand coming back could need)
     peak = 0.0
     for h in range(1, horizon + 1):
         total = 0.0
         for tenant, model in policy.models.items():
-            need = model.predict(h) / policy.forecast_interval
+            ahead = model.predict(h)
+            need = ahead / policy.forecast_interval
             limit = limits.get(tenant)
-            total += need if limit is None else min(need, limit)
+            need = need if limit is None else min(need, limit)
+            total += need
+            if h == horizon:
+                forecast_seconds[tenant] = ahead
+                forecast[tenant] = need
         peak = max(peak, total)
+    rules["forecast"] = float(math.ceil(sum(forecast.values()) - 1e-9))
+    why["forecast"] = max(forecast, key=forecast.get) if forecast else None
     peak_workers: int | None = math.ceil(peak / per_worker - 1e-9) if peak > 1e-9 else 0
     if policy.model == "none" or not any(m.n for m in policy.models.values()):
         peak_workers = None  # no forecast yet: it cannot say that no demand returns
