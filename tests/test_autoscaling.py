@@ -412,6 +412,12 @@ def test_start_latency_matches_an_ambiguous_arrival_to_its_nearest_request():
     lat.track(6, 4, now=600.0)
     assert lat.arriving(608.0, 3.0) == 2 and lat.arriving(602.0, 3.0) == 0
     assert lat.latest() == [600.0, 600.0]
+    # candidate times older than the longest latency kept are dropped at the next give-up
+    lat.track(7, 4, now=1000.0)  # a third request, at t=1000
+    lat.track(6, 4, now=1100.0)  # one given up: candidates {600, 1000}, both recent
+    assert list(lat.requests) == [(600.0, 1000.0)] * 2
+    lat.track(5, 4, now=1500.0)  # another: 600 is now older than 600 s, 1000 is not
+    assert list(lat.requests) == [(1000.0,)]
 
 
 def test_water_fill_is_weighted_max_min_fair():

@@ -199,7 +199,11 @@ class StartLatency:
             drop = min(have - max(target, workers), len(outstanding))
             if not drop:
                 return
-            candidates = tuple(sorted({t for times in outstanding for t in times}))
+            # a worker later than MAX_LATENCY is no sample: older times can go, so
+            # the candidates stay bounded while requests stay outstanding
+            times = {t for request in outstanding for t in request}
+            recent = sorted(t for t in times if now - t <= MAX_LATENCY)
+            candidates = tuple(recent) or (max(times),)
             for _ in range(drop):
                 outstanding.pop()
             for i in range(len(outstanding)):
