@@ -9,6 +9,7 @@ import dask_oxigdal  # noqa: F401
 # isort: split
 import asyncio
 import time
+import types
 
 import click
 import numpy as np
@@ -148,41 +149,52 @@ async def test_env_labels_through_register_and_the_handler(c, s, a, monkeypatch)
     assert topology_status(s)["bad_reports"] == 1
 
 
+class _StubWorker:
+    """What the cost model reads of a WorkerState: address, host, topology labels."""
+
+    def __init__(self, addr, rack):
+        self.address, self.host = addr, "127.0.0.1"
+        self.extra = {"oxigdal_topology": {"rack": rack, "host": addr}}
+
+
+def _stub_scheduler(**racks):
+    """What the cost model reads of a Scheduler; ``racks``: worker address -> rack."""
+    workers = {addr: _StubWorker(addr, rack) for addr, rack in racks.items()}
+    return types.SimpleNamespace(bandwidth=100e6, bandwidth_workers={}, workers=workers)
+
+
 def test_cost_model_priors_measurements_and_learned_alpha():
-    class W:
-        def __init__(self, addr, rack):
-            self.address, self.host = addr, "127.0.0.1"
-            self.extra = {"oxigdal_topology": {"rack": rack, "host": addr}}
+    sched = _stub_scheduler(a="r1", b="r1", c="r2", d="r2")
 
-    class S:
-        bandwidth = 100e6
-        bandwidth_workers: dict = {}
-        workers = {"a": W("a", "r1"), "b": W("b", "r1"), "c": W("c", "r2"), "d": W("d", "r2")}
-
-    m = TransferCostModel(S())
+    m = TransferCostModel(sched)
     assert m.pair_class("a", "b") == "same-rack" and m.pair_class("a", "c") == "cross-rack"
     assert m.bandwidth("a", "c") == (12.5e6, "prior")
     assert m.predict(12.5e6, "a", "c") == pytest.approx(1.004)
     # Dask's measurements, pooled per class (median): one slow pair cannot invert the order
-    S.bandwidth_workers = {("c", "a"): 10e6, ("d", "b"): 11e6, ("a", "d"): 1e6, ("b", "a"): 50e6}
+    sched.bandwidth_workers = {
+        ("c", "a"): 10e6,
+        ("d", "b"): 11e6,
+        ("a", "d"): 1e6,
+        ("b", "a"): 50e6,
+    }
     m._bw_at = -1.0
     assert m.bandwidth("a", "c") == (10e6, "measured")
     assert m.bandwidth("b", "d") == (10e6, "measured")
     assert m.bandwidth("a", "b") == (50e6, "measured")
     # same-rack measured at 1 MB/s (a noisy pair on a busy host): cross-rack is clamped to
     # it, never faster than same-rack
-    S.bandwidth_workers = {("b", "a"): 1e6, ("a", "b"): 1e6, ("c", "a"): 10e6}
+    sched.bandwidth_workers = {("b", "a"): 1e6, ("a", "b"): 1e6, ("c", "a"): 10e6}
     m._bw_at = -1.0
     assert m.bandwidth("a", "c") == (1e6, "measured")
     # a class without measurements keeps its place in the order: its prior, scaled by how
     # the measured classes compare with their priors
-    S.bandwidth_workers = {("c", "a"): 6.25e6}  # cross-rack at half its prior
+    sched.bandwidth_workers = {("c", "a"): 6.25e6}  # cross-rack at half its prior
     m._bw_at = -1.0
     assert m.bandwidth("a", "b") == (125e6 / 2, "prior")
     # observed transfers: 5 ms of overhead + the link's 12.5 MB/s. Dask's figure
     # (bytes / whole duration) counts the overhead in the bandwidth; ours learns the two
     # apart: the overhead from every transfer, the rate from the ones over 1 MB
-    S.bandwidth_workers = {}
+    sched.bandwidth_workers = {}
     m._bw_at = -1.0
     m.observe("c", "a", 1000, 0.005 + 0.004)  # small: overhead 5 ms beyond the latency prior
     assert m.alpha("cross-rack") == pytest.approx(0.009, rel=0.02)
@@ -222,21 +234,11 @@ def test_cost_model_priors_measurements_and_learned_alpha():
     # same-rack, not observed, follows cross-rack's observed-to-prior ratio (1.0 here)
     assert snap["classes"]["same-rack"]["bandwidth"] == pytest.approx(125e6, rel=0.01)
     with pytest.raises(ValueError, match=r"unknown pair class 'cross-city'.*same-rack"):
-        TransferCostModel(S(), {"cross-city": (1e6, 0.0)})
+        TransferCostModel(sched, {"cross-city": (1e6, 0.0)})
 
 
 def _model():
-    class W:
-        def __init__(self, addr, rack):
-            self.address, self.host = addr, "127.0.0.1"
-            self.extra = {"oxigdal_topology": {"rack": rack, "host": addr}}
-
-    class S:
-        bandwidth = 100e6
-        bandwidth_workers: dict = {}
-        workers = {"a": W("a", "r1"), "b": W("b", "r1"), "c": W("c", "r2")}
-
-    return TransferCostModel(S())
+    return TransferCostModel(_stub_scheduler(a="r1", b="r1", c="r2"))
 
 
 def test_transfers_are_scored_with_the_model_as_it_stood_at_their_start():
