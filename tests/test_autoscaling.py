@@ -644,7 +644,7 @@ def _wait_again(name, x=None):
         "distributed.adaptive.target-duration": "1s",
     },
 )
-async def test_workers_not_arrived_are_given_up_at_once_running_ones_step_down_slowly(c, s, a, b):
+async def test_workers_not_arrived_are_given_up_running_ones_step_down_slowly(c, s, a, b):
     """When the raw target drops, the cooldown holds the running workers only: the
     workers asked for for a peak that is gone, and not yet arrived, are given up."""
     await register(
@@ -803,6 +803,36 @@ async def test_workers_due_within_seconds_are_not_given_up(c, s, a, b):
     # 4 s overdue: given up; the 1 h cooldown still holds the 2 running workers
     assert policy.compute(now=asked + 24.0) == 2
     assert policy.cancelled == target - 2
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1)] * 2,
+    timeout=60,
+    config={
+        "distributed.scheduler.unknown-task-duration": "200s",
+        "distributed.adaptive.target-duration": "10s",
+    },
+)
+async def test_a_dip_shorter_than_3s_gives_up_no_worker_on_its_way(c, s, a, b):
+    """Workers on their way (due 20 s after they were asked for) are given up only
+    once the raw target has stayed lower for 3 s, not at the first evaluation
+    below: a worker given up and asked for again pays a whole start again."""
+    await register(
+        c, policies=[FAIRSHARE, {**AUTOSCALING, "start-latency": "20s", "cooldown": "1h"}]
+    )
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    futures = c.map(_wait_event, ["as-dip-gate"] * 10, range(10), pure=False)
+    await _until(lambda: sum(1 for f in futures if f.key in s.tasks) == 10)
+    await _until(lambda: s.adaptive_target() > 2)
+    asked = policy.latency.latest()[0]
+    released = time.time()  # the raw target cannot fall before the tasks end
+    await Event("as-dip-gate").set()
+    await c.gather(futures)
+    await _until(lambda: s.adaptive_target() == 2)
+    (gave_up,) = [at for at, e in s.get_events("oxigdal") if e.get("rule") == "pending"]
+    # 3 s after the raw target fell, long before they were due (not overdue)
+    assert gave_up - released >= 3.0 and gave_up < asked + 17.0
 
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 3, timeout=60)

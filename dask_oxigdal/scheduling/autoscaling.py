@@ -388,7 +388,8 @@ class Autoscaling(SchedulingPolicy):
             reason = "cooldown" if target >= self.target else "step-down"
         if gate:
             # every idle worker that nothing needs goes now, down to the forecast's peak
-            released = max(raw, peak, n - len(idle), self.minimum)
+            # (and never the workers on their way that smooth() kept)
+            released = max(raw, peak, max(n, target) - len(idle), self.minimum)
             if idle and released < target:
                 self.forecast_released += target - released
                 target, reason = released, "forecast-idle"
@@ -397,7 +398,7 @@ class Autoscaling(SchedulingPolicy):
             idle = [a for a in idle if now - since.get(a, now) >= self.idle_timeout]
         if target > raw:
             # the idle timer: workers idle for idle_timeout that nothing needs go now
-            released = max(raw, n - len(idle), self.minimum)
+            released = max(raw, max(n, target) - len(idle), self.minimum)
             if idle and released < target:
                 self.idle_released += target - released
                 target, reason = released, "idle"

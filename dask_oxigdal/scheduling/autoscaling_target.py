@@ -423,10 +423,15 @@ def smooth(policy: Autoscaling, raw: int, n: int, now: float) -> int:
     have arrived (``max(raw, min(held, n + soon))``), so workers asked for but
     not yet arrived that no rule needs any more are given up at once. They hold
     no data and cannot flap; ``policy.cancelled`` counts them for this call.
-    The exception (``soon``) is the workers expected within 3 s (or a tenth of
-    the start latency) of now: Dask's ``Adaptive`` closes a worker it gave up
-    three polls after the decision, and one that joined in between is killed
-    with the tasks it had started (seen in the benchmark: 7 workers, 14 tasks).
+    The exceptions, each for 3 s (or a tenth of the start latency, if more):
+    nothing is given up until the raw target has been lower that long, since it
+    wobbles from one evaluation to the next and a worker given up and asked for
+    again pays a whole start again (the full benchmark run gave up 6 workers 24 s
+    into their 30 s start, and asked for 6 more a second later); and the workers
+    expected within that time of now (``soon``) are kept: Dask's ``Adaptive``
+    closes a worker it gave up three polls after the decision, and one that
+    joined in between is killed with the tasks it had started (seen in the
+    benchmark: 7 workers, 14 tasks).
 
     Returns
     -------
@@ -445,11 +450,17 @@ def smooth(policy: Autoscaling, raw: int, n: int, now: float) -> int:
         policy.below_since = None
         return current
     held = _step_down(policy, raw, n, now, current)
+    latency = policy.latency
+    window = max(_ARRIVING, 0.1 * latency.value)
+    if held > n and now - policy.below_since < window:
+        # a dip shorter than this gives up no worker on its way: the raw target
+        # wobbles from one evaluation to the next, and a worker given up and asked
+        # for again a second later pays a whole start latency again
+        return held
     # workers not yet arrived hold no data: keep only those a rule still needs, and
     # those due within seconds (a deployment that gives up a worker as it joins
     # kills it with the tasks it has started)
-    latency = policy.latency
-    soon = latency.arriving(now, max(_ARRIVING, 0.1 * latency.value)) if held > n else 0
+    soon = latency.arriving(now, window) if held > n else 0
     target = max(raw, min(held, n + soon))
     policy.cancelled = held - target
     return target
