@@ -298,6 +298,8 @@ async def run_variant(variant: str, trace, args: dict) -> dict:
         "oxigdal.autoscaling.maximum": args["maximum"],
         "oxigdal.autoscaling.max-down-fraction": args["down_fraction"],
         "distributed.scheduler.unknown-task-duration": "1s",
+        # the trace's tenants, known to the extension (an unknown one is "default")
+        "oxigdal.tenants": {"daily": 1, "bursty": 1, "batch": 1},
     }
     with dask.config.set(config):
         cluster = await SpecCluster(
