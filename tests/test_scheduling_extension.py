@@ -23,7 +23,7 @@ from distributed import Event, Scheduler, wait
 from distributed.collections import HeapSet
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.scheduler import TaskPrefix, TaskState
-from distributed.utils_test import gen_cluster
+from distributed.utils_test import captured_logger, gen_cluster
 from tornado.ioloop import PeriodicCallback
 
 from dask_oxigdal.annotations import annotate
@@ -95,6 +95,26 @@ def _ext(s: Scheduler) -> OxigdalScheduling:
     ext = s.plugins[NAME]
     assert isinstance(ext, OxigdalScheduling)
     return ext
+
+
+# ------------------------------------------------------------------ tenants
+@gen_cluster(client=True)
+async def test_an_unknown_tenant_is_accounted_to_default_with_one_warning(c, s, a, b):
+    """A tenant annotation not in oxigdal.tenants (a typo, a missing entry) runs as
+    the default tenant, and the scheduler says so once per name."""
+    await register(c, tenants={"a": 2})
+    with captured_logger("dask_oxigdal.scheduling.extension") as log:
+        for i in range(2):
+            with annotate(tenant="typo"):
+                assert await c.submit(inc, i, key=f"typo-{i}") == i + 1
+        with annotate(tenant="a"):
+            assert await c.submit(inc, 5, key="known") == 6
+    lines = [line for line in log.getvalue().splitlines() if "unknown tenant" in line]
+    assert len(lines) == 1 and "'typo'" in lines[0] and "'default'" in lines[0]
+    assert "configured tenants: a, default" in lines[0]
+    snap = await status(c)
+    assert "typo" not in snap["tenants"] and snap["tenants"]["a"]["completed"] == 1
+    assert snap["tenants"]["default"]["completed"] == 2
 
 
 # ------------------------------------------------------------------ install

@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 __all__ = ["HOLD_ADDRESS", "NAME", "TENANT_KEYS", "OxigdalScheduling", "register", "status"]
 
 logger = logging.getLogger(__name__)
+#: Unknown tenant names warned about, at most (each once).
+_WARN_TENANTS = 64
 
 #: Name of the scheduler handler that returns the snapshot.
 STATUS_HANDLER = "oxigdal_status"
@@ -150,6 +152,8 @@ class OxigdalScheduling(PolicyHost, SchedulerPlugin):
         self.monitoring: dict[str, bool] = {}
         #: identity/RBAC/audit (dask_oxigdal.auth.guard.AuthGuard) with oxigdal.auth.enabled
         self.auth: Any = None
+        #: unknown tenant names already warned about
+        self._unknown_tenants: set[str] = set()
 
     # ------------------------------------------------------------------ setup
     def _configure(self) -> None:
@@ -279,9 +283,25 @@ class OxigdalScheduling(PolicyHost, SchedulerPlugin):
         ValueError
             Unknown tenant with ``strict``.
         """
-        return resolve_tenant(
-            tenant, self.weights, self.default_tenant, self.strict, list_tenants=self.auth is None
+        listed = self.auth is None
+        resolved = resolve_tenant(
+            tenant, self.weights, self.default_tenant, self.strict, list_tenants=listed
         )
+        if resolved != tenant and tenant is not None:
+            warned = self._unknown_tenants
+            if tenant not in warned and len(warned) < _WARN_TENANTS:
+                # once per name (and a bounded number of names): a typo or a tenant
+                # missing from oxigdal.tenants is otherwise silently someone else's
+                warned.add(tenant)
+                known = f"; configured tenants: {', '.join(sorted(self.weights))}" if listed else ""
+                logger.warning(
+                    "dask-oxigdal: unknown tenant %r is accounted to the default tenant %r%s "
+                    "(add it to oxigdal.tenants, or set oxigdal.scheduling.strict to reject it)",
+                    tenant,
+                    resolved,
+                    known,
+                )
+        return resolved
 
     def _parse(self, annotations: Any) -> tuple[Any, str, str]:
         assert self._annotations is not None
