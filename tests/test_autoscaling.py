@@ -383,6 +383,44 @@ def test_holt_winters_learns_a_season_and_holt_a_trend():
     assert ewma.predict(3) == 4.0
 
 
+def test_spare_seconds_count_a_deadlines_workers_on_their_way_after_its_work():
+    """Before a worker asked for now starts (31 s), 2 running threads and the 24
+    threads on their way that a deadline counts on (arriving at 256.1) do 179.6 s
+    of work; the deadline's 116 s come first. Workers on their way that no
+    deadline counts on are not capacity: they were asked for for this work."""
+    from dask_oxigdal.scheduling.autoscaling_target import spare_seconds
+
+    arrivals = [256.1] * 24 + [258.0] * 5
+    assert spare_seconds(230.0, 31.0, 2, 1.0, arrivals, 24, 116.0) == pytest.approx(63.6)
+    # none claimed: the running threads' 62 s all go to the deadline
+    assert spare_seconds(230.0, 31.0, 2, 1.0, arrivals, 0, 116.0) == 0.0
+    # no deadline: the running threads' whole horizon, as before
+    assert spare_seconds(230.0, 31.0, 2, 1.0, [], 0, 0.0) == 62.0
+    # an overdue worker counts from now; 2 threads a worker: 3 claimed threads, 2 workers
+    assert spare_seconds(230.0, 31.0, 0, 2.0, [225.0, 240.0, 250.0], 3, 0.0) == 104.0
+
+
+@gen_cluster(**_ONE_THREAD_200S_TASKS)
+async def test_ordinary_work_the_spare_seconds_absorb_asks_for_no_worker(c, s, a):
+    """Work queued behind a deadline job (no thread free now) asks for new workers
+    only for what the spare seconds before their arrival will not do."""
+    from dask_oxigdal.scheduling.autoscaling_target import _demand_rule
+
+    await register(c, policies=[FAIRSHARE, {**AUTOSCALING, "start-latency": "400s"}])
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    futures = c.map(_wait_event, ["as-spare-gate"] * 4, range(4), pure=False)
+    await _until(lambda: sum(1 for f in futures if f.key in s.tasks) == 4)
+    await _until(lambda: sum(policy.ready.values()) == 4)
+    # 4 tasks of 200 s (Dask's guess), to finish in 100 s: 4 threads
+    assert _demand_rule(policy, 100.0, 0.0, 0.0, {})[0] == 4.0
+    # 250 s of them done before new workers would arrive: 2 threads for the rest
+    assert _demand_rule(policy, 100.0, 0.0, 250.0, {})[0] == 2.0
+    # all of them: none
+    assert _demand_rule(policy, 100.0, 0.0, 400.0, {})[0] == 0.0
+    await Event("as-spare-gate").set()
+    await c.gather(futures)
+
+
 def test_start_latency_matches_an_ambiguous_arrival_to_its_nearest_request():
     """Workers asked for and partly given up: the deployment chooses which pending
     ones go, so a later arrival may answer any of them; it is matched to the
@@ -694,7 +732,7 @@ async def test_deadline_asks_only_for_new_threads_that_finish_a_task_in_time(c, 
     ((wait, _),) = _thread_waits(policy, base)  # the task it runs: at most one 200 s task
     assert 0 < wait <= p
     policy.latency.requests.clear()  # as if no worker had been asked for yet
-    _, _, _, late, notes = _deadline_rule(policy, base, 400.0, 1.0)
+    _, _, _, late, notes, _ = _deadline_rule(policy, base, 400.0, 1.0)
     note_b, note_a = notes
     assert note_b["tasks_fit"] == 0 and note_b["new_threads"] == 0
     assert "no task fits" in note_b["reason"]
@@ -762,7 +800,7 @@ async def test_deadline_keeps_the_workers_on_their_way_once_no_new_one_would_hel
     assert target > 1 and asked == target - 1, policy.decision  # new workers, on their way
     # 300 s later a worker asked for then would arrive 60 s before the deadline,
     # too late for a 200 s task; the ones asked for at base still finish 2 each
-    need, _, _, late, notes = _deadline_rule(policy, base + 300, 400.0, 1.0)
+    need, _, _, late, notes, _ = _deadline_rule(policy, base + 300, 400.0, 1.0)
     (note,) = notes
     assert note["tasks_fit"] == 0 and note["new_threads"] == 0
     assert note["arriving_threads"] == asked and "on their way" in note["reason"]

@@ -142,7 +142,7 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
     """
     dl = policy._policy("Deadline")
     if dl is None or not dl.jobs:
-        return 0.0, None, {}, {}, []
+        return 0.0, None, {}, {}, [], (0, 0.0)
     waits = _thread_waits(policy, now)
     # workers asked for and on their way: expected arrival, the latest possible request
     arrivals = sorted(t + latency for t in policy.latency.latest())
@@ -154,6 +154,8 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
     own: dict[str, float] = {}
     late: dict[str, list] = {}
     notes: list[dict] = []
+    claimed = 0  # threads on their way that some job counts on
+    on_time = 0.0  # work of the jobs that running or arriving threads can meet
     for job in sorted(dl.jobs.values(), key=lambda j: j.deadline):
         # the Deadline policy sized the job when it accepted it, with FairShare's
         # cost (job.work); size it with ours instead (Dask's measured mean, else
@@ -209,6 +211,8 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
             continue
         value, extra = found
         arriving = max(value - extra - useful, 0)
+        claimed = max(claimed, int(arriving))
+        on_time += remaining
         note["arriving_threads"] = int(arriving)
         if cumulative <= existing:
             note["reason"] = "running threads suffice"
@@ -223,16 +227,65 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
         mine = _threads_for(remaining, existing, useful, pending, (slack, fit))
         if mine is not None:
             own[job.tenant] = max(own.get(job.tenant, 0.0), float(min(mine[0], unfinished)))
-    return need, why, own, late, notes
+    return need, why, own, late, notes, (claimed, on_time)
+
+
+def spare_seconds(
+    now: float,
+    horizon: float,
+    nthreads: float,
+    per_worker: float,
+    arrivals: list[float],
+    claimed: int,
+    deadline_work: float,
+) -> float:
+    """Seconds of ordinary work the cluster does before a worker asked for now starts.
+
+    Within ``horizon`` (the start latency) the running threads work the whole
+    time, and the ``claimed`` threads on their way that deadline jobs count on
+    (earliest ``arrivals`` first) from their arrival; the deadlines' work comes
+    first (EDF), and what is left is ordinary work's. A deadline's workers
+    asked for earlier are free for the ordinary work once the job is done, so
+    ordinary work queued behind the job asks for no worker of its own that
+    would arrive after them. Workers on their way that no deadline counts on do
+    not count: they were asked for for this same ordinary work.
+
+    Parameters
+    ----------
+    now, horizon : float
+        Seconds (``horizon``: from now).
+    nthreads, per_worker : float
+        Running threads; threads per worker.
+    arrivals : list of float
+        Expected arrival times of the workers on their way, earliest first.
+    claimed : int
+        Threads on their way that deadline jobs count on.
+    deadline_work : float
+        Seconds of work of the deadline jobs that can be met.
+
+    Returns
+    -------
+    float
+        At least 0.
+    """
+    end = now + horizon
+    seconds = nthreads * horizon
+    workers = math.ceil(claimed / per_worker - 1e-9) if per_worker > 0 else 0
+    for at in arrivals[:workers]:
+        seconds += per_worker * max(end - max(at, now), 0.0)
+    return max(seconds - deadline_work, 0.0)
 
 
 def _demand_rule(
-    policy: Autoscaling, duration: float, free: float, latency: float, late: dict
+    policy: Autoscaling, duration: float, free: float, spare: float, late: dict
 ) -> tuple:
     """Threads for the tenants' ordinary work to finish within ``duration``.
 
     Ordinary work: the tasks without a deadline, and the deadline jobs that
-    new workers could not help meet (``late``).
+    new workers could not help meet (``late``). Workers asked for now arrive
+    after the start latency: beyond the ``free`` running threads, ask only for
+    the work that will not have been done by then (``spare`` seconds of it will:
+    :func:`spare_seconds`).
 
     Returns
     -------
@@ -257,11 +310,11 @@ def _demand_rule(
         demand[tenant] = float(need)
         works[tenant] = work
     total = sum(demand.values())
-    if total > free > 0:
+    if total > free:
         # workers asked for now arrive after the start latency: ask only for the
-        # work the free threads will not have done by then
+        # work that will not have been done by then
         work = sum(min(works[t], demand[t] * duration) for t in demand)
-        useful = math.ceil(max(work - free * latency, 0.0) / duration - 1e-9)
+        useful = math.ceil(max(work - spare, 0.0) / duration - 1e-9)
         total = min(total, max(free, float(useful)))
     return total, demand, works
 
@@ -294,11 +347,13 @@ def evaluate(policy: Autoscaling, duration: float, now: float) -> dict[str, Any]
     why: dict[str, Any] = {}
 
     # a deadline counts on new workers only with the slow end of their measured start
-    rules["deadline"], why["deadline"], own_deadline, late, notes = _deadline_rule(
-        policy, now, policy.latency.cautious, per_worker
+    rules["deadline"], why["deadline"], own_deadline, late, notes, (claimed, dl_work) = (
+        _deadline_rule(policy, now, policy.latency.cautious, per_worker)
     )
     free = max(nthreads - rules["deadline"], 0.0)
-    rules["demand"], demand, works = _demand_rule(policy, duration, free, latency, late)
+    arrivals = sorted(t + latency for t in policy.latency.latest()) if claimed else []
+    spare = spare_seconds(now, latency, nthreads, per_worker, arrivals, claimed, dl_work)
+    rules["demand"], demand, works = _demand_rule(policy, duration, free, spare, late)
     why["demand"] = max(demand, key=demand.get) if demand else None
 
     guaranteed = 0.0
