@@ -811,7 +811,7 @@ async def test_deadline_keeps_the_workers_on_their_way_once_no_new_one_would_hel
     await c.gather(jobs)
 
 
-@gen_cluster(
+_TWO_THREADS_200S_TASKS = dict(
     client=True,
     nthreads=[("127.0.0.1", 1)] * 2,
     timeout=60,
@@ -820,20 +820,30 @@ async def test_deadline_keeps_the_workers_on_their_way_once_no_new_one_would_hel
         "distributed.adaptive.target-duration": "10s",
     },
 )
-async def test_workers_due_within_seconds_are_not_given_up(c, s, a, b):
-    """A worker due within 3 s is kept when the peak it was asked for is gone:
-    Adaptive would close it three polls later, killing it if it joined meanwhile.
-    Once overdue by more than that, it is given up like the others."""
+
+
+async def _peak_on_its_way(c, s, gate):
+    """10 tasks of 200 s (Dask's guess) waiting on event ``gate``, with a 20 s start
+    latency and a 1 h cooldown: new workers asked for. Returns ``(policy, futures,
+    time of their request)``."""
     await register(
         c, policies=[FAIRSHARE, {**AUTOSCALING, "start-latency": "20s", "cooldown": "1h"}]
     )
     policy = s.plugins["oxigdal"].get_policy("Autoscaling")
-    futures = c.map(_wait_event, ["as-due-gate"] * 10, range(10), pure=False)
+    futures = c.map(_wait_event, [gate] * 10, range(10), pure=False)
     await _until(lambda: sum(1 for f in futures if f.key in s.tasks) == 10)
     # 2000 s of work: new workers, though they arrive only 20 s after they are asked for
     await _until(lambda: s.adaptive_target() > 2)
+    return policy, futures, policy.latency.latest()[0]
+
+
+@gen_cluster(**_TWO_THREADS_200S_TASKS)
+async def test_workers_due_within_seconds_are_not_given_up(c, s, a, b):
+    """A worker due within 3 s is kept when the peak it was asked for is gone:
+    Adaptive would close it three polls later, killing it if it joined meanwhile.
+    Once overdue by more than that, it is given up like the others."""
+    policy, futures, asked = await _peak_on_its_way(c, s, "as-due-gate")
     target = policy.target
-    asked = policy.latency.latest()[0]
     await Event("as-due-gate").set()
     await c.gather(futures)
     # the peak is gone; 1 s before the workers are due, they are kept
@@ -843,27 +853,12 @@ async def test_workers_due_within_seconds_are_not_given_up(c, s, a, b):
     assert policy.cancelled == target - 2
 
 
-@gen_cluster(
-    client=True,
-    nthreads=[("127.0.0.1", 1)] * 2,
-    timeout=60,
-    config={
-        "distributed.scheduler.unknown-task-duration": "200s",
-        "distributed.adaptive.target-duration": "10s",
-    },
-)
+@gen_cluster(**_TWO_THREADS_200S_TASKS)
 async def test_a_dip_shorter_than_3s_gives_up_no_worker_on_its_way(c, s, a, b):
     """Workers on their way (due 20 s after they were asked for) are given up only
     once the raw target has stayed lower for 3 s, not at the first evaluation
     below: a worker given up and asked for again pays a whole start again."""
-    await register(
-        c, policies=[FAIRSHARE, {**AUTOSCALING, "start-latency": "20s", "cooldown": "1h"}]
-    )
-    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
-    futures = c.map(_wait_event, ["as-dip-gate"] * 10, range(10), pure=False)
-    await _until(lambda: sum(1 for f in futures if f.key in s.tasks) == 10)
-    await _until(lambda: s.adaptive_target() > 2)
-    asked = policy.latency.latest()[0]
+    _, futures, asked = await _peak_on_its_way(c, s, "as-dip-gate")
     released = time.time()  # the raw target cannot fall before the tasks end
     await Event("as-dip-gate").set()
     await c.gather(futures)
