@@ -919,3 +919,29 @@ async def test_forecast_idle_releases_idle_workers_only_when_no_demand_returns(c
     assert policy.snapshot()["forecast_released"] == 1
     await Event("as-forecast-gate").set()
     assert await y == 2
+
+
+# ------------------------------------------------ the benchmark's starting worker
+@gen_cluster(nthreads=[], timeout=60)
+async def test_guard_benchmark_worker_registers_at_its_join_time(s):
+    """benchmarks/bench_autoscaling.py's ``JoinAtWorker`` overrides Dask's private
+    ``Worker._register_with_scheduler`` (awaited by ``Worker.start_unsafe``): it is
+    built and listening early, and joins the scheduler only at ``join_at``."""
+    import os
+    import sys
+
+    from distributed import Worker
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    from bench_autoscaling import JoinAtWorker
+
+    assert inspect.iscoroutinefunction(Worker._register_with_scheduler)
+    assert "self._register_with_scheduler()" in inspect.getsource(Worker.start_unsafe)
+    join_at = time.monotonic() + 1.0
+    worker = JoinAtWorker(s.address, nthreads=1, join_at=join_at, dashboard_address=":0")
+    start = asyncio.ensure_future(worker.start())
+    await asyncio.sleep(0.5)
+    assert worker.listener is not None and not s.workers  # listening, not joined
+    await start
+    assert time.monotonic() >= join_at and worker.address in s.workers
+    await worker.close()
