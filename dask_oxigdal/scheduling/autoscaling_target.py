@@ -476,8 +476,8 @@ def smooth(policy: Autoscaling, raw: int, n: int, now: float) -> int:
     The slow step-down is for running workers only: once the raw target is
     lower, the held part of the target never exceeds the ``n`` workers that
     have arrived (``max(raw, min(held, n + soon))``), so workers asked for but
-    not yet arrived that no rule needs any more are given up at once. They hold
-    no data and cannot flap; ``policy.cancelled`` counts them for this call.
+    not yet arrived that no rule needs any more are given up, not held through
+    the cooldown. They hold no data; ``policy.cancelled`` counts them for this call.
     The exceptions, each for 3 s (or a tenth of the start latency, if more):
     nothing is given up until the raw target has been lower that long, since it
     wobbles from one evaluation to the next and a worker given up and asked for
