@@ -938,7 +938,7 @@ async def test_guard_benchmark_worker_registers_at_its_join_time(s):
     assert inspect.iscoroutinefunction(Worker._register_with_scheduler)
     assert "self._register_with_scheduler()" in inspect.getsource(Worker.start_unsafe)
     join_at = time.monotonic() + 1.0
-    worker = JoinAtWorker(s.address, nthreads=1, join_at=join_at, dashboard_address=":0")
+    worker = JoinAtWorker(s.address, nthreads=1, join_at=join_at, host="127.0.0.1")
     start = asyncio.ensure_future(worker.start())
     await asyncio.sleep(0.5)
     assert worker.listener is not None and not s.workers  # listening, not joined
