@@ -387,6 +387,7 @@ async def run_variant(variant: str, trace, args: dict) -> dict:
         latency_samples = list(policy.latency.samples) if policy is not None else []
         latency_cautious = policy.latency.cautious if policy is not None else None
         latency_ambiguous = policy.latency.ambiguous if policy is not None else 0
+        ramp = snap["policies"].get("Autoscaling", {}).get("ramp")
         policy_interval = ext.interval
         if os.environ.get("BENCH_AUTOSCALING_DEBUG"):
             t0w = time.time() - (time.monotonic() - t0)
@@ -429,6 +430,7 @@ async def run_variant(variant: str, trace, args: dict) -> dict:
         "latency_samples": latency_samples,
         "latency_cautious": latency_cautious,
         "latency_ambiguous": latency_ambiguous,
+        "ramp": ramp,
         "rules": rules,
         "samples": samples,
         "deadlines": deadlines,
@@ -640,6 +642,13 @@ def report(results: list[dict]) -> bool:
                 + ", ".join(f"{x:.1f}" for x in res["latency_samples"])
                 + f"; upper quartile {res['latency_cautious']:.1f} s, for deadlines; "
                 f"{res['latency_ambiguous']} arrivals matched to the nearest of several requests)"
+                + (
+                    f"\n            joining workers (ramp, {res['ramp']['samples']} timed): first "
+                    f"task {res['ramp']['first_task_delay']:.3f} s after the join, "
+                    f"{res['ramp']['task_gap']:.3f} s between tasks (medians)"
+                    if res.get("ramp")
+                    else ""
+                )
                 if res["reaction_max"] is not None
                 else ""
             ),

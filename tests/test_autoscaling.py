@@ -22,7 +22,7 @@ import time
 
 import dask
 import pytest
-from distributed import Client, Event, LocalCluster, get_worker
+from distributed import Client, Event, LocalCluster, Worker, get_worker
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.scheduler import Scheduler
 from distributed.utils_test import gen_cluster
@@ -752,8 +752,100 @@ async def test_deadline_asks_only_for_new_threads_that_finish_a_task_in_time(c, 
     assert any(e.get("deadline_jobs") for e in _events(s))
     snap = await status(c)
     assert snap["policies"]["Autoscaling"]["deadline_jobs"][0]["tasks_fit"] == 0
+    # a joining worker starts its first task 30 s after it registers and the next
+    # one 30 s after the first ended (as measured by the ramp): in A's 440 s,
+    # 30 + 200 + 30 + 200 > 440, one whole task a new thread; twice the threads
+    assert snap["policies"]["Autoscaling"]["ramp"]["samples"] == 0
+    policy.ramp.delays.append(30.0)
+    policy.ramp.gaps.append(30.0)
+    policy.latency.requests.clear()  # the target above asked for workers: none asked yet
+    _, _, _, _, ramped, _ = _deadline_rule(policy, base, 400.0, 1.0)
+    assert ramped[1]["tasks_fit"] == 1
+    assert ramped[1]["new_threads"] == math.ceil((work - existing) / p - 1e-9)
+    policy.ramp.delays.clear()
+    policy.ramp.gaps.clear()
     await Event("as-fit-gate").set()
     await c.gather(a_jobs + b_jobs)
+
+
+def test_ramp_times_the_first_tasks_of_a_worker_that_joined_with_work_waiting():
+    """Delay to the first task, gaps between a thread's tasks; only workers that
+    joined while work waited, only their first tasks."""
+    from dask_oxigdal.scheduling.autoscaling_rules import Ramp
+
+    def ran(start, stop):
+        return [
+            {"action": "transfer", "start": start - 5, "stop": start - 4},
+            {"action": "compute", "start": start, "stop": stop},
+        ]
+
+    ramp = Ramp(tasks=3)
+    assert (ramp.delay, ramp.gap) == (0.0, 0.0)
+    assert ramp.whole_tasks(2.0, 0.5) == 4  # nothing measured: 4 x 0.5 s in 2 s
+    ramp.joined("tcp://idle", 100.0, backlog=False)  # nothing waited: not timed
+    ramp.joined("tcp://new", 100.0, backlog=True)
+    ramp.finished("tcp://idle", 1, ran(100.4, 100.9))
+    ramp.finished("tcp://old", 1, ran(100.0, 100.5))  # joined before: not timed
+    assert not ramp.delays and set(ramp.fresh) == {"tcp://new"}
+    ramp.finished("tcp://new", 1, ran(100.3, 100.8))  # first task: 0.3 s after the join
+    ramp.finished("tcp://new", 2, ran(100.4, 100.9))  # another thread's first task
+    ramp.finished("tcp://new", 1, ran(100.9, 101.4))  # 0.1 s after thread 1's last
+    assert list(ramp.delays) == [pytest.approx(0.3)]
+    assert list(ramp.gaps) == [pytest.approx(0.1)]
+    assert "tcp://new" not in ramp.fresh  # its first 3 tasks are timed
+    ramp.finished("tcp://new", 1, ran(101.6, 102.1))
+    assert list(ramp.gaps) == [pytest.approx(0.1)]
+    assert ramp.finished("tcp://new", 1, [{"action": "compute"}]) is None  # no times: ignored
+    # 0.3 + 3 x 0.5 + 2 x 0.1 = 2.0 s: 3 tasks in a 2 s window, not 4
+    assert ramp.whole_tasks(2.0, 0.5) == 3
+    assert ramp.whole_tasks(1.99, 0.5) == 2
+    assert ramp.whole_tasks(0.3, 0.5) == 0 and ramp.whole_tasks(-1.0, 0.5) == 0
+    ramp.joined("tcp://gone", 200.0, backlog=True)
+    ramp.left("tcp://gone")
+    assert "tcp://gone" not in ramp.fresh
+    # nothing waited for the thread as its task ended: the next gap is idleness;
+    # a first task 6 s after the join: the worker had nothing to run, no sample
+    ramp.joined("tcp://late", 300.0, backlog=True)
+    ramp.finished("tcp://late", 1, ran(306.0, 306.5), waiting=False)
+    ramp.finished("tcp://late", 1, ran(307.0, 307.5))
+    assert list(ramp.delays) == [pytest.approx(0.3)]
+    assert list(ramp.gaps) == [pytest.approx(0.1)]
+    ramp.finished("tcp://late", 1, ran(307.6, 308.1))
+    assert list(ramp.gaps) == [pytest.approx(0.1), pytest.approx(0.1)]
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
+async def test_a_worker_joining_with_queued_work_is_timed_by_the_ramp(c, s, a):
+    """A real join with tasks queued: its first task's delay and its gaps are measured."""
+    await register(c, policies=[FAIRSHARE, AUTOSCALING])
+    policy = s.plugins["oxigdal"].get_policy("Autoscaling")
+    futures = c.map(_sleep, range(12), [0.2] * 12, pure=False)
+    await _until(lambda: len(s.queued) > 0)
+    async with Worker(s.address, nthreads=1, host="127.0.0.1") as w:
+        await c.gather(futures)
+        ramp = policy.ramp
+        assert len(ramp.delays) == 1 and 0.0 <= ramp.delays[0] < 60.0
+        assert ramp.gaps and all(g >= 0.0 for g in ramp.gaps)
+        assert len(s.workers[w.address].has_what) >= 2  # gaps between w's own tasks
+    assert w.address not in ramp.fresh
+    snap = await status(c)
+    assert snap["policies"]["Autoscaling"]["ramp"]["samples"] == 1
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2, timeout=60)
+async def test_adaptive_s_target_call_closes_no_busy_worker(c, s, a, b):
+    """``workers_to_close(target=...)`` (Adaptive) offers idle workers only; ``n=`` keeps
+    Dask's meaning (busy workers after idle ones)."""
+    await register(c, policies=[FAIRSHARE, AUTOSCALING])
+    busy = c.submit(_wait_event, "as-busy-gate", 1, workers=[a.address], pure=False)
+    await _until(lambda: bool(s.workers[a.address].processing))
+    assert s.workers_to_close(target=1) == [b.address]
+    assert list(await c.scheduler.workers_to_close(target=0)) == [b.address]  # a runs a task
+    assert set(s.workers_to_close(n=2)) == {a.address, b.address}
+    await Event("as-busy-gate").set()
+    assert await busy == 1
+    await _until(lambda: not s.workers[a.address].processing)
+    assert set(s.workers_to_close(target=0)) == {a.address, b.address}
 
 
 @gen_cluster(

@@ -35,6 +35,7 @@ from dask_oxigdal.scheduling.autoscaling_rules import (
     FORECAST_MODELS,
     RULES,
     Forecaster,
+    Ramp,
     StartLatency,
     feed,
     parse_settings,
@@ -161,6 +162,8 @@ class Autoscaling(SchedulingPolicy):
         self.history: collections.deque = collections.deque(maxlen=_HISTORY)
         # worker start latency, from the target's rises to the workers' arrivals
         self.latency = StartLatency(self.assumed_latency)
+        # how fast a worker that joins while work waits runs its first tasks
+        self.ramp = Ramp()
         self._saved: dict[str, Any] = {}
         self._installed = False
 
@@ -237,7 +240,20 @@ class Autoscaling(SchedulingPolicy):
     def transition(
         self, key: Any, start: str, finish: str, info: TaskInfo, kwargs: dict[str, Any]
     ) -> None:
-        """Ready-task counts and unfinished work per tenant, without deadline tasks (O(1))."""
+        """Ready-task counts and unfinished work per tenant, without deadline tasks (O(1)).
+
+        A task finished on a worker that joined while work waited times that
+        worker's first tasks (:class:`Ramp`).
+        """
+        if self.ramp.fresh and finish == "memory" and start == "processing":
+            address = kwargs.get("worker")
+            if address in self.ramp.fresh:
+                scheduler = self.extension.scheduler
+                ws = scheduler.workers.get(address)
+                waiting = bool(scheduler.queued) or (
+                    ws is not None and len(ws.processing) >= ws.nthreads
+                )
+                self.ramp.finished(address, kwargs.get("thread"), kwargs.get("startstops"), waiting)
         if info.edf is None:
             if finish in _READY:
                 if start not in _READY:
@@ -439,8 +455,23 @@ class Autoscaling(SchedulingPolicy):
         return target
 
     def add_worker(self, address: str) -> None:
-        """A worker arrived: a start latency sample if it answers a request (:class:`StartLatency`)."""
-        self.latency.arrived(time.time())
+        """A worker arrived: a start latency sample if it answers a request (:class:`StartLatency`).
+
+        If tasks were waiting for a thread (queued, unrunnable, or more tasks
+        processing on some worker than it has threads), its first tasks are
+        timed (:class:`Ramp`). O(workers) per arrival.
+        """
+        now = time.time()
+        self.latency.arrived(now)
+        scheduler = self.extension.scheduler
+        backlog = bool(scheduler.queued) or bool(scheduler.unrunnable)
+        if not backlog:
+            backlog = any(len(ws.processing) > ws.nthreads for ws in scheduler.workers.values())
+        self.ramp.joined(address, now, backlog)
+
+    def remove_worker(self, address: str, stimulus_id: str) -> None:
+        """A worker left: stop timing its tasks."""
+        self.ramp.left(address)
 
     # -------------------------------------------------------------- scale-down
     def protected(self) -> dict[str, str]:
@@ -469,9 +500,13 @@ class Autoscaling(SchedulingPolicy):
         before busy, then fewest keys, then fewest bytes. A worker running a
         gang member or a deadline job's task comes only after every other
         choice; one holding a cached tile that an unfinished task wants is
-        never chosen. Without ``n``/``target`` only idle workers are chosen,
-        while the others keep ``memory_ratio`` (default 2) times the stored
-        bytes, as in Dask.
+        never chosen. With ``target`` (what ``Adaptive`` asks) only idle
+        workers are chosen: retiring a busy one would hold ``Adaptive``'s
+        loop, and any scale-up, until its running task's result is copied
+        off; it goes at a later call, once idle. Without ``n``/``target`` only
+        idle workers are chosen, while the others keep ``memory_ratio``
+        (default 2) times the stored bytes, as in Dask. ``n`` keeps Dask's
+        meaning: busy workers after the idle ones.
 
         Returns
         -------
@@ -513,6 +548,11 @@ class Autoscaling(SchedulingPolicy):
             "start_latency_cautious": self.latency.cautious,
             "latency_samples": self.latency.count,
             "latency_ambiguous": self.latency.ambiguous,
+            "ramp": {
+                "first_task_delay": self.ramp.delay,
+                "task_gap": self.ramp.gap,
+                "samples": len(self.ramp.delays),
+            },
             "forecast_model": self.model,
             "cooldown": self.cooldown,
             "idle_timeout": self.idle_timeout,

@@ -5,7 +5,9 @@ scheduler instance and in ``Scheduler.handlers`` (the RPC handlers are bound
 methods taken at ``__init__``); :func:`uninstall` puts Dask's back.
 
 ``workers_to_close`` ranks the candidates: idle before busy, then the fewest
-keys, then the fewest bytes. A worker running a gang member or a deadline
+keys, then the fewest bytes. Asked with a ``target`` (``Adaptive``), it
+offers idle workers only: retiring a busy one holds ``Adaptive``'s loop, and
+any scale-up, until the running task's result is copied off. A worker running a gang member or a deadline
 job's task comes only after every other choice; one whose cache holds a tile
 that an unfinished task wants is never chosen. Dask's ``retire_workers`` then
 copies the keys of a retiring worker to the others before it closes it.
@@ -177,9 +179,11 @@ def closable(
     ----------
     policy : Autoscaling
     memory_ratio, n, key, minimum, target, attribute
-        As ``distributed.Scheduler.workers_to_close``. Without ``n`` /
-        ``target`` only idle, unprotected workers are chosen, while the others
-        keep ``memory_ratio`` (default 2) times the stored bytes.
+        As ``distributed.Scheduler.workers_to_close``. Without ``n`` only
+        idle, unprotected workers are chosen: with ``target`` (what
+        ``Adaptive`` asks) down to it, without either while the others keep
+        ``memory_ratio`` (default 2) times the stored bytes. With ``n``
+        (``retire_workers(n=...)``) busy workers come after the idle ones.
 
     Returns
     -------
@@ -188,6 +192,12 @@ def closable(
     """
     scheduler = policy.extension.scheduler
     workers = scheduler.workers
+    # Adaptive (and Dask's own target) ask with ``target``: a worker running a
+    # task is not closed then. Its retirement would hold Adaptive's loop until
+    # the task's result is copied off (measured: up to 2 s, a task and an AMM
+    # cycle), and a scale-up asked for meanwhile waits; it is closed once idle.
+    # ``n`` (``retire_workers(n=...)``) keeps Dask's meaning: that many if any.
+    idle_only = n is None
     if target is not None and n is None:
         n = len(workers) - target
     if n is not None:
@@ -231,8 +241,8 @@ def closable(
         c = cost(group)
         if c[0]:
             break  # a wanted cached tile: never
-        if n is None and (c[1] or c[2]):
-            break  # only idle, unprotected workers without a count
+        if idle_only and (c[1] or c[2]):
+            break  # only idle, unprotected workers without a count or with a target
         if minimum and remain - len(members) < minimum:
             break
         if n is not None:

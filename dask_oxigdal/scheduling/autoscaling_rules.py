@@ -18,6 +18,7 @@ __all__ = [
     "FORECAST_MODELS",
     "RULES",
     "Forecaster",
+    "Ramp",
     "StartLatency",
     "feed",
     "parse_settings",
@@ -223,6 +224,108 @@ class StartLatency:
         if 0 <= sample <= MAX_LATENCY:
             self.count += 1
             self.samples.append(sample)
+
+
+#: Seconds above which a first-task delay or a gap is idleness, not dispatch.
+RAMP_MAX = 5.0
+
+
+class Ramp:
+    """How fast a worker that joins while work waits gets going: its first tasks.
+
+    A worker asked for by the deadline rule is counted on for the whole tasks
+    it can finish between its arrival and the deadline. It starts its first
+    task some time after it registers (the scheduler must hand it queued or
+    stolen work), and each next task some time after the previous one ended
+    (the result goes to the scheduler, a task comes back). Both are measured
+    here, on the first ``tasks`` tasks of each worker that joined while
+    tasks were waiting for a thread (queued, unrunnable, or more tasks
+    processing than threads), from the ``startstops`` Dask's workers report
+    (in the scheduler's clock): ``delay`` is the median of the last ``keep``
+    first-task starts after the join, ``gap`` the median of the last
+    ``2 * keep`` gaps between two tasks of one thread, counted only when the
+    next task was already waiting as the last one ended (``waiting``).
+    Before the first sample both are 0. A value over :data:`RAMP_MAX`
+    seconds is no dispatch delay (the worker had nothing to run) and is
+    left out. Only joining workers are watched (O(1) per task
+    finished on one of them; nothing for the others), and what a worker that
+    has joined long ago does is not what a new one does.
+
+    Parameters
+    ----------
+    tasks : int
+        Tasks watched per joining worker.
+    keep : int
+        First-task samples kept (and twice as many gaps).
+    """
+
+    def __init__(self, tasks: int = 6, keep: int = 16) -> None:
+        self.tasks = tasks
+        # address -> [joined at, tasks seen, {thread: last stop}]
+        self.fresh: dict[str, list] = {}
+        self.delays: collections.deque = collections.deque(maxlen=keep)
+        self.gaps: collections.deque = collections.deque(maxlen=2 * keep)
+
+    def joined(self, address: str, now: float, backlog: bool) -> None:
+        """A worker registered at ``now``; watched if ``backlog`` (work was waiting)."""
+        if backlog:
+            self.fresh[address] = [now, 0, {}]
+
+    def left(self, address: str) -> None:
+        """The worker is gone."""
+        self.fresh.pop(address, None)
+
+    def finished(self, address: Any, thread: Any, startstops: Any, waiting: bool = True) -> None:
+        """A task ran on ``address`` (``thread``), timed by its ``startstops``.
+
+        ``waiting``: another task was waiting for the thread as this one was
+        reported (the gap before this thread's next task is a dispatch gap).
+        """
+        entry = self.fresh.get(address)
+        if entry is None:
+            return
+        span = None
+        for ss in startstops or ():
+            if isinstance(ss, dict) and ss.get("action") == "compute":
+                span = ss
+        if span is None:
+            return
+        start, stop = span.get("start"), span.get("stop")
+        if not isinstance(start, (int, float)) or not isinstance(stop, (int, float)):
+            return
+        joined, seen, last = entry
+        if not seen and start - joined <= RAMP_MAX:
+            self.delays.append(max(start - joined, 0.0))
+        previous = last.get(thread)
+        if previous is not None and start - previous <= RAMP_MAX:
+            self.gaps.append(max(start - previous, 0.0))
+        if waiting:
+            last[thread] = stop
+        else:
+            last.pop(thread, None)
+        entry[1] = seen + 1
+        if entry[1] >= self.tasks:
+            del self.fresh[address]
+
+    @property
+    def delay(self) -> float:
+        """Median seconds from a join to the worker's first task start (0 before a sample)."""
+        return statistics.median(self.delays) if self.delays else 0.0
+
+    @property
+    def gap(self) -> float:
+        """Median seconds between two tasks of a new worker's thread (0 before a sample)."""
+        return statistics.median(self.gaps) if self.gaps else 0.0
+
+    def whole_tasks(self, window: float, duration: float) -> int:
+        """Whole tasks of ``duration`` s a thread arriving ``window`` s before a deadline finishes.
+
+        ``delay + k * duration + (k - 1) * gap <= window``.
+        """
+        if duration <= 0 or window <= 0:
+            return 0
+        gap = self.gap
+        return max(math.floor((window - self.delay + gap) / (duration + gap) + 1e-9), 0)
 
 
 def feed(models: dict, arrived: dict[str, float], steps: int, new: Any) -> None:

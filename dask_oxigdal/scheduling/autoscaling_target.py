@@ -124,7 +124,12 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
     expected arrival (its request + ``latency``) and ``D``; then new threads,
     ``(C - E - arriving) / (k * p)`` of them, where ``k = floor((D - now -
     latency) / p)`` is the number of whole tasks a new thread can finish
-    between its arrival and the deadline. Without the arriving ones, the rule
+    between its arrival and the deadline. A thread that joins starts its
+    first task ``delay`` after it registers and each next one ``gap`` after
+    the last ended (both measured on the workers that joined while work
+    waited, :class:`~dask_oxigdal.scheduling.autoscaling_rules.Ramp`), so
+    ``k`` is the largest with ``delay + k * p + (k - 1) * gap`` within the
+    window. Without the arriving ones, the rule
     asked for more workers every second as ``k`` shrank, then gave them all
     up once ``k`` was 0, while they were on their way and still useful. A job
     that neither running nor arriving threads can finish, and for which no
@@ -144,6 +149,7 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
     if dl is None or not dl.jobs:
         return 0.0, None, {}, {}, [], (0, 0.0)
     waits = _thread_waits(policy, now)
+    ramp = policy.ramp
     # workers asked for and on their way: expected arrival, the latest possible request
     arrivals = sorted(t + latency for t in policy.latency.latest())
     tasks_of = policy.extension.scheduler.tasks
@@ -181,11 +187,13 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
         # whole tasks it can finish between then and the deadline
         window = job.deadline - now - latency
         if per_task > 0:
-            fit = max(math.floor(window / per_task + 1e-9), 0)
+            # a joining worker starts its first task, and each next one, a little
+            # late (measured: policy.ramp); whole tasks only
+            fit = ramp.whole_tasks(window, per_task)
             slack = fit * per_task
             pending = []
             for at in arrivals:
-                whole = math.floor((job.deadline - at) / per_task + 1e-9)
+                whole = ramp.whole_tasks(job.deadline - at, per_task)
                 if whole < 1:
                     break
                 pending.append((per_worker * whole * per_task, per_worker))
