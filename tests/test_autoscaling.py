@@ -814,6 +814,22 @@ def test_ramp_times_the_first_tasks_of_a_worker_that_joined_with_work_waiting():
     assert list(ramp.gaps) == [pytest.approx(0.1), pytest.approx(0.1)]
 
 
+def test_workers_are_asked_for_at_the_deployment_tool_s_next_read():
+    """A target raised between two reads of ``adaptive_target`` is acted on at the
+    next read: the request is stamped then, and a deadline's window starts then."""
+    policy = Autoscaling(start_latency="30s")
+    assert policy.next_read(100.0) == 100.0  # no reads yet: now
+    policy.reads.extend([10.0, 11.0, 12.0, 13.0])  # Adaptive polls every second
+    assert policy.next_read(13.3) == pytest.approx(14.0)
+    assert policy.next_read(14.0) == pytest.approx(14.0)
+    assert policy.next_read(15.5) == pytest.approx(16.0)
+    assert policy.next_read(12.5) == 12.5  # not after the last read
+    assert policy.next_read(17.0) == 17.0  # no read for 4 intervals: the reads stopped
+    policy.reads.clear()
+    policy.reads.extend([0.0, 5.0, 10.0])  # the operator polls every 5 s
+    assert policy.next_read(10.1) == pytest.approx(15.0)
+
+
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)], timeout=60)
 async def test_a_worker_joining_with_queued_work_is_timed_by_the_ramp(c, s, a):
     """A real join with tasks queued: its first task's delay and its gaps are measured."""
@@ -890,6 +906,9 @@ async def test_deadline_keeps_the_workers_on_their_way_once_no_new_one_would_hel
     target = s.adaptive_target()
     asked = len(policy.latency.requests)
     assert target > 1 and asked == target - 1, policy.decision  # new workers, on their way
+    # the read (adaptive_target, as Adaptive calls it) is recorded; with fewer than 3
+    # reads no interval is known, so the requests are stamped when the target rose
+    assert len(policy.reads) >= 1 and max(policy.latency.latest()) <= policy.reads[-1]
     # 300 s later a worker asked for then would arrive 60 s before the deadline,
     # too late for a 200 s task; the ones asked for at base still finish 2 each
     need, _, _, late, notes, _ = _deadline_rule(policy, base + 300, 400.0, 1.0)

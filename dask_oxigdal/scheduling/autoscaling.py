@@ -22,6 +22,8 @@ in ``autoscaling_target``, the hooks and the choice of workers to close in
 from __future__ import annotations
 
 import collections
+import math
+import statistics
 import time
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
@@ -164,6 +166,9 @@ class Autoscaling(SchedulingPolicy):
         self.latency = StartLatency(self.assumed_latency)
         # how fast a worker that joins while work waits runs its first tasks
         self.ramp = Ramp()
+        # when a deployment tool last read the target (adaptive_target), newest last
+        self.reads: collections.deque = collections.deque(maxlen=9)
+        self._reading = False
         self._saved: dict[str, Any] = {}
         self._installed = False
 
@@ -358,7 +363,11 @@ class Autoscaling(SchedulingPolicy):
         int
         """
         ext = self.extension
-        result = ext.run_policy(self, "compute", target_duration) if ext is not None else None
+        self._reading = True
+        try:
+            result = ext.run_policy(self, "compute", target_duration) if ext is not None else None
+        finally:
+            self._reading = False
         if result is None:  # the policy failed (and is now disabled): Dask decides
             return self._dask_adaptive_target(target_duration)
         return result
@@ -422,7 +431,11 @@ class Autoscaling(SchedulingPolicy):
         detail = found["detail"]
         tenant = detail[0] if isinstance(detail, tuple) else detail
         rules = {r: found["rules"][r] for r in RULES}
-        self.latency.track(target, n, now)
+        if self._reading:
+            self.reads.append(now)
+        # workers are asked for when the deployment tool reads the target: now
+        # if this is a read, else at its next read (the target it reads then)
+        self.latency.track(target, n, now if self._reading else self.next_read(now))
         if target != self.target:
             self.decisions += 1
             ext.emit(
@@ -453,6 +466,36 @@ class Autoscaling(SchedulingPolicy):
         if not self.history or now - self.history[-1][0] >= 0.5:
             self.history.append((now, n, target, found["demand"]))
         return target
+
+    def next_read(self, now: float) -> float:
+        """When the deployment tool will next read the target (``adaptive_target``).
+
+        ``Adaptive`` polls every ``interval`` (1 s by default), the
+        dask-kubernetes operator every 5 s: a target raised between two polls
+        is acted on at the next one. From the last 9 reads: the last read
+        plus whole median intervals, the first such time not before ``now``.
+        ``now`` when fewer than 3 reads are known, when ``now`` is not after
+        the last read, or when the reads stopped (more than 3 intervals ago).
+
+        Parameters
+        ----------
+        now : float
+
+        Returns
+        -------
+        float
+        """
+        reads = self.reads
+        if len(reads) < 3 or now <= reads[-1]:
+            return now
+        gaps = [b - a for a, b in zip(reads, list(reads)[1:], strict=False) if b > a]
+        if not gaps:
+            return now
+        interval = statistics.median(gaps)
+        since = now - reads[-1]
+        if interval <= 0 or since > 3 * interval:
+            return now
+        return reads[-1] + math.ceil(since / interval - 1e-9) * interval
 
     def add_worker(self, address: str) -> None:
         """A worker arrived: a start latency sample if it answers a request (:class:`StartLatency`).

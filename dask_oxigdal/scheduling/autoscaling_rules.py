@@ -241,8 +241,9 @@ class Ramp:
     here, on the first ``tasks`` tasks of each worker that joined while
     tasks were waiting for a thread (queued, unrunnable, or more tasks
     processing than threads), from the ``startstops`` Dask's workers report
-    (in the scheduler's clock): ``delay`` is the median of the last ``keep``
-    first-task starts after the join, ``gap`` the median of the last
+    (in the scheduler's clock): ``delay`` is the upper quartile of the last
+    ``keep`` first-task starts after the join (larger bursts of joining
+    workers wait longer, and a deadline counts on them), ``gap`` the median of the last
     ``2 * keep`` gaps between two tasks of one thread, counted only when the
     next task was already waiting as the last one ended (``waiting``).
     Before the first sample both are 0. A value over :data:`RAMP_MAX`
@@ -309,8 +310,10 @@ class Ramp:
 
     @property
     def delay(self) -> float:
-        """Median seconds from a join to the worker's first task start (0 before a sample)."""
-        return statistics.median(self.delays) if self.delays else 0.0
+        """Seconds from a join to the worker's first task start, the upper quartile (0 before a sample)."""
+        if len(self.delays) < 2:
+            return self.delays[0] if self.delays else 0.0
+        return statistics.quantiles(self.delays, n=4, method="inclusive")[2]
 
     @property
     def gap(self) -> float:

@@ -150,6 +150,7 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
         return 0.0, None, {}, {}, [], (0, 0.0)
     waits = _thread_waits(policy, now)
     ramp = policy.ramp
+    asked = policy.next_read(now)  # when new workers asked for now are asked for
     # workers asked for and on their way: expected arrival, the latest possible request
     arrivals = sorted(t + latency for t in policy.latency.latest())
     tasks_of = policy.extension.scheduler.tasks
@@ -185,7 +186,7 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
                 useful += threads
         # a new thread arrives after the start latency; it is of use only for the
         # whole tasks it can finish between then and the deadline
-        window = job.deadline - now - latency
+        window = job.deadline - asked - latency
         if per_task > 0:
             # a joining worker starts its first task, and each next one, a little
             # late (measured: policy.ramp); whole tasks only
