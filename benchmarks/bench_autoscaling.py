@@ -644,8 +644,8 @@ def report(results: list[dict]) -> bool:
                 f"{res['latency_ambiguous']} arrivals matched to the nearest of several requests)"
                 + (
                     f"\n            joining workers (ramp, {res['ramp']['samples']} timed): first "
-                    f"task {res['ramp']['first_task_delay']:.3f} s after the join, "
-                    f"{res['ramp']['task_gap']:.3f} s between tasks (medians)"
+                    f"task {res['ramp']['first_task_delay']:.3f} s after the join (upper "
+                    f"quartile), {res['ramp']['task_gap']:.3f} s between tasks (median)"
                     if res.get("ramp")
                     else ""
                 )

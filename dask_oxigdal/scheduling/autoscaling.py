@@ -168,7 +168,6 @@ class Autoscaling(SchedulingPolicy):
         self.ramp = Ramp()
         # when a deployment tool last read the target (adaptive_target), newest last
         self.reads: collections.deque = collections.deque(maxlen=9)
-        self._reading = False
         self._saved: dict[str, Any] = {}
         self._installed = False
 
@@ -363,22 +362,30 @@ class Autoscaling(SchedulingPolicy):
         int
         """
         ext = self.extension
-        self._reading = True
-        try:
-            result = ext.run_policy(self, "compute", target_duration) if ext is not None else None
-        finally:
-            self._reading = False
+        result = (
+            ext.run_policy(self, "compute", target_duration, None, True)
+            if ext is not None
+            else None
+        )
         if result is None:  # the policy failed (and is now disabled): Dask decides
             return self._dask_adaptive_target(target_duration)
         return result
 
-    def compute(self, target_duration: float | str | None = None, now: float | None = None) -> int:
+    def compute(
+        self,
+        target_duration: float | str | None = None,
+        now: float | None = None,
+        read: bool = False,
+    ) -> int:
         """Compute, record and return the target (workers).
 
         Parameters
         ----------
         target_duration : str or float, optional
         now : float, optional
+        read : bool
+            A deployment tool reads the target now (``adaptive_target``): the
+            workers it asks for are asked for now, not at its next read.
 
         Returns
         -------
@@ -431,11 +438,11 @@ class Autoscaling(SchedulingPolicy):
         detail = found["detail"]
         tenant = detail[0] if isinstance(detail, tuple) else detail
         rules = {r: found["rules"][r] for r in RULES}
-        if self._reading:
+        if read:
             self.reads.append(now)
         # workers are asked for when the deployment tool reads the target: now
         # if this is a read, else at its next read (the target it reads then)
-        self.latency.track(target, n, now if self._reading else self.next_read(now))
+        self.latency.track(target, n, now if read else self.next_read(now))
         if target != self.target:
             self.decisions += 1
             ext.emit(

@@ -7,9 +7,10 @@ methods taken at ``__init__``); :func:`uninstall` puts Dask's back.
 ``workers_to_close`` ranks the candidates: idle before busy, then the fewest
 keys, then the fewest bytes. Asked with a ``target`` (``Adaptive``), it
 offers idle workers only: retiring a busy one holds ``Adaptive``'s loop, and
-any scale-up, until the running task's result is copied off. A worker running a gang member or a deadline
-job's task comes only after every other choice; one whose cache holds a tile
-that an unfinished task wants is never chosen. Dask's ``retire_workers`` then
+any scale-up, until the running task's result is copied off. A worker
+running a gang member or a deadline job's task comes only after every other
+choice; one whose cache holds a tile that an unfinished task wants is never
+chosen. Dask's ``retire_workers`` then
 copies the keys of a retiring worker to the others before it closes it.
 """
 

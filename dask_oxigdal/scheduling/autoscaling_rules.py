@@ -23,7 +23,9 @@ __all__ = [
     "feed",
     "parse_settings",
     "plain",
+    "upper_quartile",
     "water_fill",
+    "whole_tasks",
 ]
 
 #: Valid ``oxigdal.autoscaling.forecast.model`` values.
@@ -172,9 +174,7 @@ class StartLatency:
         A deadline is a promise: a worker counted on to arrive in time must
         arrive in time in most starts, not in half of them.
         """
-        if len(self.samples) < 2:
-            return self.value
-        return statistics.quantiles(self.samples, n=4, method="inclusive")[2]
+        return upper_quartile(self.samples, self.value)
 
     def arriving(self, now: float, within: float) -> int:
         """Workers asked for whose expected arrival is within ``within`` seconds of ``now``.
@@ -310,10 +310,8 @@ class Ramp:
 
     @property
     def delay(self) -> float:
-        """Seconds from a join to the worker's first task start, the upper quartile (0 before a sample)."""
-        if len(self.delays) < 2:
-            return self.delays[0] if self.delays else 0.0
-        return statistics.quantiles(self.delays, n=4, method="inclusive")[2]
+        """Seconds from a join to the first task start: the upper quartile (0 before a sample)."""
+        return upper_quartile(self.delays, self.delays[0] if self.delays else 0.0)
 
     @property
     def gap(self) -> float:
@@ -323,12 +321,47 @@ class Ramp:
     def whole_tasks(self, window: float, duration: float) -> int:
         """Whole tasks of ``duration`` s a thread arriving ``window`` s before a deadline finishes.
 
-        ``delay + k * duration + (k - 1) * gap <= window``.
+        See :func:`whole_tasks`, with this ramp's ``delay`` and ``gap``.
         """
-        if duration <= 0 or window <= 0:
-            return 0
-        gap = self.gap
-        return max(math.floor((window - self.delay + gap) / (duration + gap) + 1e-9), 0)
+        return whole_tasks(window, duration, self.delay, self.gap)
+
+
+def whole_tasks(window: float, duration: float, delay: float, gap: float) -> int:
+    """The largest ``k`` with ``delay + k * duration + (k - 1) * gap <= window`` (0 if none).
+
+    Parameters
+    ----------
+    window : float
+        Seconds between a thread's arrival and the deadline.
+    duration : float
+        Seconds of one task.
+    delay, gap : float
+        A joining thread's wait for its first task, and between two tasks (:class:`Ramp`).
+
+    Returns
+    -------
+    int
+    """
+    if duration <= 0 or window <= 0:
+        return 0
+    return max(math.floor((window - delay + gap) / (duration + gap) + 1e-9), 0)
+
+
+def upper_quartile(values: Any, default: float) -> float:
+    """The upper quartile of ``values`` (inclusive method); ``default`` for fewer than 2.
+
+    Parameters
+    ----------
+    values : sequence of float
+    default : float
+
+    Returns
+    -------
+    float
+    """
+    if len(values) < 2:
+        return default
+    return statistics.quantiles(values, n=4, method="inclusive")[2]
 
 
 def feed(models: dict, arrived: dict[str, float], steps: int, new: Any) -> None:

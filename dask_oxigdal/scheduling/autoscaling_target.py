@@ -13,7 +13,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from dask_oxigdal.scheduling.autoscaling_close import protected
-from dask_oxigdal.scheduling.autoscaling_rules import RULES, water_fill
+from dask_oxigdal.scheduling.autoscaling_rules import RULES, water_fill, whole_tasks
 
 if TYPE_CHECKING:
     from dask_oxigdal.scheduling.autoscaling import Autoscaling
@@ -149,7 +149,7 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
     if dl is None or not dl.jobs:
         return 0.0, None, {}, {}, [], (0, 0.0)
     waits = _thread_waits(policy, now)
-    ramp = policy.ramp
+    delay, gap = policy.ramp.delay, policy.ramp.gap  # once, not per job and arrival
     asked = policy.next_read(now)  # when new workers asked for now are asked for
     # workers asked for and on their way: expected arrival, the latest possible request
     arrivals = sorted(t + latency for t in policy.latency.latest())
@@ -190,11 +190,11 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
         if per_task > 0:
             # a joining worker starts its first task, and each next one, a little
             # late (measured: policy.ramp); whole tasks only
-            fit = ramp.whole_tasks(window, per_task)
+            fit = whole_tasks(window, per_task, delay, gap)
             slack = fit * per_task
             pending = []
             for at in arrivals:
-                whole = ramp.whole_tasks(job.deadline - at, per_task)
+                whole = whole_tasks(job.deadline - at, per_task, delay, gap)
                 if whole < 1:
                     break
                 pending.append((per_worker * whole * per_task, per_worker))
