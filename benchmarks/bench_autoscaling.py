@@ -645,7 +645,9 @@ def report(results: list[dict]) -> bool:
                 + (
                     f"\n            joining workers (ramp, {res['ramp']['samples']} timed): first "
                     f"task {res['ramp']['first_task_delay']:.3f} s after the join (upper "
-                    f"quartile), {res['ramp']['task_gap']:.3f} s between tasks (median)"
+                    f"quartile; {res['ramp'].get('first_task_delay_per_burst_worker', 0):.4f} s "
+                    "per worker of its burst), "
+                    f"{res['ramp']['task_gap']:.3f} s between tasks (median)"
                     if res.get("ramp")
                     else ""
                 )

@@ -18,6 +18,7 @@ import asyncio
 import datetime
 import inspect
 import math
+import statistics
 import time
 
 import dask
@@ -762,8 +763,25 @@ async def test_deadline_asks_only_for_new_threads_that_finish_a_task_in_time(c, 
     _, _, _, _, ramped, _ = _deadline_rule(policy, base, 400.0, 1.0)
     assert ramped[1]["tasks_fit"] == 1
     assert ramped[1]["new_threads"] == math.ceil((work - existing) / p - 1e-9)
+    # a burst starts later the larger it is: 10 s for a burst of 5 joining workers
+    # (2 s a worker). Two tasks fit after 10 s (10 + 400 <= 440), but the ~22 workers
+    # that two tasks each need would wait 44 s: one task each, so about twice as many
     policy.ramp.delays.clear()
     policy.ramp.gaps.clear()
+    policy.ramp.delays.append(10.0)
+    policy.ramp.per_join.append(2.0)
+    policy.latency.requests.clear()
+    _, _, _, _, burst, _ = _deadline_rule(policy, base, 400.0, 1.0)
+    assert burst[1]["tasks_fit"] == 1
+    assert burst[1]["new_threads"] == math.ceil((work - existing) / p - 1e-9)
+    # 0.05 s a worker: the burst's delay stays under the 10 s measured, two tasks fit
+    policy.ramp.per_join[0] = 0.05
+    policy.latency.requests.clear()
+    _, _, _, _, small, _ = _deadline_rule(policy, base, 400.0, 1.0)
+    assert small[1]["tasks_fit"] == 2
+    assert small[1]["new_threads"] == math.ceil((work - existing) / (2 * p) - 1e-9)
+    policy.ramp.delays.clear()
+    policy.ramp.per_join.clear()
     await Event("as-fit-gate").set()
     await c.gather(a_jobs + b_jobs)
 
@@ -812,6 +830,29 @@ def test_ramp_times_the_first_tasks_of_a_worker_that_joined_with_work_waiting():
     assert list(ramp.gaps) == [pytest.approx(0.1)]
     ramp.finished("tcp://late", 1, ran(307.6, 308.1))
     assert list(ramp.gaps) == [pytest.approx(0.1), pytest.approx(0.1)]
+
+
+def test_a_larger_burst_of_joining_workers_is_expected_to_start_later():
+    """Workers that register together start their first tasks together, later the
+    more of them there are: each sample is kept per worker of its burst."""
+    from dask_oxigdal.scheduling.autoscaling_rules import BURST_GAP, Ramp
+
+    ramp = Ramp(tasks=1)
+    assert ramp.delay_for(40) == 0.0  # nothing measured
+    # a burst of 4 (each within BURST_GAP of the previous), and one joining alone later
+    for i in range(4):
+        ramp.joined(f"tcp://b{i}", 100.0 + i * BURST_GAP / 2, backlog=True)
+    ramp.joined("tcp://alone", 110.0, backlog=True)
+    for i in range(4):
+        ramp.finished(f"tcp://b{i}", 1, [{"action": "compute", "start": 101.9, "stop": 102.0}])
+    ramp.finished("tcp://alone", 1, [{"action": "compute", "start": 110.1, "stop": 110.2}])
+    starts = [1.9 - i * BURST_GAP / 2 for i in range(4)]
+    assert list(ramp.delays) == pytest.approx([*starts, 0.1])
+    assert list(ramp.per_join) == pytest.approx([d / 4 for d in starts] + [0.1])
+    per = statistics.quantiles(ramp.per_join, n=4, method="inclusive")[2]
+    assert ramp.delay_for(1) == pytest.approx(ramp.delay)  # the measured delay at least
+    assert ramp.delay_for(40) == pytest.approx(40 * per)
+    assert ramp.delay_for(40) > ramp.delay
 
 
 def test_workers_are_asked_for_at_the_deployment_tool_s_next_read():

@@ -601,6 +601,7 @@ class Autoscaling(SchedulingPolicy):
             "ramp": {
                 "first_task_delay": self.ramp.delay,
                 "task_gap": self.ramp.gap,
+                "first_task_delay_per_burst_worker": self.ramp.per_worker,
                 "samples": len(self.ramp.delays),
             },
             "forecast_model": self.model,

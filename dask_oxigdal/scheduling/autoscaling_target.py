@@ -129,7 +129,8 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
     the last ended (both measured on the workers that joined while work
     waited, :class:`~dask_oxigdal.scheduling.autoscaling_rules.Ramp`), so
     ``k`` is the largest with ``delay + k * p + (k - 1) * gap`` within the
-    window. Without the arriving ones, the rule
+    window; the new workers join in one burst, and ``delay`` is that of a
+    burst of their number (``Ramp.delay_for``). Without the arriving ones, the rule
     asked for more workers every second as ``k`` shrank, then gave them all
     up once ``k`` was 0, while they were on their way and still useful. A job
     that neither running nor arriving threads can finish, and for which no
@@ -212,6 +213,18 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
         if len(notes) < _NOTES:
             notes.append(note)
         found = _threads_for(cumulative, existing, useful, pending, (slack, fit))
+        # the new workers join in one burst, and a larger burst starts later: size the
+        # delay by the burst this request makes (at most twice: the delay only grows)
+        for _ in range(2):
+            if found is None or not found[1] or per_task <= 0 or per_worker <= 0:
+                break
+            burst = policy.ramp.delay_for(math.ceil(found[1] / per_worker - 1e-9))
+            fewer = whole_tasks(window, per_task, burst, gap)
+            if fewer >= fit:
+                break
+            fit, slack = fewer, fewer * per_task
+            found = _threads_for(cumulative, existing, useful, pending, (slack, fit))
+        note["tasks_fit"] = fit
         if found is None:
             note["reason"] = "no task fits between a new worker's arrival and the deadline"
             entry = late.setdefault(job.tenant, [0.0, 0])
