@@ -834,25 +834,37 @@ def test_ramp_times_the_first_tasks_of_a_worker_that_joined_with_work_waiting():
 
 def test_a_larger_burst_of_joining_workers_is_expected_to_start_later():
     """Workers that register together start their first tasks together, later the
-    more of them there are: each sample is kept per worker of its burst."""
-    from dask_oxigdal.scheduling.autoscaling_rules import BURST_GAP, Ramp
+    more of them there are: each sample of a large burst is kept per worker of it."""
+    from dask_oxigdal.scheduling.autoscaling_rules import BURST_GAP, BURST_MIN, Ramp
 
-    ramp = Ramp(tasks=1)
+    def first_task(ramp, address, start):
+        ramp.finished(address, 1, [{"action": "compute", "start": start, "stop": start + 0.1}])
+
+    ramp = Ramp(tasks=1, keep=2 * BURST_MIN)
     assert ramp.delay_for(40) == 0.0  # nothing measured
-    # a burst of 4 (each within BURST_GAP of the previous), and one joining alone later
-    for i in range(4):
+    # a small burst: its delays count, but say nothing per worker (work stolen for a
+    # worker joining alone takes a while, whatever the burst)
+    for i in range(3):
+        ramp.joined(f"tcp://s{i}", 50.0, backlog=True)
+        first_task(ramp, f"tcp://s{i}", 50.3)
+    assert list(ramp.delays) == pytest.approx([0.3] * 3)
+    assert not ramp.per_join and ramp.delay_for(12) == pytest.approx(0.3)
+    # a burst of BURST_MIN (each within BURST_GAP of the previous), then one alone
+    n = BURST_MIN
+    for i in range(n):
         ramp.joined(f"tcp://b{i}", 100.0 + i * BURST_GAP / 2, backlog=True)
     ramp.joined("tcp://alone", 110.0, backlog=True)
-    for i in range(4):
-        ramp.finished(f"tcp://b{i}", 1, [{"action": "compute", "start": 101.9, "stop": 102.0}])
-    ramp.finished("tcp://alone", 1, [{"action": "compute", "start": 110.1, "stop": 110.2}])
-    starts = [1.9 - i * BURST_GAP / 2 for i in range(4)]
-    assert list(ramp.delays) == pytest.approx([*starts, 0.1])
-    assert list(ramp.per_join) == pytest.approx([d / 4 for d in starts] + [0.1])
+    for i in range(n):
+        first_task(ramp, f"tcp://b{i}", 100.0 + n * BURST_GAP / 2 + 0.1)
+    first_task(ramp, "tcp://alone", 110.1)
+    delays = [n * BURST_GAP / 2 + 0.1 - i * BURST_GAP / 2 for i in range(n)]
+    assert list(ramp.delays) == pytest.approx([0.3] * 3 + delays + [0.1])
+    assert list(ramp.per_join) == pytest.approx([d / n for d in delays])
     per = statistics.quantiles(ramp.per_join, n=4, method="inclusive")[2]
+    assert ramp.per_worker == pytest.approx(per)
     assert ramp.delay_for(1) == pytest.approx(ramp.delay)  # the measured delay at least
-    assert ramp.delay_for(40) == pytest.approx(40 * per)
-    assert ramp.delay_for(40) > ramp.delay
+    assert ramp.delay_for(4 * n) == pytest.approx(4 * n * per)
+    assert ramp.delay_for(4 * n) > ramp.delay
 
 
 def test_workers_are_asked_for_at_the_deployment_tool_s_next_read():

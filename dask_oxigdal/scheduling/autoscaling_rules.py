@@ -230,6 +230,9 @@ class StartLatency:
 RAMP_MAX = 5.0
 #: Workers that register within this many seconds of the previous one join in one burst.
 BURST_GAP = 0.5
+#: Bursts smaller than this say nothing of the per-worker delay: a worker that joins
+#: alone may wait 0.1-0.3 s for work to be stolen for it, which is no registration cost.
+BURST_MIN = 16
 
 
 class Ramp:
@@ -253,8 +256,12 @@ class Ramp:
     the previous) form a *burst*, and a burst's workers start their first tasks
     together, once the scheduler has registered them all: the delay grows with
     the burst (measured: 0.05 s for 17-18 workers, 0.11-0.12 s for 32, 0.22-0.25
-    s for 59). Each first-task sample is also kept divided by its burst's size,
-    and :meth:`delay_for` extrapolates to a burst of ``n``.
+    s for 59). Each first-task sample of a burst of at least :data:`BURST_MIN`
+    workers is also kept divided by its burst's size, and :meth:`delay_for`
+    extrapolates to a burst of ``n``. (Smaller bursts are left out of this: in
+    one quick benchmark run, workers joining alone or two or three together
+    waited up to 0.3 s for their first task, 0.1 s a worker of their burst,
+    which would plan 1.2 s for a burst of 12.)
     Before the first sample both are 0. A value over :data:`RAMP_MAX`
     seconds is no dispatch delay (the worker had nothing to run) and is
     left out. Only joining workers are watched (O(1) per task
@@ -316,7 +323,8 @@ class Ramp:
         joined, seen, last, burst = entry
         if not seen and start - joined <= RAMP_MAX:
             self.delays.append(max(start - joined, 0.0))
-            self.per_join.append(self.delays[-1] / max(burst[1], 1))
+            if burst[1] >= BURST_MIN:
+                self.per_join.append(self.delays[-1] / burst[1])
         previous = last.get(thread)
         if previous is not None and start - previous <= RAMP_MAX:
             self.gaps.append(max(start - previous, 0.0))
