@@ -780,6 +780,21 @@ async def test_deadline_asks_only_for_new_threads_that_finish_a_task_in_time(c, 
     _, _, _, _, small, _ = _deadline_rule(policy, base, 400.0, 1.0)
     assert small[1]["tasks_fit"] == 2
     assert small[1]["new_threads"] == math.ceil((work - existing) / (2 * p) - 1e-9)
+    # the burst is at most the maximum: 2 s a worker, but at most 5 workers, 10 s
+    policy.ramp.per_join[0] = 2.0
+    policy.maximum = 5
+    policy.latency.requests.clear()
+    _, _, _, _, capped, _ = _deadline_rule(policy, base, 400.0, 1.0)
+    assert capped[1]["tasks_fit"] == 2
+    # no task would fit after the burst's delay (100 s a worker): still one a thread, the
+    # job stays the deadline rule's (not left to the demand rule, which asks for less)
+    policy.maximum = None
+    policy.ramp.per_join[0] = 100.0
+    policy.latency.requests.clear()
+    _, _, _, late, slow, _ = _deadline_rule(policy, base, 400.0, 1.0)
+    assert slow[1]["tasks_fit"] == 1 and "default" in late  # B, as before: not A
+    assert late["default"][1] == 4
+    assert slow[1]["new_threads"] == math.ceil((work - existing) / p - 1e-9)
     policy.ramp.delays.clear()
     policy.ramp.per_join.clear()
     await Event("as-fit-gate").set()

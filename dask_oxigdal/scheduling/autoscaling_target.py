@@ -214,12 +214,17 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
             notes.append(note)
         found = _threads_for(cumulative, existing, useful, pending, (slack, fit))
         # the new workers join in one burst, and a larger burst starts later: size the
-        # delay by the burst this request makes (at most twice: the delay only grows)
+        # delay by the burst this request makes (at most twice: the delay only grows).
+        # The burst is at most the maximum; and a job that a new thread could help keeps
+        # at least one task a thread (the deadline rule still asks for it)
         for _ in range(2):
             if found is None or not found[1] or per_task <= 0 or per_worker <= 0:
                 break
-            burst = policy.ramp.delay_for(math.ceil(found[1] / per_worker - 1e-9))
-            fewer = whole_tasks(window, per_task, burst, gap)
+            workers = math.ceil(found[1] / per_worker - 1e-9)
+            if policy.maximum is not None:
+                workers = min(workers, policy.maximum)
+            burst = policy.ramp.delay_for(workers)
+            fewer = max(whole_tasks(window, per_task, burst, gap), 1)
             if fewer >= fit:
                 break
             fit, slack = fewer, fewer * per_task
