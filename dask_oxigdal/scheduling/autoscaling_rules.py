@@ -230,8 +230,9 @@ class StartLatency:
 RAMP_MAX = 5.0
 #: Workers that register within this many seconds of the previous one join in one burst.
 BURST_GAP = 0.5
-#: Bursts smaller than this say nothing of the per-worker delay: a worker that joins
-#: alone may wait 0.1-0.3 s for work to be stolen for it, which is no registration cost.
+#: Bursts smaller than this say nothing of the per-worker delay: in one quick benchmark
+#: run a worker that joined alone waited up to 0.3 s for its first task, far more than
+#: its registration costs (probably work stolen for it; not verified).
 BURST_MIN = 16
 
 
