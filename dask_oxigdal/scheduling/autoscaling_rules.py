@@ -20,6 +20,7 @@ __all__ = [
     "Forecaster",
     "Ramp",
     "StartLatency",
+    "burst_delay",
     "feed",
     "parse_settings",
     "plain",
@@ -357,7 +358,7 @@ class Ramp:
         -------
         float
         """
-        return max(self.delay, workers * self.per_worker)
+        return burst_delay(workers, self.delay, self.per_worker)
 
     @property
     def per_worker(self) -> float:
@@ -396,6 +397,23 @@ def whole_tasks(window: float, duration: float, delay: float, gap: float) -> int
     if duration <= 0 or window <= 0:
         return 0
     return max(math.floor((window - delay + gap) / (duration + gap) + 1e-9), 0)
+
+
+def burst_delay(workers: int, delay: float, per_worker: float) -> float:
+    """The first-task delay of a burst of ``workers``: ``max(delay, workers * per_worker)``.
+
+    Parameters
+    ----------
+    workers : int
+        Workers that will join together.
+    delay, per_worker : float
+        :attr:`Ramp.delay` and :attr:`Ramp.per_worker`.
+
+    Returns
+    -------
+    float
+    """
+    return max(delay, workers * per_worker)
 
 
 def upper_quartile(values: Any, default: float) -> float:

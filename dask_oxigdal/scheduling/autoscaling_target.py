@@ -13,7 +13,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from dask_oxigdal.scheduling.autoscaling_close import protected
-from dask_oxigdal.scheduling.autoscaling_rules import RULES, water_fill, whole_tasks
+from dask_oxigdal.scheduling.autoscaling_rules import RULES, burst_delay, water_fill, whole_tasks
 
 if TYPE_CHECKING:
     from dask_oxigdal.scheduling.autoscaling import Autoscaling
@@ -130,7 +130,8 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
     waited, :class:`~dask_oxigdal.scheduling.autoscaling_rules.Ramp`), so
     ``k`` is the largest with ``delay + k * p + (k - 1) * gap`` within the
     window; the new workers join in one burst, and ``delay`` is that of a
-    burst of their number (``Ramp.delay_for``). Without the arriving ones, the rule
+    burst of their number (``Ramp.delay_for``, with the ramp's figures read
+    once per evaluation). Without the arriving ones, the rule
     asked for more workers every second as ``k`` shrank, then gave them all
     up once ``k`` was 0, while they were on their way and still useful. A job
     that neither running nor arriving threads can finish, and for which no
@@ -150,7 +151,8 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
     if dl is None or not dl.jobs:
         return 0.0, None, {}, {}, [], (0, 0.0)
     waits = _thread_waits(policy, now)
-    delay, gap = policy.ramp.delay, policy.ramp.gap  # once, not per job and arrival
+    ramp = policy.ramp
+    delay, gap, per_burst = ramp.delay, ramp.gap, ramp.per_worker  # once, not per job
     asked = policy.next_read(now)  # when new workers asked for now are asked for
     # workers asked for and on their way: expected arrival, the latest possible request
     arrivals = sorted(t + latency for t in policy.latency.latest())
@@ -223,7 +225,7 @@ def _deadline_rule(policy: Autoscaling, now: float, latency: float, per_worker: 
             workers = math.ceil(found[1] / per_worker - 1e-9)
             if policy.maximum is not None:
                 workers = min(workers, policy.maximum)
-            burst = policy.ramp.delay_for(workers)
+            burst = burst_delay(workers, delay, per_burst)
             fewer = max(whole_tasks(window, per_task, burst, gap), 1)
             if fewer >= fit:
                 break
