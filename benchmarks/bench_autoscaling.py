@@ -33,10 +33,9 @@ the cluster waits 120 s) and Deadline (``infeasible: warn``: every job runs),
 so deadline misses are counted the same way. In ``--quick`` mode the three
 variants run at once, in three processes (sleeping tasks leave the cores
 free), and the overhead runs in a fourth; ``--serial`` runs one after the
-other. The full run does that too (about 25 minutes on 2 cores, more under
-load: 3 x 6.5 min of trace, then 3 overhead rounds of 4 runs of 20,000
-no-op tasks);
-``--parallel`` runs it at once like ``--quick`` (about 10 minutes: the
+other, each in a fresh process. The full run does that too (about 25
+minutes on 2 cores, more under load: 3 x 6.5 min of trace, then 3 overhead
+rounds of 4 runs of 20,000 no-op tasks); ``--parallel`` runs it at once like ``--quick`` (about 10 minutes: the
 variants took 7.3 min at load 15; the whole run 581 s at load 2).
 
 Reported, with ours as a ratio of ``adaptive``: worker-seconds (billed from
@@ -443,6 +442,12 @@ def _variant_process(variant: str, trace, args: dict) -> dict:
     return asyncio.run(run_variant(variant, trace, args))
 
 
+def _fresh_process(variant: str, trace, args: dict) -> dict:
+    """Run one variant in a new (spawned) process and return its result."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_variant_process, variant, trace, args).result()
+
+
 def _time_hooks(ext, spent: list) -> None:
     """Add the scheduler-thread CPU time of the Autoscaling policy's hooks to ``spent[0]``."""
     policy = ext.get_policy("Autoscaling")
@@ -724,7 +729,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("--only-overhead", action="store_true", help="the overhead runs alone")
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--serial", action="store_true", help="one variant after the other")
+    p.add_argument(
+        "--serial", action="store_true", help="one variant after the other (a process each)"
+    )
     p.add_argument(
         "--parallel",
         action="store_true",
@@ -775,7 +782,10 @@ def main(argv=None) -> int:
     with_overhead = rounds > 0 and ntasks_overhead > 0
     t_start = time.monotonic()
     if args.serial or not (q or args.parallel):
-        results = [_variant_process(v, trace, opts) for v in variants]
+        # one after the other, each in a fresh process: the variants' workers share
+        # their process's event loop with the scheduler, and a variant run after
+        # others in the same process would inherit their heap
+        results = [_fresh_process(v, trace, opts) for v in variants]
     else:
         # at once: the variants (sleeping tasks) and the overhead runs (alternating)
         ctx = multiprocessing.get_context("spawn")
